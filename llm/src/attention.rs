@@ -1,0 +1,75 @@
+//! Grouped-query self-attention with optional q/k norms (Gemma 3) and a sliding window.
+
+use anymal_quant::QLinear;
+use candle_core::{Tensor, D};
+
+use crate::kv_cache::KvCache;
+use crate::norm::RmsNorm;
+use crate::rope::RopeTables;
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: QLinear,
+    pub k_proj: QLinear,
+    pub v_proj: QLinear,
+    pub o_proj: QLinear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+}
+
+impl Attention {
+    /// `xs (b, t, d)`, `mask` additive `(b, 1, t, t_total)`; returns `(b, t, d)`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RopeTables,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(xs)?.reshape((b, t, h, hd))?;
+        let k = self.k_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
+        let v = self.v_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        let q = rope.apply(&q.transpose(1, 2)?)?;
+        let k = rope.apply(&k.transpose(1, 2)?)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let k = repeat_kv(&k, h / kvh)?;
+        let v = repeat_kv(&v, h / kvh)?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            // Inference only: the fused softmax has no backward.
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// `(b, kv, t, d) -> (b, kv * n, t, d)`, each kv head repeated for its `n` query heads.
+fn repeat_kv(xs: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, kv, t, d) = xs.dims4()?;
+    Ok(xs.unsqueeze(2)?.broadcast_as((b, kv, n, t, d))?.reshape((b, kv * n, t, d))?)
+}

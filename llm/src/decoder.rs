@@ -1,0 +1,213 @@
+//! The decoder: embeddings in, hidden states for every position out, differentiable back to the
+//! input embeddings. One graph for the Llama family and Gemma 3; their differences are flags of
+//! [`LlmConfig`] and optional norms, not copies of the model.
+
+use std::sync::Arc;
+
+use anymal_quant::QLinear;
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::Attention;
+use crate::checkpoint::CheckpointedBlock;
+use crate::config::LlmConfig;
+use crate::kv_cache::KvCache;
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::RopeTables;
+use crate::{Error, Result};
+
+/// One transformer layer. Gemma 3 adds the norms after attention and after the MLP.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub post_attn_norm: Option<RmsNorm>,
+    pub ffn_norm: RmsNorm,
+    pub mlp: Mlp,
+    pub post_ffn_norm: Option<RmsNorm>,
+    pub sliding: bool,
+}
+
+impl Block {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RopeTables,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
+        let h = match &self.post_attn_norm {
+            Some(n) => n.forward(&h)?,
+            None => h,
+        };
+        let xs = (xs + h)?;
+        let h = self.mlp.forward(&self.ffn_norm.forward(&xs)?)?;
+        let h = match &self.post_ffn_norm {
+            Some(n) => n.forward(&h)?,
+            None => h,
+        };
+        Ok((xs + h)?)
+    }
+}
+
+/// A frozen decoder LLM over quantized weights.
+#[derive(Debug, Clone)]
+pub struct Llm {
+    pub cfg: LlmConfig,
+    /// Token embedding table `(vocab, d)`, kept quantized; looked up without a gradient.
+    pub embed_tokens: Arc<QTensor>,
+    pub layers: Vec<Arc<Block>>,
+    pub norm: RmsNorm,
+    /// Output head `(vocab, d)`; the embedding table itself when tied.
+    pub lm_head: QLinear,
+    /// Llama 3.1 style per-frequency RoPE divisors.
+    pub rope_freq_factors: Option<Vec<f32>>,
+    /// Recompute each block during backward instead of keeping its activations.
+    pub gradient_checkpointing: bool,
+    pub device: Device,
+    /// Dtype of activations (f32 on CPU; bf16 is possible on CUDA).
+    pub dtype: DType,
+}
+
+impl Llm {
+    /// `(b, t) u32 -> (b, t, d)`: token embeddings, times sqrt(d) for Gemma.
+    pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let e = self.embed_tokens.embedding(input_ids)?.to_dtype(self.dtype)?;
+        Ok(match self.cfg.embed_scale() {
+            // Gemma rounds the scale to the activation dtype; in f32 this is the exact value.
+            Some(s) => (e * s)?,
+            None => e,
+        })
+    }
+
+    /// Hidden states after the final norm for every position.
+    ///
+    /// `inputs_embeds (b, t, d)` as returned by [`Llm::embed_tokens`], possibly with modality
+    /// tokens spliced in; `attention_mask (b, seqlen_offset + t)` with 1 for real tokens and 0 for
+    /// padding (None: all real); `cache` holds the keys/values of the first `seqlen_offset`
+    /// positions. Returns `(b, t, d)`. Gradients reach `inputs_embeds`; no weight gets one.
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        seqlen_offset: usize,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, d) = inputs_embeds.dims3()?;
+        if d != self.cfg.hidden_size {
+            return Err(Error::Msg(format!(
+                "inputs_embeds has width {d}, the model's hidden size is {}",
+                self.cfg.hidden_size
+            )));
+        }
+        if let Some(c) = cache.as_deref() {
+            if c.seq_len() != seqlen_offset {
+                return Err(Error::Msg(format!(
+                    "seqlen_offset {seqlen_offset} does not match the {} cached positions",
+                    c.seq_len()
+                )));
+            }
+        }
+        let hd = self.cfg.head_dim;
+        let ff = self.rope_freq_factors.as_deref();
+        let rope_global = RopeTables::new(
+            hd, self.cfg.rope_theta, self.cfg.rope_scale, ff, seqlen_offset, t,
+            self.cfg.rope_interleaved, self.dtype, &self.device,
+        )?;
+        let rope_local = RopeTables::new(
+            hd, self.cfg.rope_local_theta, 1.0, ff, seqlen_offset, t,
+            self.cfg.rope_interleaved, self.dtype, &self.device,
+        )?;
+        let mask_global = build_mask(b, t, seqlen_offset, None, attention_mask, &self.device)?;
+        let mask_local = match self.cfg.sliding_window {
+            Some(w) => build_mask(b, t, seqlen_offset, Some(w), attention_mask, &self.device)?,
+            None => mask_global.clone(),
+        };
+        let mut xs = inputs_embeds.to_dtype(self.dtype)?;
+        let checkpoint = self.gradient_checkpointing && cache.is_none() && xs.track_op();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (rope, mask) = if layer.sliding {
+                (&rope_local, &mask_local)
+            } else {
+                (&rope_global, &mask_global)
+            };
+            xs = if checkpoint {
+                xs.apply_op1(CheckpointedBlock::new(layer.clone(), rope.clone(), mask.clone()))?
+            } else {
+                layer.forward(&xs, rope, mask, cache.as_deref_mut().map(|c| (c, i)))?
+            };
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// `(b, t, d) -> (b, t, vocab)` logits for every position given.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// Whether the output head shares the embedding table's storage.
+    pub fn head_is_tied(&self) -> bool {
+        matches!(self.lm_head.weight(), anymal_quant::QWeight::Ggml(w) if Arc::ptr_eq(w, &self.embed_tokens))
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Bytes held by frozen weights.
+    pub fn weight_bytes(&self) -> usize {
+        let lin = |l: &QLinear| l.storage_size_in_bytes();
+        let mut n = self.embed_tokens.storage_size_in_bytes();
+        if !self.head_is_tied() {
+            n += lin(&self.lm_head);
+        }
+        for l in &self.layers {
+            let a = &l.attn;
+            n += lin(&a.q_proj) + lin(&a.k_proj) + lin(&a.v_proj) + lin(&a.o_proj);
+            n += lin(&l.mlp.gate_proj) + lin(&l.mlp.up_proj) + lin(&l.mlp.down_proj);
+        }
+        n
+    }
+}
+
+/// Additive attention mask `(b, 1, t, offset + t)`: 0 where query `i` may attend key `j`, a
+/// large negative number elsewhere (future keys, keys outside the sliding window, padding).
+/// Finite rather than -inf so that a fully padded row gives uniform weights instead of NaN.
+pub fn build_mask(
+    b: usize,
+    t: usize,
+    offset: usize,
+    window: Option<usize>,
+    attention_mask: Option<&Tensor>,
+    device: &Device,
+) -> Result<Tensor> {
+    const NEG: f32 = -1e30;
+    let total = offset + t;
+    let keep: Option<Vec<Vec<u32>>> = match attention_mask {
+        Some(m) => {
+            let (mb, mt) = m.dims2()?;
+            if mb != b || mt != total {
+                return Err(Error::Msg(format!(
+                    "attention_mask has shape ({mb}, {mt}), expected ({b}, {total})"
+                )));
+            }
+            Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+        }
+        None => None,
+    };
+    let mut data = Vec::with_capacity(b * t * total);
+    for bi in 0..b {
+        for i in 0..t {
+            let qpos = offset + i;
+            for j in 0..total {
+                let causal = j <= qpos;
+                let in_window = window.is_none_or(|w| qpos - j.min(qpos) < w);
+                let real = keep.as_ref().is_none_or(|k| k[bi][j] != 0);
+                data.push(if causal && in_window && real { 0.0 } else { NEG });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, 1, t, total), device)?)
+}

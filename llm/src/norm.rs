@@ -1,0 +1,33 @@
+//! RMSNorm with a training path that autograd can differentiate.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::Result;
+
+/// `x / sqrt(mean(x^2) + eps) * w`, computed in f32. The weight is stored as the model applies it
+/// (Gemma's `1 + w` is folded in at load time, as llama.cpp's converter does).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// `(.., d) -> (.., d)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if !xs.track_op() && xs.is_contiguous() {
+            // Inference only: the fused kernel has no backward, and nothing upstream trains here.
+            let w = self.weight.to_dtype(xs.dtype())?;
+            return Ok(candle_nn::ops::rms_norm(xs, &w, self.eps as f32)?);
+        }
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        Ok(x.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,61 @@
+//! Rotary position embeddings, computed for just the positions of a forward call.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::Result;
+
+/// cos/sin tables `(t, head_dim / 2)` for positions `offset .. offset + t`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    interleaved: bool,
+}
+
+impl RopeTables {
+    /// `scale` > 1 stretches positions (linear RoPE scaling); `freq_factors` divides individual
+    /// frequencies (Llama 3.1's `rope_freqs`).
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        scale: f64,
+        freq_factors: Option<&[f32]>,
+        offset: usize,
+        t: usize,
+        interleaved: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+                let f = f / freq_factors.and_then(|ff| ff.get(i)).copied().unwrap_or(1.0) as f64;
+                (f / scale) as f32
+            })
+            .collect();
+        let mut angles = Vec::with_capacity(t * half);
+        for p in offset..offset + t {
+            angles.extend(inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (t, half), device)?;
+        Ok(Self {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+            interleaved,
+        })
+    }
+
+    /// Rotates `(b, h, t, d)`.
+    pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = xs.contiguous()?;
+        let train = xs.track_op();
+        // The fused kernels have no backward: use them only when nothing upstream trains.
+        Ok(match (self.interleaved, train) {
+            (true, true) => candle_nn::rotary_emb::rope_i_slow(&xs, &self.cos, &self.sin)?,
+            (true, false) => candle_nn::rotary_emb::rope_i(&xs, &self.cos, &self.sin)?,
+            (false, true) => candle_nn::rotary_emb::rope_slow(&xs, &self.cos, &self.sin)?,
+            (false, false) => candle_nn::rotary_emb::rope(&xs, &self.cos, &self.sin)?,
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! anymal-quant: frozen quantized linear layers that still pass exact gradients to their input.
+//!
+//! candle's `QMatMul` runs its kernel through `apply_op1_no_bwd`, so a gradient never reaches the
+//! layer's input and no error says so. [`QLinear`] wraps the same kernels in a custom op whose
+//! backward is `grad @ dequant(W)`: the weights stay frozen and 4-bit, and only one layer's weight
+//! is ever held dequantized (inside that backward call).
+//!
+//! Two 4-bit families: the GGUF block types (Q4_0, Q4_1, Q4K, ...) run on candle's kernels, and
+//! [`Nf4Tensor`], QLoRA's NormalFloat-4 with optional double quantization of the scales.
+
+pub mod custom_op;
+mod error;
+mod nf4;
+mod qlinear;
+mod quant_type;
+
+pub use error::{Error, Result};
+pub use nf4::{Nf4Tensor, NF4_CODE};
+pub use qlinear::{QLinear, QWeight};
+pub use quant_type::QuantType;
+
+/// Re-exported so users name GGUF block types without depending on candle directly.
+pub use candle_core::quantized::GgmlDType;

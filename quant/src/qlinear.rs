@@ -1,0 +1,228 @@
+//! A frozen linear layer over quantized weights whose backward reaches its input.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use crate::nf4::{Nf4MatMul, Nf4Tensor};
+use crate::{Error, QuantType, Result};
+
+/// Where a frozen weight (out, in) lives.
+#[derive(Clone, Debug)]
+pub enum QWeight {
+    /// A GGUF block type, multiplied by candle's quantized kernels.
+    Ggml(Arc<QTensor>),
+    /// QLoRA NF4.
+    Nf4(Arc<Nf4Tensor>),
+    /// Unquantized (F32/F16/BF16 weights): a plain constant tensor, so autograd handles it, and
+    /// it never becomes a `Var`, so it never gets a gradient.
+    Dense(Tensor),
+}
+
+/// `y = x W^T (+ b)` with W frozen and quantized.
+///
+/// Input `(.., in)`, output `(.., out)`. The gradient with respect to the input is exact for the
+/// stored (quantized) weights: `dx = dy @ dequant(W)`. Weights and bias never receive a gradient.
+#[derive(Clone, Debug)]
+pub struct QLinear {
+    weight: QWeight,
+    bias: Option<Tensor>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl QLinear {
+    /// Wraps a GGUF tensor of shape (out, in). F32/F16/BF16 tensors are kept dense.
+    pub fn from_qtensor(w: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::from_arc(Arc::new(w), bias)
+    }
+
+    pub fn from_arc(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = match w.shape().dims() {
+            [o, i] => (*o, *i),
+            d => return Err(Error::NotMatrix(d.to_vec())),
+        };
+        let weight = match w.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                QWeight::Dense(w.dequantize(&w.device())?.to_dtype(dense_dtype(w.dtype()))?)
+            }
+            _ => QWeight::Ggml(w),
+        };
+        Ok(Self { weight, bias, out_features, in_features })
+    }
+
+    /// Quantizes a dense weight (out, in) to `ty`. Rows that `ty`'s block does not tile fall back
+    /// to a smaller block of the same family (see [`QuantType::fallback_for_row`]).
+    pub fn quantize(w: &Tensor, bias: Option<Tensor>, ty: QuantType) -> Result<Self> {
+        let (out_features, in_features) = match w.dims() {
+            [o, i] => (*o, *i),
+            d => return Err(Error::NotMatrix(d.to_vec())),
+        };
+        let ty = ty.fallback_for_row(in_features);
+        let weight = match ty {
+            QuantType::Nf4 { double_quant } => {
+                QWeight::Nf4(Arc::new(Nf4Tensor::quantize(w, double_quant)?))
+            }
+            QuantType::Ggml(t @ (GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)) => {
+                QWeight::Dense(w.to_dtype(dense_dtype(t))?)
+            }
+            QuantType::Ggml(t) => {
+                let w32 = w.to_dtype(DType::F32)?.contiguous()?;
+                QWeight::Ggml(Arc::new(QTensor::quantize(&w32, t)?))
+            }
+        };
+        Ok(Self { weight, bias, out_features, in_features })
+    }
+
+    /// Re-quantizes to `ty` (no-op when already of that type). Used to move GGUF types without a
+    /// fast CPU kernel (Q4_1, Q5_0, ...) to one that has it.
+    pub fn requantize(&self, ty: QuantType) -> Result<Self> {
+        if self.quant_type() == ty.fallback_for_row(self.in_features) {
+            return Ok(self.clone());
+        }
+        let w = self.dequantize()?;
+        Self::quantize(&w, self.bias.clone(), ty)
+    }
+
+    pub fn weight(&self) -> &QWeight {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// (out, in)
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out_features, self.in_features)
+    }
+
+    pub fn quant_type(&self) -> QuantType {
+        match &self.weight {
+            QWeight::Ggml(w) => QuantType::Ggml(w.dtype()),
+            QWeight::Nf4(w) => QuantType::Nf4 { double_quant: w.double_quant() },
+            QWeight::Dense(w) => QuantType::Ggml(match w.dtype() {
+                DType::F16 => GgmlDType::F16,
+                DType::BF16 => GgmlDType::BF16,
+                _ => GgmlDType::F32,
+            }),
+        }
+    }
+
+    /// Bytes the weight occupies (bias excluded).
+    pub fn storage_size_in_bytes(&self) -> usize {
+        match &self.weight {
+            QWeight::Ggml(w) => w.storage_size_in_bytes(),
+            QWeight::Nf4(w) => w.storage_size_in_bytes(),
+            QWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.weight {
+            QWeight::Ggml(w) => w.device(),
+            QWeight::Nf4(_) => Device::Cpu,
+            QWeight::Dense(w) => w.device().clone(),
+        }
+    }
+
+    /// The weight as an f32 tensor (out, in). Allocates: meant for backward, merging and tests.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            QWeight::Ggml(w) => w.dequantize(&w.device())?,
+            QWeight::Nf4(w) => w.dequantize(&Device::Cpu)?,
+            QWeight::Dense(w) => w.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// `(.., in) -> (.., out)`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = match &self.weight {
+            QWeight::Dense(w) => {
+                let w = w.to_dtype(xs.dtype())?;
+                let (lead, k) = split_last(xs.dims());
+                let ys = xs.reshape(((), k))?.matmul(&w.t()?)?;
+                ys.reshape(with_last(&lead, self.out_features))?
+            }
+            _ => xs.contiguous()?.apply_op1(QMatMulWithGrad { weight: self.weight.clone() })?,
+        };
+        Ok(match &self.bias {
+            Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
+            None => ys,
+        })
+    }
+}
+
+impl candle_core::Module for QLinear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        QLinear::forward(self, xs).map_err(|e| match e {
+            Error::Candle(e) => e,
+            e => candle_core::Error::Msg(e.to_string()),
+        })
+    }
+}
+
+fn dense_dtype(t: GgmlDType) -> DType {
+    match t {
+        GgmlDType::F16 => DType::F16,
+        GgmlDType::BF16 => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn split_last(dims: &[usize]) -> (Vec<usize>, usize) {
+    let (last, lead) = dims.split_last().map(|(l, r)| (*l, r.to_vec())).unwrap_or((0, vec![]));
+    (lead, last)
+}
+
+fn with_last(lead: &[usize], last: usize) -> Vec<usize> {
+    let mut d = lead.to_vec();
+    d.push(last);
+    d
+}
+
+/// The quantized matmul as a custom op with a backward. Forward: candle's quantized kernel (or
+/// NF4's dequantize-and-multiply). Backward: `grad @ dequant(W)`, dequantizing this one layer
+/// just for this call.
+struct QMatMulWithGrad {
+    weight: QWeight,
+}
+
+impl CustomOp1 for QMatMulWithGrad {
+    fn name(&self) -> &'static str {
+        "qlinear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match &self.weight {
+            QWeight::Ggml(w) => w.as_ref().cpu_fwd(storage, layout),
+            QWeight::Nf4(w) => Nf4MatMul(w).cpu_fwd(storage, layout),
+            QWeight::Dense(_) => candle_core::bail!("dense weights do not use the qlinear op"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        match &self.weight {
+            QWeight::Ggml(w) => w.as_ref().cuda_fwd(storage, layout),
+            _ => candle_core::bail!("qlinear: NF4 weights run on the CPU only for now"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = match &self.weight {
+            QWeight::Ggml(w) => w.dequantize(arg.device())?,
+            QWeight::Nf4(w) => w.dequantize(arg.device()).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            QWeight::Dense(w) => w.clone(),
+        };
+        let w = w.to_dtype(grad_res.dtype())?;
+        let (n, k) = w.dims2()?;
+        let (lead, _) = split_last(grad_res.dims());
+        let g = grad_res.contiguous()?.reshape(((), n))?.matmul(&w)?;
+        Ok(Some(g.reshape(with_last(&lead, k))?.to_dtype(arg.dtype())?))
+    }
+}

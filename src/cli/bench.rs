@@ -1,0 +1,164 @@
+//! `anymal bench`: speed and memory on this machine. Figures go in the README; tests never
+//! assert timings.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use anymal_llm::{generate, load_model, Sampler, SamplingConfig};
+use anymal_quant::{QLinear, QuantType};
+use candle_core::{Device, Tensor, Var};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// What to measure: qlinear, train, generate (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[arg(long, default_value = "smollm2")]
+    pub llm: String,
+    #[arg(long)]
+    pub requant: Option<String>,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+fn wants(a: &BenchArgs, what: &str) -> bool {
+    a.only.is_empty() || a.only.iter().any(|o| o == what)
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    println!("machine: {}", machine());
+    if wants(&a, "qlinear") {
+        bench_qlinear(a.reps)?;
+    }
+    if wants(&a, "train") || wants(&a, "generate") {
+        let opts = super::load_options(a.requant.as_deref())?;
+        let model = load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
+        if wants(&a, "train") {
+            bench_train(&model, a.reps)?;
+        }
+        if wants(&a, "generate") {
+            bench_generate(&model)?;
+        }
+    }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Result<f64> {
+    f()?; // warm-up
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+fn bench_qlinear(reps: usize) -> anyhow::Result<()> {
+    let (m, k, n) = (64, 2048, 2048);
+    println!("\nQLinear forward+backward, x ({m}, {k}) by W ({n}, {k}), median of {reps}:");
+    println!("| type | fwd ms | fwd+bwd ms | vs f32 dense fwd+bwd |");
+    println!("|---|---|---|---|");
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+    let x0 = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let dense = {
+        let x = Var::from_tensor(&x0)?;
+        time(reps, || {
+            let y = x.as_tensor().matmul(&w.t()?)?;
+            let _ = y.sum_all()?.backward()?;
+            Ok(())
+        })?
+    };
+    println!("| f32 dense (candle matmul) | - | {:.1} | 1.00 |", dense * 1e3);
+    for ty in ["f16", "q4_0", "q4_1", "q5_0", "q8_0", "q4k", "q5k", "q6k", "nf4"] {
+        let layer = QLinear::quantize(&w, None, QuantType::parse(ty)?)?;
+        let fwd = time(reps, || {
+            layer.forward(&x0)?;
+            Ok(())
+        })?;
+        let x = Var::from_tensor(&x0)?;
+        let fb = time(reps, || {
+            let y = layer.forward(x.as_tensor())?;
+            let _ = y.sum_all()?.backward()?;
+            Ok(())
+        })?;
+        println!("| {ty} | {:.1} | {:.1} | {:.2} |", fwd * 1e3, fb * 1e3, fb / dense);
+    }
+    Ok(())
+}
+
+fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<()> {
+    let llm = &model.llm;
+    let (b, t) = (1, 512);
+    println!("\nDecoder forward+backward to the input embeddings, batch {b} x {t} tokens, loss on all logits:");
+    let ids: Vec<u32> = (0..(b * t) as u32).map(|i| 100 + (i * 7919) % 10_000).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &llm.device)?;
+    let emb = llm.embed_tokens(&ids)?;
+    for ckpt in [false, true] {
+        let mut l = llm.clone();
+        l.gradient_checkpointing = ckpt;
+        let x = Var::from_tensor(&emb)?;
+        let s = time(reps.min(3), || {
+            let h = l.forward_embeds(x.as_tensor(), 0, None, None)?;
+            let logits = l.logits(&h)?;
+            let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &ids.flatten_all()?)?;
+            let g = loss.backward()?;
+            anyhow::ensure!(g.get(x.as_tensor()).is_some(), "no gradient reached the input");
+            Ok(())
+        })?;
+        println!(
+            "  gradient checkpointing {}: {:.2} s/step, {:.0} tokens/s, peak RSS so far {:.0} MiB",
+            if ckpt { "on " } else { "off" },
+            s,
+            (b * t) as f64 / s,
+            peak_rss_mib()
+        );
+    }
+    Ok(())
+}
+
+fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<()> {
+    let ids = model.tokenizer.encode("The history of the printing press", true, false)?;
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    // Fixed length: no stop token, so every run generates the same count.
+    let (_, st) = generate(&model.llm, &ids, None, 128, &mut sampler, &[], |_| Ok(()))?;
+    let long: Vec<u32> = (0..512u32).map(|i| 100 + (i * 7919) % 10_000).collect();
+    let (_, pp) = generate(&model.llm, &long, None, 1, &mut sampler, &[], |_| Ok(()))?;
+    println!(
+        "\nGeneration: tg128 {:.1} tokens/s; prompt processing pp512 {:.1} tokens/s",
+        st.generated_tokens as f64 / st.generate_seconds,
+        pp.prompt_tokens as f64 / pp.prompt_seconds
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {threads} threads")
+}
