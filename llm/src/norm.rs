@@ -19,15 +19,17 @@ impl RmsNorm {
 
     /// `(.., d) -> (.., d)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !xs.track_op() && xs.is_contiguous() {
+        if !xs.track_op() && xs.is_contiguous() && xs.dtype() != DType::F64 {
             // Inference only: the fused kernel has no backward, and nothing upstream trains here.
             let w = self.weight.to_dtype(xs.dtype())?;
             return Ok(candle_nn::ops::rms_norm(xs, &w, self.eps as f32)?);
         }
         let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
+        // Accumulate in at least f32 (bf16/f16 activations), in f64 when given f64.
+        let acc = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let x = xs.to_dtype(acc)?;
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        Ok(x.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+        Ok(x.broadcast_mul(&self.weight.to_dtype(acc)?)?.to_dtype(dtype)?)
     }
 }

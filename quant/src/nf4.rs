@@ -36,46 +36,44 @@ pub const NF4_CODE: [f32; 16] = [
 ];
 
 /// bitsandbytes' `create_dynamic_map(signed=True)`: 8-bit "dynamic tree" values used for the
-/// second-level quantization of the absmax scales. Sorted ascending, 256 entries.
+/// second-level quantization of the absmax scales. Sorted ascending, 256 entries. Computed in f32
+/// as torch's scalar `linspace` does; torch's vectorized linspace rounds some entries
+/// differently (it depends on the CPU's vector width), so entries can differ from bitsandbytes'
+/// by one f32 ulp.
 fn dynamic_map() -> [f32; 256] {
     let max_exponent_bits = 7i32;
-    let mut data: Vec<f64> = Vec::with_capacity(256);
+    let mut data: Vec<f32> = Vec::with_capacity(256);
     for i in 0..max_exponent_bits {
-        let fraction_items = (1usize << i) + 1;
-        let step = 0.9 / (fraction_items - 1) as f64;
-        let bounds: Vec<f64> = (0..fraction_items).map(|j| 0.1 + step * j as f64).collect();
-        let scale = 10f64.powi(-(max_exponent_bits - 1) + i);
+        let n = (1usize << i) + 1;
+        let bounds = linspace_f32(0.1, 1.0, n);
+        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
         for w in bounds.windows(2) {
             let mean = (w[0] + w[1]) / 2.0;
             data.push(scale * mean);
-            data.push(-scale * mean);
+            data.push(-(scale * mean));
         }
     }
     data.push(0.0);
     data.push(1.0);
     data.sort_by(|a, b| a.total_cmp(b));
     let mut out = [0f32; 256];
-    for (o, v) in out.iter_mut().zip(data) {
-        *o = v as f32;
-    }
+    out.copy_from_slice(&data);
     out
 }
 
-/// Index of the nearest value in a sorted table.
+/// torch.linspace on f32: the first half counts up from `start`, the second down from `end`.
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
+        .collect()
+}
+
+/// Index of the nearest value in a sorted table, as bitsandbytes assigns it: bucketize against
+/// the f32 midpoints of neighbouring values, a value on a midpoint going to the lower index.
 fn nearest(table: &[f32], x: f32) -> u8 {
-    let idx = table.partition_point(|&c| c < x);
-    if idx == 0 {
-        return 0;
-    }
-    if idx == table.len() {
-        return (table.len() - 1) as u8;
-    }
-    let (lo, hi) = (table[idx - 1], table[idx]);
-    if (x - lo).abs() <= (hi - x).abs() {
-        (idx - 1) as u8
-    } else {
-        idx as u8
-    }
+    table.windows(2).take_while(|w| (w[0] + w[1]) / 2.0 < x).count() as u8
 }
 
 /// The per-block scales of an NF4 tensor.
@@ -113,9 +111,10 @@ impl Nf4Tensor {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             absmax.push(amax);
             let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+            let norm = |v: f32| (v * inv).clamp(-1.0, 1.0);
             for (j, pair) in block.chunks_exact(2).enumerate() {
-                let hi = nearest(&NF4_CODE, pair[0] * inv);
-                let lo = nearest(&NF4_CODE, pair[1] * inv);
+                let hi = nearest(&NF4_CODE, norm(pair[0]));
+                let lo = nearest(&NF4_CODE, norm(pair[1]));
                 codes[b * NF4_BLOCK / 2 + j] = (hi << 4) | lo;
             }
         }
@@ -137,7 +136,7 @@ impl Nf4Tensor {
             let m = centred.iter().fold(0f32, |m, v| m.max(v.abs()));
             absmax2.push(m);
             let inv = if m > 0.0 { 1.0 / m } else { 0.0 };
-            q.extend(centred.iter().map(|v| nearest(&map, v * inv)));
+            q.extend(centred.iter().map(|v| nearest(&map, (v * inv).clamp(-1.0, 1.0))));
         }
         Nf4Scales::DoubleQuant { q, absmax2, offset }
     }
@@ -240,6 +239,16 @@ mod tests {
         assert!(m.contains(&0.0));
         // The largest negative magnitude is the mean of the last two linspace(0.1, 1, 65) bounds.
         assert!((m[0] + 0.99296875).abs() < 1e-6, "{}", m[0]);
+    }
+
+    #[test]
+    fn dynamic_map_is_bitsandbytes_map() {
+        let p = format!("{}/tests/fixtures/nf4_bnb.safetensors", env!("CARGO_MANIFEST_DIR"));
+        let fx = candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+        let reference = fx["dynamic_map"].to_vec1::<f32>().unwrap();
+        for (a, b) in dynamic_map().iter().zip(&reference) {
+            assert!((a - b).abs() <= b.abs() * 2.0 * f32::EPSILON, "{a} vs {b}");
+        }
     }
 
     #[test]
