@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "anymal", version, about = "Teach a frozen 4-bit LLM to take in any modality")]
+#[command(
+    name = "anymal",
+    version,
+    about = "Teach a frozen 4-bit LLM to take in any modality"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

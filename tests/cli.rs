@@ -8,7 +8,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 fn anymal(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_anymal")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_anymal"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -35,7 +38,11 @@ fn assert_clean_error(args: &[&str], file: &Path, what: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one line, got {stderr}");
     assert!(lines[0].starts_with("error: "), "{what}: {stderr}");
-    assert!(lines[0].contains(&file.display().to_string()), "{what}: error does not name {}: {stderr}", file.display());
+    assert!(
+        lines[0].contains(&file.display().to_string()),
+        "{what}: error does not name {}: {stderr}",
+        file.display()
+    );
 }
 
 fn write_gguf(path: &Path, md: &[(&str, Value)], tensors: &[(&str, QTensor)]) {
@@ -49,8 +56,17 @@ fn write_gguf(path: &Path, md: &[(&str, Value)], tensors: &[(&str, QTensor)]) {
 fn smollm2_answers_paris_through_its_chat_template() {
     let m = smollm2();
     let (code, stdout, stderr) = anymal(&[
-        "generate", "--llm", m.to_str().unwrap(), "--system", "You are a helpful AI assistant.",
-        "--prompt", "What is the capital of France?", "--max-tokens", "24", "--temperature", "0",
+        "generate",
+        "--llm",
+        m.to_str().unwrap(),
+        "--system",
+        "You are a helpful AI assistant.",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("Paris"), "answer: {stdout:?}");
@@ -72,36 +88,111 @@ fn inspect_describes_the_model() {
 #[test]
 fn bad_models_give_one_line_errors() {
     let missing = tmp("does-not-exist.gguf");
-    assert_clean_error(&["generate", "--llm", missing.to_str().unwrap(), "--prompt", "hi"], &missing, "missing file");
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            missing.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &missing,
+        "missing file",
+    );
 
     let text = tmp("not-a-model.gguf");
     std::fs::write(&text, "hello, I am not a model").unwrap();
-    assert_clean_error(&["generate", "--llm", text.to_str().unwrap(), "--prompt", "hi"], &text, "not GGUF");
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            text.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &text,
+        "not GGUF",
+    );
 
     // The real model cut short: the header reads, the tensor data does not.
     let truncated = tmp("truncated.gguf");
     let bytes = std::fs::read(smollm2()).unwrap();
     std::fs::write(&truncated, &bytes[..4 << 20]).unwrap();
-    assert_clean_error(&["generate", "--llm", truncated.to_str().unwrap(), "--prompt", "hi"], &truncated, "truncated");
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            truncated.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &truncated,
+        "truncated",
+    );
     let header_cut = tmp("header-cut.gguf");
     std::fs::write(&header_cut, &bytes[..100_000]).unwrap();
-    assert_clean_error(&["inspect", header_cut.to_str().unwrap()], &header_cut, "header cut");
+    assert_clean_error(
+        &["inspect", header_cut.to_str().unwrap()],
+        &header_cut,
+        "header cut",
+    );
 
     // Garbage after a valid magic.
     let corrupt = tmp("corrupt.gguf");
     let mut junk = b"GGUF".to_vec();
     junk.extend((0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
     std::fs::write(&corrupt, &junk).unwrap();
-    assert_clean_error(&["generate", "--llm", corrupt.to_str().unwrap(), "--prompt", "hi"], &corrupt, "corrupt");
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            corrupt.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &corrupt,
+        "corrupt",
+    );
 
-    let w = QTensor::quantize(&Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let w = QTensor::quantize(
+        &Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let unsupported = tmp("mamba.gguf");
-    write_gguf(&unsupported, &[("general.architecture", Value::String("mamba".into()))], &[("token_embd.weight", w)]);
-    let (_, _, stderr) = anymal(&["generate", "--llm", unsupported.to_str().unwrap(), "--prompt", "hi"]);
-    assert!(stderr.contains("unsupported architecture 'mamba'"), "{stderr}");
-    assert_clean_error(&["generate", "--llm", unsupported.to_str().unwrap(), "--prompt", "hi"], &unsupported, "unsupported arch");
+    write_gguf(
+        &unsupported,
+        &[("general.architecture", Value::String("mamba".into()))],
+        &[("token_embd.weight", w)],
+    );
+    let (_, _, stderr) = anymal(&[
+        "generate",
+        "--llm",
+        unsupported.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(
+        stderr.contains("unsupported architecture 'mamba'"),
+        "{stderr}"
+    );
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            unsupported.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &unsupported,
+        "unsupported arch",
+    );
 
-    let w = QTensor::quantize(&Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let w = QTensor::quantize(
+        &Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let no_tok = tmp("no-tokenizer.gguf");
     write_gguf(
         &no_tok,
@@ -115,11 +206,35 @@ fn bad_models_give_one_line_errors() {
         ],
         &[("token_embd.weight", w)],
     );
-    let (_, _, stderr) = anymal(&["generate", "--llm", no_tok.to_str().unwrap(), "--prompt", "hi"]);
+    let (_, _, stderr) = anymal(&[
+        "generate",
+        "--llm",
+        no_tok.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
     assert!(stderr.contains("no tokenizer"), "{stderr}");
-    assert_clean_error(&["generate", "--llm", no_tok.to_str().unwrap(), "--prompt", "hi"], &no_tok, "no tokenizer");
+    assert_clean_error(
+        &[
+            "generate",
+            "--llm",
+            no_tok.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &no_tok,
+        "no tokenizer",
+    );
 
-    let (code, _, stderr) = anymal(&["generate", "--llm", "smollm2", "--prompt", "hi", "--requant", "q9"]);
+    let (code, _, stderr) = anymal(&[
+        "generate",
+        "--llm",
+        "smollm2",
+        "--prompt",
+        "hi",
+        "--requant",
+        "q9",
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("'q9'"), "{stderr}");
 }

@@ -53,7 +53,8 @@ impl Attention {
         };
         let k = repeat_kv(&k, h / kvh)?;
         let v = repeat_kv(&v, h / kvh)?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
+        let scores =
+            (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
@@ -71,5 +72,8 @@ fn repeat_kv(xs: &Tensor, n: usize) -> Result<Tensor> {
         return Ok(xs.clone());
     }
     let (b, kv, t, d) = xs.dims4()?;
-    Ok(xs.unsqueeze(2)?.broadcast_as((b, kv, n, t, d))?.reshape((b, kv * n, t, d))?)
+    Ok(xs
+        .unsqueeze(2)?
+        .broadcast_as((b, kv, n, t, d))?
+        .reshape((b, kv * n, t, d))?)
 }

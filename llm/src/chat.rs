@@ -12,7 +12,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -25,7 +28,11 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
-        Self { source, bos_token, eos_token }
+        Self {
+            source,
+            bos_token,
+            eos_token,
+        }
     }
 
     pub fn source(&self) -> &str {
@@ -36,11 +43,20 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib_pycompat);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.source).map_err(|e| Error::Template(e.to_string()))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", &self.source)
+            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -60,12 +76,19 @@ fn minijinja_contrib_pycompat(
     args: &[minijinja::Value],
 ) -> std::result::Result<minijinja::Value, minijinja::Error> {
     use minijinja::{Error as E, ErrorKind, Value};
-    let s = value
-        .as_str()
-        .ok_or_else(|| E::new(ErrorKind::UnknownMethod, format!("no method {method} on {}", value.kind())))?;
+    let s = value.as_str().ok_or_else(|| {
+        E::new(
+            ErrorKind::UnknownMethod,
+            format!("no method {method} on {}", value.kind()),
+        )
+    })?;
     let arg = |i: usize| args.get(i).and_then(|a| a.as_str()).unwrap_or("");
     Ok(match method {
-        "strip" => Value::from(if args.is_empty() { s.trim() } else { s.trim_matches(|c| arg(0).contains(c)) }),
+        "strip" => Value::from(if args.is_empty() {
+            s.trim()
+        } else {
+            s.trim_matches(|c| arg(0).contains(c))
+        }),
         "lstrip" => Value::from(s.trim_start()),
         "rstrip" => Value::from(s.trim_end()),
         "upper" => Value::from(s.to_uppercase()),
@@ -73,7 +96,12 @@ fn minijinja_contrib_pycompat(
         "startswith" => Value::from(s.starts_with(arg(0))),
         "endswith" => Value::from(s.ends_with(arg(0))),
         "split" => Value::from(s.split(arg(0)).map(Value::from).collect::<Vec<_>>()),
-        _ => return Err(E::new(ErrorKind::UnknownMethod, format!("no method {method} on string"))),
+        _ => {
+            return Err(E::new(
+                ErrorKind::UnknownMethod,
+                format!("no method {method} on string"),
+            ))
+        }
     })
 }
 
@@ -89,12 +117,19 @@ mod tests {
             "</s>".into(),
         );
         let out = t.render(&[Message::new("user", "Hi")], true).unwrap();
-        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn template_errors_are_reported() {
-        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}".into(), String::new(), String::new());
+        let t = ChatTemplate::new(
+            "{{ raise_exception('roles must alternate') }}".into(),
+            String::new(),
+            String::new(),
+        );
         let err = t.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("roles must alternate"), "{err}");
     }

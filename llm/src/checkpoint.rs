@@ -36,7 +36,11 @@ impl CustomOp1 for CheckpointedBlock {
         "checkpointed-block"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         // A tensor built from raw storage tracks no graph: the block's intermediates are freed
         // as soon as it returns.
         let xs = anymal_quant::custom_op::cpu_tensor(storage, layout)?;
@@ -52,7 +56,12 @@ impl CustomOp1 for CheckpointedBlock {
         anymal_quant::custom_op::into_cuda_storage(self.run(&xs)?)
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let x = Var::from_tensor(&arg.detach())?;
         let y = self.run(x.as_tensor())?;
         // d/dx sum(y * g) = J^T g: the vector-Jacobian product autograd computes for us.

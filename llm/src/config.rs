@@ -78,7 +78,10 @@ impl LlmConfig {
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
             other => {
-                return Err(Error::UnsupportedArch { path: path.into(), arch: other.to_string() })
+                return Err(Error::UnsupportedArch {
+                    path: path.into(),
+                    arch: other.to_string(),
+                })
             }
         };
         let p = |k: &str| format!("{arch_s}.{k}");
@@ -93,9 +96,21 @@ impl LlmConfig {
             _ => get_usize(path, md, &p("vocab_size"))?,
         };
         let gemma = arch == Arch::Gemma3;
-        let sliding_window = if gemma { opt_usize(md, &p("attention.sliding_window")) } else { None };
-        let rope_scale = match md.get(&p("rope.scaling.factor")).and_then(|v| v.to_f32().ok()) {
-            Some(f) if f > 0.0 && md.get(&p("rope.scaling.type")).and_then(|v| v.to_string().ok()).map(|s| s == "linear").unwrap_or(gemma) => f as f64,
+        let sliding_window = if gemma {
+            opt_usize(md, &p("attention.sliding_window"))
+        } else {
+            None
+        };
+        // Linear position scaling (Gemma 3 4B+ global layers); other kinds (yarn, llama3) are
+        // not linear and are handled by their own tensors (`rope_freqs`) or not at all.
+        let scaling_type = md
+            .get(&p("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok());
+        let rope_scale = match md
+            .get(&p("rope.scaling.factor"))
+            .and_then(|v| v.to_f32().ok())
+        {
+            Some(f) if f > 0.0 && scaling_type.is_none_or(|t| t == "linear") => f as f64,
             _ => 1.0,
         };
         let cfg = Self {
@@ -124,10 +139,14 @@ impl LlmConfig {
     /// Reads an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid config: {e}")))?;
+        let hf: HfConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid config: {e}")))?;
         // Multimodal Gemma 3 checkpoints nest the language model's config.
         let hf = match hf.text_config {
-            Some(t) if hf.hidden_size.is_none() => HfConfig { model_type: t.model_type.clone().or(hf.model_type), ..*t },
+            Some(t) if hf.hidden_size.is_none() => HfConfig {
+                model_type: t.model_type.clone().or(hf.model_type),
+                ..*t
+            },
             _ => hf,
         };
         let model_type = hf.model_type.clone().unwrap_or_default();
@@ -135,9 +154,16 @@ impl LlmConfig {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "gemma3" | "gemma3_text" => Arch::Gemma3,
-            other => return Err(Error::UnsupportedArch { path: path.into(), arch: other.to_string() }),
+            other => {
+                return Err(Error::UnsupportedArch {
+                    path: path.into(),
+                    arch: other.to_string(),
+                })
+            }
         };
-        let need = |v: Option<usize>, k: &str| v.ok_or_else(|| Error::file(path, format!("missing field '{k}'")));
+        let need = |v: Option<usize>, k: &str| {
+            v.ok_or_else(|| Error::file(path, format!("missing field '{k}'")))
+        };
         let hidden = need(hf.hidden_size, "hidden_size")?;
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
         let head_dim = hf.head_dim.unwrap_or(hidden / num_heads.max(1));
@@ -147,7 +173,9 @@ impl LlmConfig {
             .as_ref()
             .and_then(|r| {
                 let kind = r.get("rope_type").or_else(|| r.get("type"))?.as_str()?;
-                (kind == "linear").then(|| r.get("factor")?.as_f64()).flatten()
+                (kind == "linear")
+                    .then(|| r.get("factor")?.as_f64())
+                    .flatten()
             })
             .unwrap_or(1.0);
         let cfg = Self {
@@ -166,7 +194,11 @@ impl LlmConfig {
             rope_interleaved: false,
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
             sliding_window: if gemma { hf.sliding_window } else { None },
-            sliding_window_pattern: if gemma { hf.sliding_window_pattern.unwrap_or(6) } else { 0 },
+            sliding_window_pattern: if gemma {
+                hf.sliding_window_pattern.unwrap_or(6)
+            } else {
+                0
+            },
             attn_scale: 1.0 / hf.query_pre_attn_scalar.unwrap_or(head_dim as f64).sqrt(),
         };
         cfg.validate(path)?;
@@ -175,11 +207,18 @@ impl LlmConfig {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::file(path, m));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 || self.hidden_size == 0 {
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || self.num_layers == 0
+            || self.hidden_size == 0
+        {
             return bad(format!("implausible hyper-parameters {self:?}"));
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!("{} heads not a multiple of {} kv heads", self.num_heads, self.num_kv_heads));
+            return bad(format!(
+                "{} heads not a multiple of {} kv heads",
+                self.num_heads, self.num_kv_heads
+            ));
         }
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));

@@ -37,7 +37,9 @@ impl Block {
         mask: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
+        let h = self
+            .attn
+            .forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
         let h = match &self.post_attn_norm {
             Some(n) => n.forward(&h)?,
             None => h,
@@ -74,7 +76,10 @@ pub struct Llm {
 impl Llm {
     /// `(b, t) u32 -> (b, t, d)`: token embeddings, times sqrt(d) for Gemma.
     pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let e = self.embed_tokens.embedding(input_ids)?.to_dtype(self.dtype)?;
+        let e = self
+            .embed_tokens
+            .embedding(input_ids)?
+            .to_dtype(self.dtype)?;
         Ok(match self.cfg.embed_scale() {
             // Gemma rounds the scale to the activation dtype; in f32 this is the exact value.
             Some(s) => (e * s)?,
@@ -113,12 +118,26 @@ impl Llm {
         let hd = self.cfg.head_dim;
         let ff = self.rope_freq_factors.as_deref();
         let rope_global = RopeTables::new(
-            hd, self.cfg.rope_theta, self.cfg.rope_scale, ff, seqlen_offset, t,
-            self.cfg.rope_interleaved, self.dtype, &self.device,
+            hd,
+            self.cfg.rope_theta,
+            self.cfg.rope_scale,
+            ff,
+            seqlen_offset,
+            t,
+            self.cfg.rope_interleaved,
+            self.dtype,
+            &self.device,
         )?;
         let rope_local = RopeTables::new(
-            hd, self.cfg.rope_local_theta, 1.0, ff, seqlen_offset, t,
-            self.cfg.rope_interleaved, self.dtype, &self.device,
+            hd,
+            self.cfg.rope_local_theta,
+            1.0,
+            ff,
+            seqlen_offset,
+            t,
+            self.cfg.rope_interleaved,
+            self.dtype,
+            &self.device,
         )?;
         let mask_global = build_mask(b, t, seqlen_offset, None, attention_mask, &self.device)?;
         let mask_local = match self.cfg.sliding_window {
@@ -134,7 +153,11 @@ impl Llm {
                 (&rope_global, &mask_global)
             };
             xs = if checkpoint {
-                xs.apply_op1(CheckpointedBlock::new(layer.clone(), rope.clone(), mask.clone()))?
+                xs.apply_op1(CheckpointedBlock::new(
+                    layer.clone(),
+                    rope.clone(),
+                    mask.clone(),
+                ))?
             } else {
                 layer.forward(&xs, rope, mask, cache.as_deref_mut().map(|c| (c, i)))?
             };
@@ -205,7 +228,11 @@ pub fn build_mask(
                 let causal = j <= qpos;
                 let in_window = window.is_none_or(|w| qpos - j.min(qpos) < w);
                 let real = keep.as_ref().is_none_or(|k| k[bi][j] != 0);
-                data.push(if causal && in_window && real { 0.0 } else { NEG });
+                data.push(if causal && in_window && real {
+                    0.0
+                } else {
+                    NEG
+                });
             }
         }
     }

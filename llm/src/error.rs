@@ -11,7 +11,9 @@ pub enum Error {
     File { path: PathBuf, msg: String },
     #[error("{path}: missing tensor '{name}'")]
     MissingTensor { path: PathBuf, name: String },
-    #[error("{path}: unsupported architecture '{arch}' (supported: llama, mistral, qwen2, gemma3)")]
+    #[error(
+        "{path}: unsupported architecture '{arch}' (supported: llama, mistral, qwen2, gemma3)"
+    )]
     UnsupportedArch { path: PathBuf, arch: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -23,7 +25,10 @@ pub enum Error {
 
 impl Error {
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
-        Self::File { path: path.into(), msg: msg.to_string() }
+        Self::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
     }
 }
 

@@ -18,7 +18,11 @@ use crate::{Error, Result};
 
 /// Models `scripts/fetch-assets.sh` puts in the cache, by short name.
 pub const KNOWN_MODELS: &[(&str, &str, &str)] = &[
-    ("smollm2", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2"),
+    (
+        "smollm2",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2",
+    ),
     ("gemma3", "models/gemma-3-270m-q4_k_m.gguf", "gemma3"),
 ];
 
@@ -27,7 +31,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("anymal")
 }
 
@@ -39,7 +45,10 @@ pub fn known_model_path(name: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::Msg(format!("unknown model name '{name}'")))?;
     let p = cache_dir().join(rel);
     if !p.exists() {
-        return Err(Error::file(&p, format!("not found: fetch it with `scripts/fetch-assets.sh {asset}`")));
+        return Err(Error::file(
+            &p,
+            format!("not found: fetch it with `scripts/fetch-assets.sh {asset}`"),
+        ));
     }
     Ok(p)
 }
@@ -54,11 +63,15 @@ pub fn resolve_model_ref(reference: &str) -> Result<PathBuf> {
         return known_model_path(reference);
     }
     if let Some((org, name)) = reference.split_once('/') {
-        if !org.is_empty() && !name.is_empty() && !name.contains('/') && !reference.starts_with('.') {
+        if !org.is_empty() && !name.is_empty() && !name.contains('/') && !reference.starts_with('.')
+        {
             return resolve_hf_cache(org, name);
         }
     }
-    Err(Error::file(&p, "no such file or folder (and not a known model name or org/name hub id)"))
+    Err(Error::file(
+        &p,
+        "no such file or folder (and not a known model name or org/name hub id)",
+    ))
 }
 
 /// `$HF_HUB_CACHE` or `$HF_HOME/hub` (default `~/.cache/huggingface/hub`).
@@ -66,10 +79,14 @@ fn hf_hub_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let h = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        h.join(".cache").join("huggingface")
-    });
+    let home = std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let h = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            h.join(".cache").join("huggingface")
+        });
     home.join("hub")
 }
 
@@ -85,12 +102,20 @@ fn resolve_hf_cache(org: &str, name: &str) -> Result<PathBuf> {
         }
     }
     let mut entries: Vec<_> = std::fs::read_dir(&snaps)
-        .map_err(|_| Error::file(&repo, format!("'{org}/{name}' is not in the local HF cache (no hub is contacted)")))?
+        .map_err(|_| {
+            Error::file(
+                &repo,
+                format!("'{org}/{name}' is not in the local HF cache (no hub is contacted)"),
+            )
+        })?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .collect();
     entries.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-    entries.last().map(|e| e.path()).ok_or_else(|| Error::file(&snaps, "no snapshot in the HF cache"))
+    entries
+        .last()
+        .map(|e| e.path())
+        .ok_or_else(|| Error::file(&snaps, "no snapshot in the HF cache"))
 }
 
 /// How to load.
@@ -105,7 +130,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { quant: None, device: Device::Cpu, dtype: DType::F32 }
+        Self {
+            quant: None,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -146,8 +175,14 @@ pub fn load_model(reference: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             .collect();
         return match ggufs.as_slice() {
             [one] => load_gguf(one, opts),
-            [] => Err(Error::file(&path, "folder has neither config.json nor a .gguf file")),
-            _ => Err(Error::file(&path, "folder has several .gguf files: name one")),
+            [] => Err(Error::file(
+                &path,
+                "folder has neither config.json nor a .gguf file",
+            )),
+            _ => Err(Error::file(
+                &path,
+                "folder has several .gguf files: name one",
+            )),
         };
     }
     load_gguf(&path, opts)
@@ -161,8 +196,10 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
         return Err(Error::file(path, "not a GGUF file (bad magic)"));
     }
     use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0)).map_err(|e| Error::file(path, e))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| Error::file(path, format!("corrupt GGUF: {e}")))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| Error::file(path, e))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| Error::file(path, format!("corrupt GGUF: {e}")))?;
     Ok((content, file))
 }
 
@@ -179,11 +216,21 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         _ => None,
     };
     let stop_ids = stop_ids_of(&tokenizer);
-    Ok(LoadedModel { llm, tokenizer, chat_template, path: path.to_path_buf(), stop_ids })
+    Ok(LoadedModel {
+        llm,
+        tokenizer,
+        chat_template,
+        path: path.to_path_buf(),
+        stop_ids,
+    })
 }
 
 fn template_for(tok: &Tokenizer, src: String) -> ChatTemplate {
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or("").to_string();
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tok.id_to_token(i))
+            .unwrap_or("")
+            .to_string()
+    };
     ChatTemplate::new(src, name(tok.bos_id), name(tok.eos_id))
 }
 
@@ -217,8 +264,12 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
             .map_err(|e| Error::file(f, format!("invalid safetensors: {e}")))?;
         for (name, _) in st.tensors() {
-            let Some(gname) = hf_to_gguf_name(&name, cfg.arch) else { continue };
-            let t = st.load(&name, &Device::Cpu).map_err(|e| Error::file(f, format!("tensor '{name}': {e}")))?;
+            let Some(gname) = hf_to_gguf_name(&name, cfg.arch) else {
+                continue;
+            };
+            let t = st
+                .load(&name, &Device::Cpu)
+                .map_err(|e| Error::file(f, format!("tensor '{name}': {e}")))?;
             tensors.insert(gname, RawWeight::Dense(t));
         }
     }
@@ -230,9 +281,19 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(|s| s.to_string()))
+        .and_then(|v| {
+            v.get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(|s| s.to_string())
+        })
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok())
         .map(|s| template_for(&tokenizer, s));
     let stop_ids = stop_ids_of(&tokenizer);
-    Ok(LoadedModel { llm, tokenizer, chat_template, path: dir.to_path_buf(), stop_ids })
+    Ok(LoadedModel {
+        llm,
+        tokenizer,
+        chat_template,
+        path: dir.to_path_buf(),
+        stop_ids,
+    })
 }

@@ -26,10 +26,15 @@ impl RmsNorm {
         }
         let dtype = xs.dtype();
         // Accumulate in at least f32 (bf16/f16 activations), in f64 when given f64.
-        let acc = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let acc = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let x = xs.to_dtype(acc)?;
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        Ok(x.broadcast_mul(&self.weight.to_dtype(acc)?)?.to_dtype(dtype)?)
+        Ok(x.broadcast_mul(&self.weight.to_dtype(acc)?)?
+            .to_dtype(dtype)?)
     }
 }

@@ -30,7 +30,10 @@ impl RopeTables {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
                 let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-                let f = f / freq_factors.and_then(|ff| ff.get(i)).copied().unwrap_or(1.0) as f64;
+                let f = f / freq_factors
+                    .and_then(|ff| ff.get(i))
+                    .copied()
+                    .unwrap_or(1.0) as f64;
                 (f / scale) as f32
             })
             .collect();

@@ -16,7 +16,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 299792458 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 299792458,
+        }
     }
 }
 
@@ -27,7 +32,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(cfg: SamplingConfig) -> Self {
-        Self { cfg, rng: rand::rngs::StdRng::seed_from_u64(cfg.seed) }
+        Self {
+            cfg,
+            rng: rand::rngs::StdRng::seed_from_u64(cfg.seed),
+        }
     }
 
     /// Picks a token from one position's logits.
@@ -43,7 +51,10 @@ impl Sampler {
             idx.truncate(self.cfg.top_k);
         }
         let max = logits[idx[0] as usize];
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i as usize] - max) / t) as f64).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| (((logits[i as usize] - max) / t) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.cfg.top_p < 1.0 {
@@ -86,15 +97,30 @@ mod tests {
         let mut g = Sampler::new(SamplingConfig::default());
         assert_eq!(g.sample(&logits), 1);
         // top-k 2 never yields tokens 0 or 3.
-        let mut s = Sampler::new(SamplingConfig { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 1 });
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            seed: 1,
+        });
         let picks: Vec<u32> = (0..200).map(|_| s.sample(&logits)).collect();
         assert!(picks.iter().all(|&p| p == 1 || p == 2));
         assert!(picks.contains(&1) && picks.contains(&2));
         // top-p 0.3 keeps only the most likely token.
-        let mut s = Sampler::new(SamplingConfig { temperature: 1.0, top_k: 0, top_p: 0.3, seed: 1 });
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.3,
+            seed: 1,
+        });
         assert!((0..50).all(|_| s.sample(&logits) == 1));
         // Same seed, same draws.
-        let cfg = SamplingConfig { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 7 };
+        let cfg = SamplingConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 7,
+        };
         let (mut a, mut b) = (Sampler::new(cfg), Sampler::new(cfg));
         let da: Vec<u32> = (0..20).map(|_| a.sample(&logits)).collect();
         let db: Vec<u32> = (0..20).map(|_| b.sample(&logits)).collect();

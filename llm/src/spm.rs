@@ -38,7 +38,9 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     // Highest score first; on ties the leftmost pair first.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -60,7 +62,13 @@ impl SpmModel {
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             *slot = index.get(&format!("<0x{b:02X}>")).copied();
         }
-        Self { pieces, scores, index, byte_tokens, unk }
+        Self {
+            pieces,
+            scores,
+            index,
+            byte_tokens,
+            unk,
+        }
     }
 
     pub fn token_id(&self, piece: &str) -> Option<u32> {
@@ -69,7 +77,9 @@ impl SpmModel {
 
     /// Bytes a piece stands for: U+2581 as a space, `<0xXX>` as that byte.
     pub fn piece_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(p) = self.pieces.get(id as usize) else { return vec![] };
+        let Some(p) = self.pieces.get(id as usize) else {
+            return vec![];
+        };
         if let Some(b) = p.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
             if b.len() == 2 {
                 if let Ok(v) = u8::from_str_radix(b, 16) {
@@ -103,7 +113,12 @@ impl SpmModel {
             let (a, b) = (symbols[l], symbols[r]);
             let s = &text[a.start..b.start + b.len];
             if let Some(&id) = self.index.get(s) {
-                queue.push(Bigram { left: l, right: r, score: self.scores[id as usize], size: s.len() });
+                queue.push(Bigram {
+                    left: l,
+                    right: r,
+                    score: self.scores[id as usize],
+                    size: s.len(),
+                });
             }
         };
         for i in 1..symbols.len() {
@@ -156,11 +171,15 @@ mod tests {
     use super::*;
 
     fn model() -> SpmModel {
-        let pieces: Vec<String> = ["<unk>", "▁", "h", "e", "l", "o", "he", "ll", "hell", "hello", "▁hello", "<0x21>"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let scores = vec![0.0, -1.0, -5.0, -5.0, -5.0, -5.0, -2.0, -2.5, -1.5, -1.0, -0.5, 0.0];
+        let pieces: Vec<String> = [
+            "<unk>", "▁", "h", "e", "l", "o", "he", "ll", "hell", "hello", "▁hello", "<0x21>",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let scores = vec![
+            0.0, -1.0, -5.0, -5.0, -5.0, -5.0, -2.0, -2.5, -1.5, -1.0, -0.5, 0.0,
+        ];
         SpmModel::new(pieces, scores, Some(0))
     }
 

@@ -22,7 +22,10 @@ const TYPE_USER_DEFINED: i32 = 4;
 
 enum Kind {
     /// Byte-level BPE; `byte_of` maps GPT-2's printable stand-ins back to bytes.
-    Bpe { tk: Box<tokenizers::Tokenizer>, byte_of: HashMap<char, u8> },
+    Bpe {
+        tk: Box<tokenizers::Tokenizer>,
+        byte_of: HashMap<char, u8>,
+    },
     Spm(SpmModel),
     /// An HF tokenizer.json: decoding goes through its own decoder.
     Hf(Box<tokenizers::Tokenizer>),
@@ -48,10 +51,17 @@ fn gguf_strings(path: &Path, md: &HashMap<String, Value>, key: &str) -> Result<V
     match md.get(key) {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.to_string().cloned().map_err(|_| Error::file(path, format!("'{key}' holds a non-string"))))
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|_| Error::file(path, format!("'{key}' holds a non-string")))
+            })
             .collect(),
         Some(_) => Err(Error::file(path, format!("'{key}' is not an array"))),
-        None => Err(Error::file(path, format!("no tokenizer: metadata '{key}' is missing"))),
+        None => Err(Error::file(
+            path,
+            format!("no tokenizer: metadata '{key}' is missing"),
+        )),
     }
 }
 
@@ -61,7 +71,10 @@ fn gguf_bool(md: &HashMap<String, Value>, key: &str) -> Option<bool> {
 
 /// GPT-2's reversible byte -> printable char table.
 fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -71,7 +84,10 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('?'))).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap_or('?')))
+        .collect()
 }
 
 impl Tokenizer {
@@ -79,7 +95,12 @@ impl Tokenizer {
     pub fn from_gguf(path: &Path, md: &HashMap<String, Value>) -> Result<Self> {
         let model = match md.get("tokenizer.ggml.model") {
             Some(Value::String(s)) => s.clone(),
-            _ => return Err(Error::file(path, "no tokenizer: metadata 'tokenizer.ggml.model' is missing")),
+            _ => {
+                return Err(Error::file(
+                    path,
+                    "no tokenizer: metadata 'tokenizer.ggml.model' is missing",
+                ))
+            }
         };
         let tokens = gguf_strings(path, md, "tokenizer.ggml.tokens")?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
@@ -103,12 +124,24 @@ impl Tokenizer {
             "llama" => {
                 let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
                     Some(Value::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
-                    _ => return Err(Error::file(path, "no tokenizer: 'tokenizer.ggml.scores' is missing")),
+                    _ => {
+                        return Err(Error::file(
+                            path,
+                            "no tokenizer: 'tokenizer.ggml.scores' is missing",
+                        ))
+                    }
                 };
                 if scores.len() != tokens.len() {
-                    return Err(Error::file(path, "tokenizer scores and tokens differ in length"));
+                    return Err(Error::file(
+                        path,
+                        "tokenizer scores and tokens differ in length",
+                    ));
                 }
-                (Kind::Spm(SpmModel::new(tokens.clone(), scores, unk)), true, true)
+                (
+                    Kind::Spm(SpmModel::new(tokens.clone(), scores, unk)),
+                    true,
+                    true,
+                )
             }
             "gpt2" => {
                 let merges = gguf_strings(path, md, "tokenizer.ggml.merges")?;
@@ -116,10 +149,17 @@ impl Tokenizer {
                     Some(Value::String(s)) => s.clone(),
                     _ => "default".to_string(),
                 };
-                (Self::bpe_kind(path, &tokens, &merges, &pre, &specials)?, false, false)
+                (
+                    Self::bpe_kind(path, &tokens, &merges, &pre, &specials)?,
+                    false,
+                    false,
+                )
             }
             other => {
-                return Err(Error::file(path, format!("unsupported tokenizer model '{other}' (supported: gpt2, llama)")))
+                return Err(Error::file(
+                    path,
+                    format!("unsupported tokenizer model '{other}' (supported: gpt2, llama)"),
+                ))
             }
         };
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
@@ -131,23 +171,41 @@ impl Tokenizer {
             bos_id,
             eos_id,
             add_bos: gguf_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(add_bos_default),
-            add_space_prefix: gguf_bool(md, "tokenizer.ggml.add_space_prefix").unwrap_or(space_default),
+            add_space_prefix: gguf_bool(md, "tokenizer.ggml.add_space_prefix")
+                .unwrap_or(space_default),
         })
     }
 
-    fn bpe_kind(path: &Path, tokens: &[String], merges: &[String], pre: &str, specials: &[(String, u32)]) -> Result<Kind> {
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    fn bpe_kind(
+        path: &Path,
+        tokens: &[String],
+        merges: &[String],
+        pre: &str,
+        specials: &[(String, u32)],
+    ) -> Result<Kind> {
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let merges: Vec<(String, String)> = merges
             .iter()
-            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .filter_map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
             .collect();
         // Pre-tokenizers llama.cpp names in `tokenizer.ggml.pre`.
         const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
         const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
-            Ok(Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?
-                .into())
+            Ok(Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .into())
         };
         let (pre_tok, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
             "default" | "gpt2" | "gpt-2" => (ByteLevel::new(false, true, true).into(), false),
@@ -170,17 +228,35 @@ impl Tokenizer {
             .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
         let mut tk = tokenizers::Tokenizer::new(bpe);
         tk.with_pre_tokenizer(Some(pre_tok));
-        let added: Vec<AddedToken> = specials.iter().map(|(s, _)| AddedToken::from(s.clone(), true)).collect();
-        tk.add_special_tokens(added).map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
-        let byte_of = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
-        Ok(Kind::Bpe { tk: Box::new(tk), byte_of })
+        let added: Vec<AddedToken> = specials
+            .iter()
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        tk.add_special_tokens(added)
+            .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
+        let byte_of = bytes_to_unicode()
+            .into_iter()
+            .map(|(b, c)| (c, b))
+            .collect();
+        Ok(Kind::Bpe {
+            tk: Box::new(tk),
+            byte_of,
+        })
     }
 
     /// Loads an HF `tokenizer.json`; BOS/EOS come from `tokenizer_config.json` beside it.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::file(path, format!("invalid tokenizer: {e}")))?;
+        let tk = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("invalid tokenizer: {e}")))?;
         let vocab_map = tk.get_vocab(true);
-        let mut vocab = vec![String::new(); vocab_map.values().map(|v| *v as usize + 1).max().unwrap_or(0)];
+        let mut vocab = vec![
+            String::new();
+            vocab_map
+                .values()
+                .map(|v| *v as usize + 1)
+                .max()
+                .unwrap_or(0)
+        ];
         for (t, i) in &vocab_map {
             vocab[*i as usize] = t.clone();
         }
@@ -192,7 +268,9 @@ impl Tokenizer {
             .unwrap_or(serde_json::Value::Null);
         let tok_of = |k: &str| -> Option<u32> {
             let v = cfg.get(k)?;
-            let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            let s = v
+                .as_str()
+                .or_else(|| v.get("content").and_then(|c| c.as_str()))?;
             vocab_map.get(s).copied()
         };
         let mut control = std::collections::HashSet::new();
@@ -207,7 +285,11 @@ impl Tokenizer {
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         let bos_id = tok_of("bos_token");
-        let add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false) && bos_id.is_some();
+        let add_bos = cfg
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+            && bos_id.is_some();
         Ok(Self {
             kind: Kind::Hf(Box::new(tk)),
             vocab,
@@ -225,10 +307,14 @@ impl Tokenizer {
     }
 
     pub fn token_to_id(&self, s: &str) -> Option<u32> {
-        self.specials.iter().find(|(t, _)| t == s).map(|(_, i)| *i).or_else(|| match &self.kind {
-            Kind::Spm(m) => m.token_id(s),
-            Kind::Bpe { tk, .. } | Kind::Hf(tk) => tk.token_to_id(s),
-        })
+        self.specials
+            .iter()
+            .find(|(t, _)| t == s)
+            .map(|(_, i)| *i)
+            .or_else(|| match &self.kind {
+                Kind::Spm(m) => m.token_id(s),
+                Kind::Bpe { tk, .. } | Kind::Hf(tk) => tk.token_to_id(s),
+            })
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
@@ -271,7 +357,9 @@ impl Tokenizer {
                 }
             }
             Kind::Bpe { tk, .. } | Kind::Hf(tk) => {
-                let enc = tk.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                let enc = tk
+                    .encode(text, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
                 out.extend_from_slice(enc.get_ids());
             }
         }
@@ -319,11 +407,17 @@ impl Tokenizer {
         match &self.kind {
             Kind::Spm(m) => m.piece_bytes(id),
             Kind::Bpe { byte_of, .. } => {
-                let t = self.vocab.get(id as usize).map(|s| s.as_str()).unwrap_or("");
+                let t = self
+                    .vocab
+                    .get(id as usize)
+                    .map(|s| s.as_str())
+                    .unwrap_or("");
                 if self.specials.iter().any(|(_, i)| *i == id) {
                     return t.as_bytes().to_vec();
                 }
-                t.chars().map(|c| byte_of.get(&c).copied().unwrap_or(b'?')).collect()
+                t.chars()
+                    .map(|c| byte_of.get(&c).copied().unwrap_or(b'?'))
+                    .collect()
             }
             Kind::Hf(tk) => tk.decode(&[id], true).unwrap_or_default().into_bytes(),
         }
@@ -332,7 +426,9 @@ impl Tokenizer {
     /// Decodes ids to text, skipping control tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.kind {
-            Kind::Hf(tk) => tk.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
+            Kind::Hf(tk) => tk
+                .decode(ids, true)
+                .map_err(|e| Error::Tokenizer(e.to_string())),
             _ => {
                 let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i)).collect();
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -356,14 +452,21 @@ pub struct TokenStream<'a> {
 
 impl<'a> TokenStream<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        Self { tok, ids: vec![], emitted: 0 }
+        Self {
+            tok,
+            ids: vec![],
+            emitted: 0,
+        }
     }
 
     /// Adds a token; returns the newly completed text, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = self.tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let new = text[self.emitted..].to_string();

@@ -35,8 +35,18 @@ pub struct WeightStore {
 }
 
 impl WeightStore {
-    pub fn new(path: &Path, tensors: HashMap<String, RawWeight>, quantize_to: Option<QuantType>, device: &Device) -> Self {
-        Self { path: path.to_path_buf(), tensors, quantize_to, device: device.clone() }
+    pub fn new(
+        path: &Path,
+        tensors: HashMap<String, RawWeight>,
+        quantize_to: Option<QuantType>,
+        device: &Device,
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            tensors,
+            quantize_to,
+            device: device.clone(),
+        }
     }
 
     /// Reads every tensor of an open GGUF file.
@@ -64,7 +74,10 @@ impl WeightStore {
     fn take(&mut self, name: &str) -> Result<RawWeight> {
         self.tensors
             .remove(name)
-            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.into(),
+            })
     }
 
     /// A small dense tensor (norm weights, biases, rope factors), as f32.
@@ -110,7 +123,11 @@ impl WeightStore {
             RawWeight::Quantized(q) => q,
             RawWeight::Dense(t) => {
                 let cols = t.dim(1)?;
-                let ty = if cols % 32 == 0 { GgmlDType::Q8_0 } else { GgmlDType::F16 };
+                let ty = if cols % 32 == 0 {
+                    GgmlDType::Q8_0
+                } else {
+                    GgmlDType::F16
+                };
                 QTensor::quantize(&t.to_dtype(DType::F32)?.to_device(&self.device)?, ty)?
             }
         }))
@@ -124,7 +141,11 @@ impl WeightStore {
         let gemma = cfg.arch == Arch::Gemma3;
         let norm = |s: &mut Self, n: &str| -> Result<RmsNorm> {
             let w = s.dense(n)?;
-            let w = if norm_shift != 0.0 { (w + norm_shift as f64)? } else { w };
+            let w = if norm_shift != 0.0 {
+                (w + norm_shift as f64)?
+            } else {
+                w
+            };
             Ok(RmsNorm::new(w, eps))
         };
         let embed_tokens = self.embedding("token_embd.weight")?;
@@ -136,32 +157,88 @@ impl WeightStore {
                 k_proj: self.linear(&p("attn_k"))?,
                 v_proj: self.linear(&p("attn_v"))?,
                 o_proj: self.linear(&p("attn_output"))?,
-                q_norm: if gemma { Some(norm(&mut self, &p("attn_q_norm.weight"))?) } else { None },
-                k_norm: if gemma { Some(norm(&mut self, &p("attn_k_norm.weight"))?) } else { None },
+                q_norm: if gemma {
+                    Some(norm(&mut self, &p("attn_q_norm.weight"))?)
+                } else {
+                    None
+                },
+                k_norm: if gemma {
+                    Some(norm(&mut self, &p("attn_k_norm.weight"))?)
+                } else {
+                    None
+                },
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
                 scale: cfg.attn_scale,
             };
-            check_linear(&self.path, &p("attn_q"), &attn.q_proj, cfg.num_heads * cfg.head_dim, cfg.hidden_size)?;
-            check_linear(&self.path, &p("attn_k"), &attn.k_proj, cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size)?;
-            check_linear(&self.path, &p("attn_v"), &attn.v_proj, cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size)?;
-            check_linear(&self.path, &p("attn_output"), &attn.o_proj, cfg.hidden_size, cfg.num_heads * cfg.head_dim)?;
+            check_linear(
+                &self.path,
+                &p("attn_q"),
+                &attn.q_proj,
+                cfg.num_heads * cfg.head_dim,
+                cfg.hidden_size,
+            )?;
+            check_linear(
+                &self.path,
+                &p("attn_k"),
+                &attn.k_proj,
+                cfg.num_kv_heads * cfg.head_dim,
+                cfg.hidden_size,
+            )?;
+            check_linear(
+                &self.path,
+                &p("attn_v"),
+                &attn.v_proj,
+                cfg.num_kv_heads * cfg.head_dim,
+                cfg.hidden_size,
+            )?;
+            check_linear(
+                &self.path,
+                &p("attn_output"),
+                &attn.o_proj,
+                cfg.hidden_size,
+                cfg.num_heads * cfg.head_dim,
+            )?;
             let mlp = Mlp {
                 gate_proj: self.linear(&p("ffn_gate"))?,
                 up_proj: self.linear(&p("ffn_up"))?,
                 down_proj: self.linear(&p("ffn_down"))?,
-                act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+                act: if gemma {
+                    Activation::GeluTanh
+                } else {
+                    Activation::Silu
+                },
             };
-            check_linear(&self.path, &p("ffn_gate"), &mlp.gate_proj, cfg.intermediate_size, cfg.hidden_size)?;
-            check_linear(&self.path, &p("ffn_down"), &mlp.down_proj, cfg.hidden_size, cfg.intermediate_size)?;
+            check_linear(
+                &self.path,
+                &p("ffn_gate"),
+                &mlp.gate_proj,
+                cfg.intermediate_size,
+                cfg.hidden_size,
+            )?;
+            check_linear(
+                &self.path,
+                &p("ffn_down"),
+                &mlp.down_proj,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            )?;
             layers.push(Arc::new(Block {
                 attn_norm: norm(&mut self, &p("attn_norm.weight"))?,
                 attn,
-                post_attn_norm: if gemma { Some(norm(&mut self, &p("post_attention_norm.weight"))?) } else { None },
+                post_attn_norm: if gemma {
+                    Some(norm(&mut self, &p("post_attention_norm.weight"))?)
+                } else {
+                    None
+                },
                 ffn_norm: norm(&mut self, &p("ffn_norm.weight"))?,
                 mlp,
-                post_ffn_norm: if gemma { Some(norm(&mut self, &p("post_ffw_norm.weight"))?) } else { None },
+                post_ffn_norm: if gemma {
+                    Some(norm(&mut self, &p("post_ffw_norm.weight"))?)
+                } else {
+                    None
+                },
                 sliding: cfg.is_sliding(i),
             }));
         }
@@ -174,9 +251,15 @@ impl WeightStore {
         };
         let (vocab, d) = embed_tokens.shape().dims2()?;
         if d != cfg.hidden_size {
-            return Err(Error::file(&self.path, format!("token_embd has width {d}, expected {}", cfg.hidden_size)));
+            return Err(Error::file(
+                &self.path,
+                format!("token_embd has width {d}, expected {}", cfg.hidden_size),
+            ));
         }
-        let rope_freq_factors = self.dense_opt("rope_freqs.weight")?.map(|t| t.to_vec1::<f32>()).transpose()?;
+        let rope_freq_factors = self
+            .dense_opt("rope_freqs.weight")?
+            .map(|t| t.to_vec1::<f32>())
+            .transpose()?;
         let mut cfg = cfg;
         cfg.vocab_size = vocab;
         Ok(Llm {
@@ -201,7 +284,10 @@ fn check_linear(path: &Path, name: &str, l: &QLinear, out: usize, inp: usize) ->
     if l.shape() != (out, inp) {
         return Err(Error::file(
             path,
-            format!("tensor '{name}.weight' has shape {:?}, expected ({out}, {inp})", l.shape()),
+            format!(
+                "tensor '{name}.weight' has shape {:?}, expected ({out}, {inp})",
+                l.shape()
+            ),
         ));
     }
     Ok(())
@@ -209,7 +295,9 @@ fn check_linear(path: &Path, name: &str, l: &QLinear, out: usize, inp: usize) ->
 
 /// Maps an HF parameter name onto the GGUF name anymal uses internally.
 pub fn hf_to_gguf_name(hf: &str, arch: Arch) -> Option<String> {
-    let name = hf.strip_prefix("model.language_model.").map(|s| format!("model.{s}"));
+    let name = hf
+        .strip_prefix("model.language_model.")
+        .map(|s| format!("model.{s}"));
     let name = name.as_deref().unwrap_or(hf);
     let name = name.strip_prefix("language_model.").unwrap_or(name);
     match name {
@@ -270,14 +358,54 @@ mod tests {
 
     #[test]
     fn hf_names_map_to_gguf_and_back() {
-        assert_eq!(hf_to_gguf_name("model.layers.12.self_attn.q_proj.weight", Arch::Llama).unwrap(), "blk.12.attn_q.weight");
-        assert_eq!(hf_to_gguf_name("model.layers.0.self_attn.k_proj.bias", Arch::Qwen2).unwrap(), "blk.0.attn_k.bias");
-        assert_eq!(hf_to_gguf_name("model.layers.1.pre_feedforward_layernorm.weight", Arch::Gemma3).unwrap(), "blk.1.ffn_norm.weight");
-        assert_eq!(hf_to_gguf_name("model.language_model.layers.1.mlp.up_proj.weight", Arch::Gemma3).unwrap(), "blk.1.ffn_up.weight");
-        assert_eq!(hf_to_gguf_name("model.embed_tokens.weight", Arch::Llama).unwrap(), "token_embd.weight");
+        assert_eq!(
+            hf_to_gguf_name("model.layers.12.self_attn.q_proj.weight", Arch::Llama).unwrap(),
+            "blk.12.attn_q.weight"
+        );
+        assert_eq!(
+            hf_to_gguf_name("model.layers.0.self_attn.k_proj.bias", Arch::Qwen2).unwrap(),
+            "blk.0.attn_k.bias"
+        );
+        assert_eq!(
+            hf_to_gguf_name(
+                "model.layers.1.pre_feedforward_layernorm.weight",
+                Arch::Gemma3
+            )
+            .unwrap(),
+            "blk.1.ffn_norm.weight"
+        );
+        assert_eq!(
+            hf_to_gguf_name(
+                "model.language_model.layers.1.mlp.up_proj.weight",
+                Arch::Gemma3
+            )
+            .unwrap(),
+            "blk.1.ffn_up.weight"
+        );
+        assert_eq!(
+            hf_to_gguf_name("model.embed_tokens.weight", Arch::Llama).unwrap(),
+            "token_embd.weight"
+        );
         assert!(hf_to_gguf_name("vision_tower.x.weight", Arch::Gemma3).is_none());
-        assert_eq!(hf_to_gguf_name("model.layers.2.post_attention_layernorm.weight", Arch::Llama).unwrap(), "blk.2.ffn_norm.weight");
-        assert_eq!(hf_to_gguf_name("model.layers.2.post_attention_layernorm.weight", Arch::Gemma3).unwrap(), "blk.2.post_attention_norm.weight");
-        assert_eq!(gguf_to_hf_module("blk.12.attn_q").unwrap(), "model.layers.12.self_attn.q_proj");
+        assert_eq!(
+            hf_to_gguf_name(
+                "model.layers.2.post_attention_layernorm.weight",
+                Arch::Llama
+            )
+            .unwrap(),
+            "blk.2.ffn_norm.weight"
+        );
+        assert_eq!(
+            hf_to_gguf_name(
+                "model.layers.2.post_attention_layernorm.weight",
+                Arch::Gemma3
+            )
+            .unwrap(),
+            "blk.2.post_attention_norm.weight"
+        );
+        assert_eq!(
+            gguf_to_hf_module("blk.12.attn_q").unwrap(),
+            "model.layers.12.self_attn.q_proj"
+        );
     }
 }

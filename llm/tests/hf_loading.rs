@@ -29,11 +29,17 @@ fn randn(shape: (usize, usize), seed: u64) -> Tensor {
 /// llama.cpp's `permute` for q/k rows: (heads, 2, hd/2, d) -> (heads, hd/2, 2, d).
 fn permute(w: &Tensor, heads: usize) -> Tensor {
     let (out, d) = w.dims2().unwrap();
-    w.reshape((heads, 2, out / heads / 2, d)).unwrap().transpose(1, 2).unwrap().reshape((out, d)).unwrap()
+    w.reshape((heads, 2, out / heads / 2, d))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((out, d))
+        .unwrap()
 }
 
 fn run(arch: Arch) {
-    let (d, f, h, kv, hd, vocab, layers) = (256usize, 512usize, 4usize, 2usize, 64usize, 3usize, 2usize);
+    let (d, f, h, kv, hd, vocab, layers) =
+        (256usize, 512usize, 4usize, 2usize, 64usize, 3usize, 2usize);
     let gemma = arch == Arch::Gemma3;
     let dir = std::env::temp_dir().join(format!("anymal-hf-{}-{:?}", std::process::id(), arch));
     std::fs::create_dir_all(&dir).unwrap();
@@ -54,13 +60,31 @@ fn run(arch: Arch) {
         hf.insert(p("mlp.gate_proj.weight"), next((f, d)));
         hf.insert(p("mlp.up_proj.weight"), next((f, d)));
         hf.insert(p("mlp.down_proj.weight"), next((d, f)));
-        hf.insert(p("input_layernorm.weight"), next((1, d)).squeeze(0).unwrap());
-        hf.insert(p("post_attention_layernorm.weight"), next((1, d)).squeeze(0).unwrap());
+        hf.insert(
+            p("input_layernorm.weight"),
+            next((1, d)).squeeze(0).unwrap(),
+        );
+        hf.insert(
+            p("post_attention_layernorm.weight"),
+            next((1, d)).squeeze(0).unwrap(),
+        );
         if gemma {
-            hf.insert(p("pre_feedforward_layernorm.weight"), next((1, d)).squeeze(0).unwrap());
-            hf.insert(p("post_feedforward_layernorm.weight"), next((1, d)).squeeze(0).unwrap());
-            hf.insert(p("self_attn.q_norm.weight"), next((1, hd)).squeeze(0).unwrap());
-            hf.insert(p("self_attn.k_norm.weight"), next((1, hd)).squeeze(0).unwrap());
+            hf.insert(
+                p("pre_feedforward_layernorm.weight"),
+                next((1, d)).squeeze(0).unwrap(),
+            );
+            hf.insert(
+                p("post_feedforward_layernorm.weight"),
+                next((1, d)).squeeze(0).unwrap(),
+            );
+            hf.insert(
+                p("self_attn.q_norm.weight"),
+                next((1, hd)).squeeze(0).unwrap(),
+            );
+            hf.insert(
+                p("self_attn.k_norm.weight"),
+                next((1, hd)).squeeze(0).unwrap(),
+            );
         }
     }
     candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
@@ -83,9 +107,18 @@ fn run(arch: Arch) {
     std::fs::create_dir_all(hub.join("refs")).unwrap();
     std::fs::write(hub.join("refs").join("main"), "0123abc").unwrap();
 
-    let opts = LoadOptions { quant: Some(QuantType::parse("f32").unwrap()), ..Default::default() };
+    let opts = LoadOptions {
+        quant: Some(QuantType::parse("f32").unwrap()),
+        ..Default::default()
+    };
     let from_dir = load_model(dir.to_str().unwrap(), &opts).unwrap();
-    assert_eq!(from_dir.tokenizer.encode("hello world", false, false).unwrap(), vec![1, 2]);
+    assert_eq!(
+        from_dir
+            .tokenizer
+            .encode("hello world", false, false)
+            .unwrap(),
+        vec![1, 2]
+    );
 
     // The GGUF convention, built directly.
     let mut g: HashMap<String, RawWeight> = HashMap::new();
@@ -104,19 +137,53 @@ fn run(arch: Arch) {
     }
     let mut cfg = from_dir.llm.cfg.clone();
     cfg.rope_interleaved = !gemma;
-    let reference = WeightStore::new(Path::new("<ref>"), g, opts.quant, &Device::Cpu).build_llm(cfg, 0.0).unwrap();
+    let reference = WeightStore::new(Path::new("<ref>"), g, opts.quant, &Device::Cpu)
+        .build_llm(cfg, 0.0)
+        .unwrap();
 
     let ids = Tensor::new(&[[1u32, 2, 1, 1, 2, 0, 1]], &Device::Cpu).unwrap();
-    let a = from_dir.llm.logits(&from_dir.llm.forward_embeds(&from_dir.llm.embed_tokens(&ids).unwrap(), 0, None, None).unwrap()).unwrap();
-    let b = reference.logits(&reference.forward_embeds(&reference.embed_tokens(&ids).unwrap(), 0, None, None).unwrap()).unwrap();
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let a = from_dir
+        .llm
+        .logits(
+            &from_dir
+                .llm
+                .forward_embeds(&from_dir.llm.embed_tokens(&ids).unwrap(), 0, None, None)
+                .unwrap(),
+        )
+        .unwrap();
+    let b = reference
+        .logits(
+            &reference
+                .forward_embeds(&reference.embed_tokens(&ids).unwrap(), 0, None, None)
+                .unwrap(),
+        )
+        .unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     // The embedding table goes to Q8_0 on load in both; everything else is f32.
-    assert!(diff < 1e-3, "{arch:?}: HF folder and GGUF layout differ by {diff}");
+    assert!(
+        diff < 1e-3,
+        "{arch:?}: HF folder and GGUF layout differ by {diff}"
+    );
 
     // Quantize-on-load defaults to Q4K.
     let q = load_model(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(q.llm.layers[0].mlp.up_proj.quant_type(), QuantType::parse("q4k").unwrap());
-    assert_eq!(q.llm.embed_tokens.dtype(), candle_core::quantized::GgmlDType::Q8_0);
+    assert_eq!(
+        q.llm.layers[0].mlp.up_proj.quant_type(),
+        QuantType::parse("q4k").unwrap()
+    );
+    assert_eq!(
+        q.llm.embed_tokens.dtype(),
+        candle_core::quantized::GgmlDType::Q8_0
+    );
 
     // By hub id, from the local cache (one test only: the variable is process-wide).
     if gemma {
@@ -125,7 +192,9 @@ fn run(arch: Arch) {
     std::env::set_var("HF_HOME", dir.join("hfhome"));
     let by_id = anymal_llm::loader::resolve_model_ref("tiny/model").unwrap();
     assert_eq!(by_id, snap);
-    let err = anymal_llm::loader::resolve_model_ref("tiny/absent").unwrap_err().to_string();
+    let err = anymal_llm::loader::resolve_model_ref("tiny/absent")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not in the local HF cache"), "{err}");
 }
 

@@ -24,7 +24,10 @@ struct Case {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let p = format!("{}/tests/fixtures/llama_cpp_{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/fixtures/llama_cpp_{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -37,10 +40,20 @@ fn model(name: &str) -> LoadedModel {
 fn check_logits(m: &LoadedModel, fx: &Fixture, tol: f32) {
     let (mut worst, mut raw_worst) = (0f32, 0f32);
     for case in &fx.cases {
-        let ids = Tensor::new(case.ids.as_slice(), &m.llm.device).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(case.ids.as_slice(), &m.llm.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let e = m.llm.embed_tokens(&ids).unwrap();
         let h = m.llm.forward_embeds(&e, 0, None, None).unwrap();
-        let logits = m.llm.logits(&h).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let logits = m
+            .llm
+            .logits(&h)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let mut case_worst = 0f32;
         for (pos, row) in logits.iter().enumerate() {
             let ours_top = anymal_llm::sampling::argmax(row);
@@ -69,7 +82,10 @@ fn check_logits(m: &LoadedModel, fx: &Fixture, tol: f32) {
         worst = worst.max(case_worst);
     }
     eprintln!("max |logit - llama.cpp| over top-10 at every position: {raw_worst} raw, {worst} as probabilities over the top-10");
-    assert!(worst < tol, "max probability difference {worst} exceeds {tol}");
+    assert!(
+        worst < tol,
+        "max probability difference {worst} exceeds {tol}"
+    );
 }
 
 fn softmax(xs: &[f32]) -> Vec<f32> {
@@ -94,24 +110,58 @@ fn check_greedy(m: &LoadedModel, fx: &Fixture, tie: f32) -> usize {
     let mut identical = 0;
     for case in &fx.cases {
         let mut s = Sampler::new(SamplingConfig::default());
-        let (out, _) = generate(&m.llm, &case.ids, None, case.greedy.len(), &mut s, &[], |_| Ok(())).unwrap();
-        let same = out.iter().zip(&case.greedy).take_while(|(a, b)| a == b).count();
+        let (out, _) = generate(
+            &m.llm,
+            &case.ids,
+            None,
+            case.greedy.len(),
+            &mut s,
+            &[],
+            |_| Ok(()),
+        )
+        .unwrap();
+        let same = out
+            .iter()
+            .zip(&case.greedy)
+            .take_while(|(a, b)| a == b)
+            .count();
         if same == case.greedy.len() {
             identical += 1;
         }
         let mut seq = case.ids.clone();
         seq.extend_from_slice(&case.greedy[..case.greedy.len() - 1]);
-        let ids = Tensor::new(seq.as_slice(), &m.llm.device).unwrap().unsqueeze(0).unwrap();
-        let h = m.llm.forward_embeds(&m.llm.embed_tokens(&ids).unwrap(), 0, None, None).unwrap();
-        let logits = m.llm.logits(&h).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let ids = Tensor::new(seq.as_slice(), &m.llm.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let h = m
+            .llm
+            .forward_embeds(&m.llm.embed_tokens(&ids).unwrap(), 0, None, None)
+            .unwrap();
+        let logits = m
+            .llm
+            .logits(&h)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let mut worst = 0f32;
         for (k, want) in case.greedy.iter().enumerate() {
             let row = &logits[case.ids.len() - 1 + k];
             let ours = anymal_llm::sampling::argmax(row);
             worst = worst.max(row[ours as usize] - row[*want as usize]);
         }
-        eprintln!("{:?}: {same}/{} greedy tokens identical; worst teacher-forced margin {worst}", case.prompt, case.greedy.len());
-        assert!(worst < tie, "{:?}: llama.cpp's greedy token trails ours by {worst} logits", case.prompt);
+        eprintln!(
+            "{:?}: {same}/{} greedy tokens identical; worst teacher-forced margin {worst}",
+            case.prompt,
+            case.greedy.len()
+        );
+        assert!(
+            worst < tie,
+            "{:?}: llama.cpp's greedy token trails ours by {worst} logits",
+            case.prompt
+        );
     }
     identical
 }
@@ -123,7 +173,10 @@ fn smollm2_matches_llama_cpp() {
     check_tokens(&m, &fx);
     check_logits(&m, &fx, 0.25);
     let identical = check_greedy(&m, &fx, 0.5);
-    eprintln!("{identical}/{} cases: 32 greedy tokens identical", fx.cases.len());
+    eprintln!(
+        "{identical}/{} cases: 32 greedy tokens identical",
+        fx.cases.len()
+    );
 }
 
 #[test]
@@ -133,5 +186,8 @@ fn gemma3_matches_llama_cpp() {
     check_tokens(&m, &fx);
     check_logits(&m, &fx, 0.25);
     let identical = check_greedy(&m, &fx, 0.5);
-    eprintln!("{identical}/{} cases: 32 greedy tokens identical", fx.cases.len());
+    eprintln!(
+        "{identical}/{} cases: 32 greedy tokens identical",
+        fx.cases.len()
+    );
 }

@@ -36,28 +36,108 @@ fn cfg(arch: Arch) -> LlmConfig {
 /// Random weights by GGUF name, dense f32.
 fn random_weights(c: &LlmConfig, seed: u64) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
-    let rng_t = |shape: (usize, usize), std: f64, k: u64| -> Tensor { randn(shape, std, seed * 1000 + k) };
+    let rng_t =
+        |shape: (usize, usize), std: f64, k: u64| -> Tensor { randn(shape, std, seed * 1000 + k) };
     let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let mut w = HashMap::new();
     let mut k = 0;
     let mut put = |w: &mut HashMap<String, Tensor>, n: String, t: Tensor| {
         w.insert(n, t);
     };
-    put(&mut w, "token_embd.weight".into(), rng_t((c.vocab_size, d), 1.0, { k += 1; k }));
-    put(&mut w, "output_norm.weight".into(), (Tensor::ones(d, DType::F32, &dev).unwrap() + rng_t((1, d), 0.1, { k += 1; k }).squeeze(0).unwrap()).unwrap());
+    put(
+        &mut w,
+        "token_embd.weight".into(),
+        rng_t((c.vocab_size, d), 1.0, {
+            k += 1;
+            k
+        }),
+    );
+    put(
+        &mut w,
+        "output_norm.weight".into(),
+        (Tensor::ones(d, DType::F32, &dev).unwrap()
+            + rng_t((1, d), 0.1, {
+                k += 1;
+                k
+            })
+            .squeeze(0)
+            .unwrap())
+        .unwrap(),
+    );
     for i in 0..c.num_layers {
         let p = |n: &str| format!("blk.{i}.{n}");
         let s = 1.0 / (d as f64).sqrt();
-        put(&mut w, p("attn_q.weight"), rng_t((c.num_heads * hd, d), s, { k += 1; k }));
-        put(&mut w, p("attn_k.weight"), rng_t((c.num_kv_heads * hd, d), s, { k += 1; k }));
-        put(&mut w, p("attn_v.weight"), rng_t((c.num_kv_heads * hd, d), s, { k += 1; k }));
-        put(&mut w, p("attn_output.weight"), rng_t((d, c.num_heads * hd), s, { k += 1; k }));
-        put(&mut w, p("ffn_gate.weight"), rng_t((f, d), s, { k += 1; k }));
-        put(&mut w, p("ffn_up.weight"), rng_t((f, d), s, { k += 1; k }));
-        put(&mut w, p("ffn_down.weight"), rng_t((d, f), 1.0 / (f as f64).sqrt(), { k += 1; k }));
+        put(
+            &mut w,
+            p("attn_q.weight"),
+            rng_t((c.num_heads * hd, d), s, {
+                k += 1;
+                k
+            }),
+        );
+        put(
+            &mut w,
+            p("attn_k.weight"),
+            rng_t((c.num_kv_heads * hd, d), s, {
+                k += 1;
+                k
+            }),
+        );
+        put(
+            &mut w,
+            p("attn_v.weight"),
+            rng_t((c.num_kv_heads * hd, d), s, {
+                k += 1;
+                k
+            }),
+        );
+        put(
+            &mut w,
+            p("attn_output.weight"),
+            rng_t((d, c.num_heads * hd), s, {
+                k += 1;
+                k
+            }),
+        );
+        if c.arch == Arch::Qwen2 {
+            for (n, rows) in [
+                ("attn_q.bias", c.num_heads * hd),
+                ("attn_k.bias", c.num_kv_heads * hd),
+                ("attn_v.bias", c.num_kv_heads * hd),
+            ] {
+                k += 1;
+                put(&mut w, p(n), rng_t((1, rows), 0.5, k).squeeze(0).unwrap());
+            }
+        }
+        put(
+            &mut w,
+            p("ffn_gate.weight"),
+            rng_t((f, d), s, {
+                k += 1;
+                k
+            }),
+        );
+        put(
+            &mut w,
+            p("ffn_up.weight"),
+            rng_t((f, d), s, {
+                k += 1;
+                k
+            }),
+        );
+        put(
+            &mut w,
+            p("ffn_down.weight"),
+            rng_t((d, f), 1.0 / (f as f64).sqrt(), {
+                k += 1;
+                k
+            }),
+        );
         let mut norm = |w: &mut HashMap<String, Tensor>, n: String, dim: usize| {
             k += 1;
-            let t = (Tensor::ones(dim, DType::F32, &dev).unwrap() + rng_t((1, dim), 0.1, k).squeeze(0).unwrap()).unwrap();
+            let t = (Tensor::ones(dim, DType::F32, &dev).unwrap()
+                + rng_t((1, dim), 0.1, k).squeeze(0).unwrap())
+            .unwrap();
             w.insert(n, t);
         };
         norm(&mut w, p("attn_norm.weight"), d);
@@ -87,27 +167,46 @@ fn randn(shape: (usize, usize), std: f64, seed: u64) -> Tensor {
 }
 
 fn build(c: &LlmConfig, w: &HashMap<String, Tensor>, quant: &str, dtype: DType) -> Llm {
-    let raw = w.iter().map(|(k, v)| (k.clone(), RawWeight::Dense(v.clone()))).collect();
-    let store = WeightStore::new(Path::new("<tiny>"), raw, Some(QuantType::parse(quant).unwrap()), &Device::Cpu);
+    let raw = w
+        .iter()
+        .map(|(k, v)| (k.clone(), RawWeight::Dense(v.clone())))
+        .collect();
+    let store = WeightStore::new(
+        Path::new("<tiny>"),
+        raw,
+        Some(QuantType::parse(quant).unwrap()),
+        &Device::Cpu,
+    );
     let mut llm = store.build_llm(c.clone(), 0.0).unwrap();
     llm.dtype = dtype;
     llm
 }
 
 fn ids(b: usize, t: usize, seed: u32) -> Tensor {
-    let v: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 37 + seed * 11 + 5) % 300).collect();
+    let v: Vec<u32> = (0..(b * t) as u32)
+        .map(|i| (i * 37 + seed * 11 + 5) % 300)
+        .collect();
     Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// d/d(embeds) of sum(hidden * r): autograd against central finite differences, in f64 on a
 /// dense model (so only the graph's math is tested, with no quantization noise).
 #[test]
 fn input_gradient_matches_finite_differences() {
-    for arch in [Arch::Llama, Arch::Gemma3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let c = cfg(arch);
         let llm = build(&c, &random_weights(&c, 1), "f32", DType::F64);
         let e0 = llm.embed_tokens(&ids(1, 6, 0)).unwrap();
@@ -123,12 +222,24 @@ fn input_gradient_matches_finite_differences() {
         for k in 0..3 {
             let v = Tensor::randn(0f64, 1.0, e0.shape(), &Device::Cpu).unwrap();
             let eps = 1e-5;
-            let lp = loss(&(&e0 + (&v * eps).unwrap()).unwrap()).to_scalar::<f64>().unwrap();
-            let lm = loss(&(&e0 - (&v * eps).unwrap()).unwrap()).to_scalar::<f64>().unwrap();
+            let lp = loss(&(&e0 + (&v * eps).unwrap()).unwrap())
+                .to_scalar::<f64>()
+                .unwrap();
+            let lm = loss(&(&e0 - (&v * eps).unwrap()).unwrap())
+                .to_scalar::<f64>()
+                .unwrap();
             let fd = (lp - lm) / (2.0 * eps);
-            let ad = (&gx * &v).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let ad = (&gx * &v)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             let rel = (fd - ad).abs() / ad.abs().max(1e-9);
-            assert!(rel < 1e-5, "{arch:?} direction {k}: autograd {ad} vs finite differences {fd}");
+            assert!(
+                rel < 1e-5,
+                "{arch:?} direction {k}: autograd {ad} vs finite differences {fd}"
+            );
         }
     }
 }
@@ -145,7 +256,15 @@ fn quantized_gradient_matches_dense_reference() {
         for l in dense.layers.iter_mut() {
             let mut b = (**l).clone();
             let f32t = QuantType::parse("f32").unwrap();
-            for lin in [&mut b.attn.q_proj, &mut b.attn.k_proj, &mut b.attn.v_proj, &mut b.attn.o_proj, &mut b.mlp.gate_proj, &mut b.mlp.up_proj, &mut b.mlp.down_proj] {
+            for lin in [
+                &mut b.attn.q_proj,
+                &mut b.attn.k_proj,
+                &mut b.attn.v_proj,
+                &mut b.attn.o_proj,
+                &mut b.mlp.gate_proj,
+                &mut b.mlp.up_proj,
+                &mut b.mlp.down_proj,
+            ] {
                 *lin = lin.requantize(f32t).unwrap();
             }
             *l = std::sync::Arc::new(b);
@@ -153,16 +272,29 @@ fn quantized_gradient_matches_dense_reference() {
         let e0 = q.embed_tokens(&ids(2, 5, 1)).unwrap();
         let grad = |m: &Llm| -> (Tensor, Tensor) {
             let x = Var::from_tensor(&e0).unwrap();
-            let logits = m.logits(&m.forward_embeds(x.as_tensor(), 0, None, None).unwrap()).unwrap();
-            let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1).unwrap(), &ids(2, 5, 2).flatten_all().unwrap()).unwrap();
+            let logits = m
+                .logits(&m.forward_embeds(x.as_tensor(), 0, None, None).unwrap())
+                .unwrap();
+            let loss = candle_nn::loss::cross_entropy(
+                &logits.flatten_to(1).unwrap(),
+                &ids(2, 5, 2).flatten_all().unwrap(),
+            )
+            .unwrap();
             let g = loss.backward().unwrap();
             (loss, g.get(x.as_tensor()).unwrap().clone())
         };
         let (lq, gq) = grad(&q);
         let (ld, gd) = grad(&dense);
         let rel = max_abs(&(&gq - &gd).unwrap()) / max_abs(&gd);
-        eprintln!("{arch:?}: loss {} vs {}, gradient relative difference {rel}", lq.to_scalar::<f32>().unwrap(), ld.to_scalar::<f32>().unwrap());
-        assert!(rel < 0.05, "{arch:?}: quantized vs dense input gradient differ by {rel}");
+        eprintln!(
+            "{arch:?}: loss {} vs {}, gradient relative difference {rel}",
+            lq.to_scalar::<f32>().unwrap(),
+            ld.to_scalar::<f32>().unwrap()
+        );
+        assert!(
+            rel < 0.05,
+            "{arch:?}: quantized vs dense input gradient differ by {rel}"
+        );
     }
 }
 
@@ -181,10 +313,36 @@ fn checkpointing_gives_the_same_gradient() {
         let (h1, g1) = run(&llm);
         llm.gradient_checkpointing = true;
         let (h2, g2) = run(&llm);
-        assert!(max_abs(&(&h1 - &h2).unwrap()) < 1e-5, "{arch:?}: checkpointed forward differs");
+        assert!(
+            max_abs(&(&h1 - &h2).unwrap()) < 1e-5,
+            "{arch:?}: checkpointed forward differs"
+        );
         let rel = max_abs(&(&g1 - &g2).unwrap()) / max_abs(&g1);
-        assert!(rel < 1e-5, "{arch:?}: checkpointed gradient differs by {rel}");
+        assert!(
+            rel < 1e-5,
+            "{arch:?}: checkpointed gradient differs by {rel}"
+        );
     }
+}
+
+#[test]
+fn qwen2_biases_are_loaded_and_used() {
+    let c = cfg(Arch::Qwen2);
+    let w = random_weights(&c, 9);
+    let llm = build(&c, &w, "f32", DType::F32);
+    assert!(
+        llm.layers[0].attn.q_proj.bias().is_some() && llm.layers[1].attn.v_proj.bias().is_some()
+    );
+    let mut no_bias = w.clone();
+    no_bias.retain(|k, _| !k.ends_with(".bias"));
+    let plain = build(&c, &no_bias, "f32", DType::F32);
+    let e = llm.embed_tokens(&ids(1, 4, 9)).unwrap();
+    let d = max_abs(
+        &(llm.forward_embeds(&e, 0, None, None).unwrap()
+            - plain.forward_embeds(&e, 0, None, None).unwrap())
+        .unwrap(),
+    );
+    assert!(d > 1e-3, "biases had no effect");
 }
 
 #[test]
@@ -192,7 +350,13 @@ fn weights_receive_no_gradient() {
     let c = cfg(Arch::Gemma3);
     let llm = build(&c, &random_weights(&c, 4), "f32", DType::F32);
     let x = Var::from_tensor(&llm.embed_tokens(&ids(1, 4, 0)).unwrap()).unwrap();
-    let g = llm.logits(&llm.forward_embeds(x.as_tensor(), 0, None, None).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = llm
+        .logits(&llm.forward_embeds(x.as_tensor(), 0, None, None).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert!(g.get(x.as_tensor()).is_some());
     for l in &llm.layers {
         for lin in [&l.attn.q_proj, &l.mlp.down_proj] {
@@ -214,27 +378,40 @@ fn fused_inference_path_matches_training_path() {
         let x = Var::from_tensor(&e).unwrap();
         let train = llm.forward_embeds(x.as_tensor(), 0, None, None).unwrap();
         let d = max_abs(&(&inf - &train).unwrap());
-        assert!(d < 1e-4, "{arch:?}: fused and differentiable paths differ by {d}");
+        assert!(
+            d < 1e-4,
+            "{arch:?}: fused and differentiable paths differ by {d}"
+        );
     }
 }
 
 #[test]
 fn kv_cache_matches_full_forward() {
-    for arch in [Arch::Llama, Arch::Gemma3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let c = cfg(arch);
         let llm = build(&c, &random_weights(&c, 6), "q4k", DType::F32);
         let e = llm.embed_tokens(&ids(1, 10, 6)).unwrap();
         let full = llm.forward_embeds(&e, 0, None, None).unwrap();
         let mut cache = llm.new_cache();
-        let mut parts = vec![llm.forward_embeds(&e.narrow(1, 0, 4).unwrap(), 0, None, Some(&mut cache)).unwrap()];
+        let mut parts = vec![llm
+            .forward_embeds(&e.narrow(1, 0, 4).unwrap(), 0, None, Some(&mut cache))
+            .unwrap()];
         for i in 4..10 {
-            parts.push(llm.forward_embeds(&e.narrow(1, i, 1).unwrap(), i, None, Some(&mut cache)).unwrap());
+            parts.push(
+                llm.forward_embeds(&e.narrow(1, i, 1).unwrap(), i, None, Some(&mut cache))
+                    .unwrap(),
+            );
         }
         let inc = Tensor::cat(&parts, 1).unwrap();
         let d = max_abs(&(&full - &inc).unwrap());
-        assert!(d < 1e-4, "{arch:?}: incremental decoding differs from the full forward by {d}");
+        assert!(
+            d < 1e-4,
+            "{arch:?}: incremental decoding differs from the full forward by {d}"
+        );
         // A wrong offset is an error, not silently wrong output.
-        assert!(llm.forward_embeds(&e.narrow(1, 0, 1).unwrap(), 3, None, Some(&mut cache)).is_err());
+        assert!(llm
+            .forward_embeds(&e.narrow(1, 0, 1).unwrap(), 3, None, Some(&mut cache))
+            .is_err());
     }
 }
 
@@ -244,14 +421,35 @@ fn padding_mask_isolates_padding() {
     let c = cfg(Arch::Llama);
     let llm = build(&c, &random_weights(&c, 7), "q4k", DType::F32);
     let short = ids(1, 5, 7);
-    let padded = Tensor::cat(&[&short, &Tensor::zeros((1, 3), DType::U32, &Device::Cpu).unwrap()], 1).unwrap();
+    let padded = Tensor::cat(
+        &[
+            &short,
+            &Tensor::zeros((1, 3), DType::U32, &Device::Cpu).unwrap(),
+        ],
+        1,
+    )
+    .unwrap();
     let batch = Tensor::cat(&[&padded, &ids(1, 8, 8)], 0).unwrap();
-    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
-    let hb = llm.forward_embeds(&llm.embed_tokens(&batch).unwrap(), 0, Some(&mask), None).unwrap();
-    let hs = llm.forward_embeds(&llm.embed_tokens(&short).unwrap(), 0, None, None).unwrap();
+    let mask = Tensor::new(
+        &[[1u32, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let hb = llm
+        .forward_embeds(&llm.embed_tokens(&batch).unwrap(), 0, Some(&mask), None)
+        .unwrap();
+    let hs = llm
+        .forward_embeds(&llm.embed_tokens(&short).unwrap(), 0, None, None)
+        .unwrap();
     let d = max_abs(&(hb.narrow(0, 0, 1).unwrap().narrow(1, 0, 5).unwrap() - hs).unwrap());
     assert!(d < 1e-4, "padding leaked into real positions: {d}");
-    assert!(!hb.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().any(|v| v.is_nan()));
+    assert!(!hb
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .any(|v| v.is_nan()));
 }
 
 /// Gemma 3's sliding layers: with window 4 and two sliding layers, position 9 sees 3..=9 only.
@@ -265,12 +463,18 @@ fn sliding_window_limits_what_a_position_sees() {
     v[0][0] = (v[0][0] + 1) % 300;
     v[0][2] = (v[0][2] + 1) % 300;
     let b = Tensor::new(v.clone(), &Device::Cpu).unwrap();
-    let ha = llm.forward_embeds(&llm.embed_tokens(&a).unwrap(), 0, None, None).unwrap();
-    let hb = llm.forward_embeds(&llm.embed_tokens(&b).unwrap(), 0, None, None).unwrap();
+    let ha = llm
+        .forward_embeds(&llm.embed_tokens(&a).unwrap(), 0, None, None)
+        .unwrap();
+    let hb = llm
+        .forward_embeds(&llm.embed_tokens(&b).unwrap(), 0, None, None)
+        .unwrap();
     assert!(max_abs(&(ha.narrow(1, 9, 1).unwrap() - hb.narrow(1, 9, 1).unwrap()).unwrap()) < 1e-6);
     // ...but a change at position 3 does reach it.
     v[0][3] = (v[0][3] + 1) % 300;
     let c2 = Tensor::new(v, &Device::Cpu).unwrap();
-    let hc = llm.forward_embeds(&llm.embed_tokens(&c2).unwrap(), 0, None, None).unwrap();
+    let hc = llm
+        .forward_embeds(&llm.embed_tokens(&c2).unwrap(), 0, None, None)
+        .unwrap();
     assert!(max_abs(&(ha.narrow(1, 9, 1).unwrap() - hc.narrow(1, 9, 1).unwrap()).unwrap()) > 1e-4);
 }

@@ -28,8 +28,12 @@ pub fn into_cpu_storage(t: Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
     let t = t.contiguous()?;
     let shape = t.shape().clone();
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
-    let (start, end) = layout.contiguous_offsets().unwrap_or((0, shape.elem_count()));
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor")
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .unwrap_or((0, shape.elem_count()));
     let out = match cpu {
         CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
         CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
@@ -46,7 +50,12 @@ pub fn cuda_tensor(storage: &CudaStorage, layout: &Layout) -> candle_core::Resul
         candle_core::bail!("custom op input must be contiguous from offset 0, got {layout:?}")
     }
     let s = storage.try_clone(layout)?;
-    Ok(Tensor::from_storage(Storage::Cuda(s), layout.shape().clone(), BackpropOp::none(), false))
+    Ok(Tensor::from_storage(
+        Storage::Cuda(s),
+        layout.shape().clone(),
+        BackpropOp::none(),
+        false,
+    ))
 }
 
 /// The CUDA storage of a freshly computed tensor, as a custom op's result.
@@ -54,7 +63,9 @@ pub fn into_cuda_storage(t: Tensor) -> candle_core::Result<(CudaStorage, Shape)>
     let t = t.contiguous()?;
     let shape = t.shape().clone();
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else { candle_core::bail!("expected a CUDA tensor") };
+    let Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("expected a CUDA tensor")
+    };
     if layout.start_offset() != 0 {
         candle_core::bail!("custom op output must start at offset 0")
     }

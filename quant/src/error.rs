@@ -6,7 +6,12 @@ pub enum Error {
     #[error("unknown quantization type '{0}' (known: {known})", known = crate::QuantType::KNOWN.join(", "))]
     UnknownQuantType(String),
     #[error("cannot quantize a ({rows}, {cols}) weight to {ty}: the row length {cols} is not a multiple of its block size {block}")]
-    BlockMismatch { rows: usize, cols: usize, ty: String, block: usize },
+    BlockMismatch {
+        rows: usize,
+        cols: usize,
+        ty: String,
+        block: usize,
+    },
     #[error("weight must be 2-D (out, in), got shape {0:?}")]
     NotMatrix(Vec<usize>),
     #[error("{0}")]

@@ -66,14 +66,23 @@ fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
     (0..steps)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
         .collect()
 }
 
 /// Index of the nearest value in a sorted table, as bitsandbytes assigns it: bucketize against
 /// the f32 midpoints of neighbouring values, a value on a midpoint going to the lower index.
 fn nearest(table: &[f32], x: f32) -> u8 {
-    table.windows(2).take_while(|w| (w[0] + w[1]) / 2.0 < x).count() as u8
+    table
+        .windows(2)
+        .take_while(|w| (w[0] + w[1]) / 2.0 < x)
+        .count() as u8
 }
 
 /// The per-block scales of an NF4 tensor.
@@ -81,7 +90,11 @@ fn nearest(table: &[f32], x: f32) -> u8 {
 enum Nf4Scales {
     F32(Vec<f32>),
     /// `absmax[i] = dyn_map[q[i]] * absmax2[i / 256] + offset`.
-    DoubleQuant { q: Vec<u8>, absmax2: Vec<f32>, offset: f32 },
+    DoubleQuant {
+        q: Vec<u8>,
+        absmax2: Vec<f32>,
+        offset: f32,
+    },
 }
 
 /// A frozen weight of shape (rows, cols) in NF4.
@@ -101,7 +114,12 @@ impl Nf4Tensor {
             d => return Err(Error::NotMatrix(d.to_vec())),
         };
         if !cols.is_multiple_of(NF4_BLOCK) {
-            return Err(Error::BlockMismatch { rows, cols, ty: "NF4".into(), block: NF4_BLOCK });
+            return Err(Error::BlockMismatch {
+                rows,
+                cols,
+                ty: "NF4".into(),
+                block: NF4_BLOCK,
+            });
         }
         let xs = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let n_blocks = xs.len() / NF4_BLOCK;
@@ -123,7 +141,12 @@ impl Nf4Tensor {
         } else {
             Nf4Scales::F32(absmax)
         };
-        Ok(Self { rows, cols, codes, scales })
+        Ok(Self {
+            rows,
+            cols,
+            codes,
+            scales,
+        })
     }
 
     fn double_quantize(absmax: &[f32]) -> Nf4Scales {
@@ -136,7 +159,11 @@ impl Nf4Tensor {
             let m = centred.iter().fold(0f32, |m, v| m.max(v.abs()));
             absmax2.push(m);
             let inv = if m > 0.0 { 1.0 / m } else { 0.0 };
-            q.extend(centred.iter().map(|v| nearest(&map, (v * inv).clamp(-1.0, 1.0))));
+            q.extend(
+                centred
+                    .iter()
+                    .map(|v| nearest(&map, (v * inv).clamp(-1.0, 1.0))),
+            );
         }
         Nf4Scales::DoubleQuant { q, absmax2, offset }
     }
@@ -170,7 +197,11 @@ impl Nf4Tensor {
 
     /// The dequantized weight as an f32 tensor (rows, cols) on `device`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_vec(self.dequantize_vec(), (self.rows, self.cols), device)?)
+        Ok(Tensor::from_vec(
+            self.dequantize_vec(),
+            (self.rows, self.cols),
+            device,
+        )?)
     }
 
     pub fn shape(&self) -> (usize, usize) {
@@ -200,7 +231,11 @@ impl CustomOp1 for Nf4MatMul<'_> {
         "nf4-matmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = crate::custom_op::cpu_tensor(storage, layout)?;
         let (rows, cols) = self.0.shape();
         let w = Tensor::from_vec(self.0.dequantize_vec(), (rows, cols), &Device::Cpu)?
@@ -243,7 +278,10 @@ mod tests {
 
     #[test]
     fn dynamic_map_is_bitsandbytes_map() {
-        let p = format!("{}/tests/fixtures/nf4_bnb.safetensors", env!("CARGO_MANIFEST_DIR"));
+        let p = format!(
+            "{}/tests/fixtures/nf4_bnb.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let fx = candle_core::safetensors::load(p, &Device::Cpu).unwrap();
         let reference = fx["dynamic_map"].to_vec1::<f32>().unwrap();
         for (a, b) in dynamic_map().iter().zip(&reference) {

@@ -44,12 +44,18 @@ impl QLinear {
             d => return Err(Error::NotMatrix(d.to_vec())),
         };
         let weight = match w.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                QWeight::Dense(w.dequantize(&w.device())?.to_dtype(dense_dtype(w.dtype()))?)
-            }
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => QWeight::Dense(
+                w.dequantize(&w.device())?
+                    .to_dtype(dense_dtype(w.dtype()))?,
+            ),
             _ => QWeight::Ggml(w),
         };
-        Ok(Self { weight, bias, out_features, in_features })
+        Ok(Self {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        })
     }
 
     /// Quantizes a dense weight (out, in) to `ty`. Rows that `ty`'s block does not tile fall back
@@ -72,7 +78,12 @@ impl QLinear {
                 QWeight::Ggml(Arc::new(QTensor::quantize(&w32, t)?))
             }
         };
-        Ok(Self { weight, bias, out_features, in_features })
+        Ok(Self {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        })
     }
 
     /// Re-quantizes to `ty` (no-op when already of that type). Used to move GGUF types without a
@@ -101,7 +112,9 @@ impl QLinear {
     pub fn quant_type(&self) -> QuantType {
         match &self.weight {
             QWeight::Ggml(w) => QuantType::Ggml(w.dtype()),
-            QWeight::Nf4(w) => QuantType::Nf4 { double_quant: w.double_quant() },
+            QWeight::Nf4(w) => QuantType::Nf4 {
+                double_quant: w.double_quant(),
+            },
             QWeight::Dense(w) => QuantType::Ggml(match w.dtype() {
                 DType::F16 => GgmlDType::F16,
                 DType::BF16 => GgmlDType::BF16,
@@ -145,7 +158,9 @@ impl QLinear {
                 let ys = xs.reshape(((), k))?.matmul(&w.t()?)?;
                 ys.reshape(with_last(&lead, self.out_features))?
             }
-            _ => xs.contiguous()?.apply_op1(QMatMulWithGrad { weight: self.weight.clone() })?,
+            _ => xs.contiguous()?.apply_op1(QMatMulWithGrad {
+                weight: self.weight.clone(),
+            })?,
         };
         Ok(match &self.bias {
             Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
@@ -172,7 +187,10 @@ fn dense_dtype(t: GgmlDType) -> DType {
 }
 
 fn split_last(dims: &[usize]) -> (Vec<usize>, usize) {
-    let (last, lead) = dims.split_last().map(|(l, r)| (*l, r.to_vec())).unwrap_or((0, vec![]));
+    let (last, lead) = dims
+        .split_last()
+        .map(|(l, r)| (*l, r.to_vec()))
+        .unwrap_or((0, vec![]));
     (lead, last)
 }
 
@@ -194,7 +212,11 @@ impl CustomOp1 for QMatMulWithGrad {
         "qlinear"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         match &self.weight {
             QWeight::Ggml(w) => w.as_ref().cpu_fwd(storage, layout),
             QWeight::Nf4(w) => Nf4MatMul(w).cpu_fwd(storage, layout),
@@ -213,10 +235,17 @@ impl CustomOp1 for QMatMulWithGrad {
         }
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let w = match &self.weight {
             QWeight::Ggml(w) => w.dequantize(arg.device())?,
-            QWeight::Nf4(w) => w.dequantize(arg.device()).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            QWeight::Nf4(w) => w
+                .dequantize(arg.device())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
             QWeight::Dense(w) => w.clone(),
         };
         let w = w.to_dtype(grad_res.dtype())?;

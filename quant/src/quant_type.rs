@@ -5,7 +5,9 @@ use candle_core::quantized::GgmlDType;
 pub enum QuantType {
     Ggml(GgmlDType),
     /// QLoRA NormalFloat-4, block size 64; `double_quant` also quantizes the block scales.
-    Nf4 { double_quant: bool },
+    Nf4 {
+        double_quant: bool,
+    },
 }
 
 impl QuantType {
@@ -31,7 +33,11 @@ impl QuantType {
             "q4k" | "q4_k" => GgmlDType::Q4K,
             "q5k" | "q5_k" => GgmlDType::Q5K,
             "q6k" | "q6_k" => GgmlDType::Q6K,
-            "nf4" => return Ok(Self::Nf4 { double_quant: false }),
+            "nf4" => {
+                return Ok(Self::Nf4 {
+                    double_quant: false,
+                })
+            }
             "nf4_dq" => return Ok(Self::Nf4 { double_quant: true }),
             _ => return Err(crate::Error::UnknownQuantType(s.to_string())),
         };
@@ -66,7 +72,9 @@ impl QuantType {
     pub fn name(&self) -> String {
         match self {
             Self::Ggml(t) => format!("{t:?}"),
-            Self::Nf4 { double_quant: false } => "NF4".into(),
+            Self::Nf4 {
+                double_quant: false,
+            } => "NF4".into(),
             Self::Nf4 { double_quant: true } => "NF4-DQ".into(),
         }
     }
@@ -76,7 +84,9 @@ impl QuantType {
         match self {
             Self::Ggml(t) => t.type_size() as f64 * 8.0 / t.block_size() as f64,
             // 4-bit codes + one f32 absmax per 64, or one u8 per 64 + an f32 per 256 blocks.
-            Self::Nf4 { double_quant: false } => 4.0 + 32.0 / 64.0,
+            Self::Nf4 {
+                double_quant: false,
+            } => 4.0 + 32.0 / 64.0,
             Self::Nf4 { double_quant: true } => 4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0),
         }
     }
@@ -94,9 +104,18 @@ mod tests {
 
     #[test]
     fn parse_known_and_unknown() {
-        assert_eq!(QuantType::parse("Q4K").unwrap(), QuantType::Ggml(GgmlDType::Q4K));
-        assert_eq!(QuantType::parse("q4_k").unwrap(), QuantType::Ggml(GgmlDType::Q4K));
-        assert_eq!(QuantType::parse("nf4-dq").unwrap(), QuantType::Nf4 { double_quant: true });
+        assert_eq!(
+            QuantType::parse("Q4K").unwrap(),
+            QuantType::Ggml(GgmlDType::Q4K)
+        );
+        assert_eq!(
+            QuantType::parse("q4_k").unwrap(),
+            QuantType::Ggml(GgmlDType::Q4K)
+        );
+        assert_eq!(
+            QuantType::parse("nf4-dq").unwrap(),
+            QuantType::Nf4 { double_quant: true }
+        );
         let err = QuantType::parse("q9").unwrap_err().to_string();
         assert!(err.contains("'q9'") && err.contains("q4k"), "{err}");
     }

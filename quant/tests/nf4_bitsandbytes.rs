@@ -10,7 +10,10 @@ use anymal_quant::{Nf4Tensor, NF4_CODE};
 use candle_core::{Device, Tensor};
 
 fn fixture() -> std::collections::HashMap<String, Tensor> {
-    let p = format!("{}/tests/fixtures/nf4_bnb.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/fixtures/nf4_bnb.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
     candle_core::safetensors::load(p, &Device::Cpu).unwrap()
 }
 
@@ -28,20 +31,40 @@ fn dequantized_weights_match_bitsandbytes() {
         for dq in [false, true] {
             let w = &fx[name];
             let ours = Nf4Tensor::quantize(w, dq).unwrap().dequantize_vec();
-            let key = if dq { format!("{name}_deq_dq") } else { format!("{name}_deq") };
+            let key = if dq {
+                format!("{name}_deq_dq")
+            } else {
+                format!("{name}_deq")
+            };
             let reference = fx[&key].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             if dq {
                 // The second-level (8-bit) scale table can differ from bitsandbytes' by one f32
                 // ulp in some entries (see nf4.rs), so scales agree to a few ulps.
-                let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / b.abs().max(1e-12)).fold(0f32, f32::max);
-                assert!(worst < 1e-5, "{key}: relative difference {worst} from bitsandbytes");
+                let worst = ours
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1e-12))
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 1e-5,
+                    "{key}: relative difference {worst} from bitsandbytes"
+                );
             } else {
                 let mismatches = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
-                assert_eq!(mismatches, 0, "{key}: {mismatches} of {} values differ from bitsandbytes", ours.len());
+                assert_eq!(
+                    mismatches,
+                    0,
+                    "{key}: {mismatches} of {} values differ from bitsandbytes",
+                    ours.len()
+                );
             }
             // The round-trip error bitsandbytes reports, reproduced.
             let orig = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let num: f64 = orig.iter().zip(&ours).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let num: f64 = orig
+                .iter()
+                .zip(&ours)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
             let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
             let rel = (num / den).sqrt();
             let expected = match (name, dq) {
@@ -50,7 +73,10 @@ fn dequantized_weights_match_bitsandbytes() {
                 ("w2", false) => 0.115_767_2,
                 _ => 0.115_748_3,
             };
-            assert!((rel - expected).abs() < 1e-5, "{key}: relative RMS error {rel}, bitsandbytes {expected}");
+            assert!(
+                (rel - expected).abs() < 1e-5,
+                "{key}: relative RMS error {rel}, bitsandbytes {expected}"
+            );
         }
     }
 }

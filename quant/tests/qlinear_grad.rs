@@ -6,7 +6,7 @@
 //! of the block types quantizes the activations to 8 bits inside candle's kernel (as llama.cpp
 //! does), so outputs agree only to about 1% of their scale; we allow 3%.
 
-use anymal_quant::{GgmlDType, QLinear, QuantType, QWeight};
+use anymal_quant::{GgmlDType, QLinear, QWeight, QuantType};
 use candle_core::{DType, Device, Tensor, Var};
 
 const TYPES: &[&str] = &[
@@ -15,7 +15,14 @@ const TYPES: &[&str] = &[
 ];
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Relative RMS round-trip error bound per type (weights ~ N(0, 0.02)).
@@ -38,7 +45,9 @@ fn round_trip_bound(ty: &str) -> f32 {
 fn input_gradient_matches_dense_reference_for_every_type() {
     let dev = Device::Cpu;
     let (out_f, in_f) = (256, 512);
-    let w = (Tensor::randn(0f32, 0.02, (out_f, in_f), &dev).unwrap()).contiguous().unwrap();
+    let w = (Tensor::randn(0f32, 0.02, (out_f, in_f), &dev).unwrap())
+        .contiguous()
+        .unwrap();
     let bias = Tensor::randn(0f32, 0.1, out_f, &dev).unwrap();
     let x0 = Tensor::randn(0f32, 1.0, (2, 5, in_f), &dev).unwrap();
     let r = Tensor::randn(0f32, 1.0, (2, 5, out_f), &dev).unwrap();
@@ -49,10 +58,25 @@ fn input_gradient_matches_dense_reference_for_every_type() {
 
         // Round trip of the stored weight.
         let wd = layer.dequantize().unwrap();
-        let rel = ((&wd - &w).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
-            / w.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap())
+        let rel = ((&wd - &w)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            / w.sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap())
         .sqrt();
-        assert!(rel <= round_trip_bound(ty), "{ty}: round-trip relative RMS error {rel}");
+        assert!(
+            rel <= round_trip_bound(ty),
+            "{ty}: round-trip relative RMS error {rel}"
+        );
 
         // Forward + backward through QLinear.
         let x = Var::from_tensor(&x0).unwrap();
@@ -60,11 +84,18 @@ fn input_gradient_matches_dense_reference_for_every_type() {
         assert_eq!(y.dims(), &[2, 5, out_f]);
         let loss = (&y * &r).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        let gx = grads.get(x.as_tensor()).expect("QLinear must pass a gradient to its input");
+        let gx = grads
+            .get(x.as_tensor())
+            .expect("QLinear must pass a gradient to its input");
 
         // Dense reference on the dequantized weight.
         let xr = Var::from_tensor(&x0).unwrap();
-        let yr = xr.as_tensor().broadcast_matmul(&wd.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+        let yr = xr
+            .as_tensor()
+            .broadcast_matmul(&wd.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
         let lr = (&yr * &r).unwrap().sum_all().unwrap();
         let gr = lr.backward().unwrap();
         let gx_ref = gr.get(xr.as_tensor()).unwrap();
@@ -91,8 +122,20 @@ fn requantize_moves_slow_types_to_fast_ones() {
     assert_eq!(q4k.quant_type(), QuantType::Ggml(GgmlDType::Q4K));
     // Requantizing stacks two roundings: still a 4-bit-sized error against the original.
     let wd = q4k.dequantize().unwrap();
-    let rel = ((&wd - &w).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
-        / w.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap())
+    let rel = ((&wd - &w)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / w.sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap())
     .sqrt();
     assert!(rel < 0.2, "{rel}");
     // Rows the K-quants cannot tile keep a 4-bit type of block 32.
@@ -106,10 +149,22 @@ fn works_in_bf16_activations() {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 0.02, (256, 256), &dev).unwrap();
     let layer = QLinear::quantize(&w, None, QuantType::parse("q4k").unwrap()).unwrap();
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap().to_dtype(DType::BF16).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &Tensor::randn(0f32, 1.0, (3, 256), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap(),
+    )
+    .unwrap();
     let y = layer.forward(x.as_tensor()).unwrap();
     assert_eq!(y.dtype(), DType::BF16);
-    let g = y.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = y
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let gx = g.get(x.as_tensor()).unwrap();
     assert_eq!(gx.dtype(), DType::BF16);
     assert_eq!(gx.dims(), &[3, 256]);

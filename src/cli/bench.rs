@@ -77,8 +77,13 @@ fn bench_qlinear(reps: usize) -> anyhow::Result<()> {
             Ok(())
         })?
     };
-    println!("| f32 dense (candle matmul) | - | {:.1} | 1.00 |", dense * 1e3);
-    for ty in ["f16", "q4_0", "q4_1", "q5_0", "q8_0", "q4k", "q5k", "q6k", "nf4"] {
+    println!(
+        "| f32 dense (candle matmul) | - | {:.1} | 1.00 |",
+        dense * 1e3
+    );
+    for ty in [
+        "f16", "q4_0", "q4_1", "q5_0", "q8_0", "q4k", "q5k", "q6k", "nf4",
+    ] {
         let layer = QLinear::quantize(&w, None, QuantType::parse(ty)?)?;
         let fwd = time(reps, || {
             layer.forward(&x0)?;
@@ -90,7 +95,12 @@ fn bench_qlinear(reps: usize) -> anyhow::Result<()> {
             let _ = y.sum_all()?.backward()?;
             Ok(())
         })?;
-        println!("| {ty} | {:.1} | {:.1} | {:.2} |", fwd * 1e3, fb * 1e3, fb / dense);
+        println!(
+            "| {ty} | {:.1} | {:.1} | {:.2} |",
+            fwd * 1e3,
+            fb * 1e3,
+            fb / dense
+        );
     }
     Ok(())
 }
@@ -99,7 +109,9 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
     let llm = &model.llm;
     let (b, t) = (1, 512);
     println!("\nDecoder forward+backward to the input embeddings, batch {b} x {t} tokens, loss on all logits:");
-    let ids: Vec<u32> = (0..(b * t) as u32).map(|i| 100 + (i * 7919) % 10_000).collect();
+    let ids: Vec<u32> = (0..(b * t) as u32)
+        .map(|i| 100 + (i * 7919) % 10_000)
+        .collect();
     let ids = Tensor::from_vec(ids, (b, t), &llm.device)?;
     let emb = llm.embed_tokens(&ids)?;
     for ckpt in [false, true] {
@@ -111,7 +123,10 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
             let logits = l.logits(&h)?;
             let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &ids.flatten_all()?)?;
             let g = loss.backward()?;
-            anyhow::ensure!(g.get(x.as_tensor()).is_some(), "no gradient reached the input");
+            anyhow::ensure!(
+                g.get(x.as_tensor()).is_some(),
+                "no gradient reached the input"
+            );
             Ok(())
         })?;
         println!(
@@ -126,7 +141,9 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
 }
 
 fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<()> {
-    let ids = model.tokenizer.encode("The history of the printing press", true, false)?;
+    let ids = model
+        .tokenizer
+        .encode("The history of the printing press", true, false)?;
     let mut sampler = Sampler::new(SamplingConfig::default());
     // Fixed length: no stop token, so every run generates the same count.
     let (_, st) = generate(&model.llm, &ids, None, 128, &mut sampler, &[], |_| Ok(()))?;
@@ -157,8 +174,14 @@ pub fn peak_rss_mib() -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cpu}, {threads} threads")
 }

@@ -73,13 +73,21 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut stream = TokenStream::new(&model.tokenizer);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let (_, stats) = generate(&model.llm, &ids, None, a.max_tokens, &mut sampler, &model.eos_ids(), |id| {
-        if let Some(piece) = stream.push(id)? {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        }
-        Ok(())
-    })?;
+    let (_, stats) = generate(
+        &model.llm,
+        &ids,
+        None,
+        a.max_tokens,
+        &mut sampler,
+        &model.eos_ids(),
+        |id| {
+            if let Some(piece) = stream.push(id)? {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+            Ok(())
+        },
+    )?;
     if let Some(rest) = stream.finish()? {
         out.write_all(rest.as_bytes())?;
     }
@@ -92,7 +100,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         stats.generated_tokens,
         stats.generate_seconds,
         stats.generated_tokens as f64 / stats.generate_seconds.max(1e-9),
-        if stats.stopped_at_eos { ", stopped at end of sequence" } else { "" }
+        if stats.stopped_at_eos {
+            ", stopped at end of sequence"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

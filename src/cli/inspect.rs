@@ -39,22 +39,51 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     println!("architecture {}", cfg.arch.name());
     println!(
         "shape        {} layers, hidden {}, ffn {}, {} heads ({} kv) x {}, vocab {}",
-        cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size
     );
     if let Some(w) = cfg.sliding_window {
-        println!("attention    sliding window {w} on 5 of every {} layers", cfg.sliding_window_pattern);
+        println!(
+            "attention    sliding window {w} on 5 of every {} layers",
+            cfg.sliding_window_pattern
+        );
     }
-    println!("rope         base {} (local {}), interleaved: {}", cfg.rope_theta, cfg.rope_local_theta, cfg.rope_interleaved);
+    println!(
+        "rope         base {} (local {}), interleaved: {}",
+        cfg.rope_theta, cfg.rope_local_theta, cfg.rope_interleaved
+    );
     let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
     println!("tensors      {}", types.join(", "));
     println!("parameters   {:.1} M", params as f64 / 1e6);
-    println!("size         {:.1} MiB ({:.2} bits/param)", mib(bytes), bytes as f64 * 8.0 / params.max(1) as f64);
+    println!(
+        "size         {:.1} MiB ({:.2} bits/param)",
+        mib(bytes),
+        bytes as f64 * 8.0 / params.max(1) as f64
+    );
     let m = TrainMemory::estimate(&cfg, bytes, a.batch, a.seq);
-    println!("adapter training estimate (batch {}, {} tokens each, f32 activations):", a.batch, a.seq);
+    println!(
+        "adapter training estimate (batch {}, {} tokens each, f32 activations):",
+        a.batch, a.seq
+    );
     println!("  frozen weights          {:8.1} MiB", mib(m.weights));
-    println!("  activations kept        {:8.1} MiB  ({:.1} MiB with --gradient-checkpointing)", mib(m.activations), mib(m.activations_checkpointed));
-    println!("  logits + their grads    {:8.1} MiB  (all positions)", mib(m.logits));
-    println!("  backward scratch        {:8.1} MiB  (one dequantized layer)", mib(m.dequant_scratch));
+    println!(
+        "  activations kept        {:8.1} MiB  ({:.1} MiB with --gradient-checkpointing)",
+        mib(m.activations),
+        mib(m.activations_checkpointed)
+    );
+    println!(
+        "  logits + their grads    {:8.1} MiB  (all positions)",
+        mib(m.logits)
+    );
+    println!(
+        "  backward scratch        {:8.1} MiB  (one dequantized layer)",
+        mib(m.dequant_scratch)
+    );
     println!("  total                   {:8.1} MiB", mib(m.total()));
     Ok(())
 }
@@ -77,7 +106,13 @@ pub struct TrainMemory {
 impl TrainMemory {
     pub fn estimate(cfg: &LlmConfig, weight_bytes: usize, batch: usize, seq: usize) -> Self {
         let bt = batch * seq;
-        let (d, f, h, kv, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (d, f, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
         // Per layer, in f32 elements: norms and residuals (~4d), q/k/v/o and rotations
         // (~3 h*hd + 4 kv*hd), attention scores and probabilities (2 h*t per token), the MLP's
         // gate, up, activation and product (4f).
@@ -86,7 +121,13 @@ impl TrainMemory {
         let activations_checkpointed = (cfg.num_layers * bt * d + bt * per_token) * 4;
         let logits = 2 * bt * cfg.vocab_size * 4;
         let dequant_scratch = cfg.vocab_size.max(f).max(h * hd) * d * 4;
-        Self { weights: weight_bytes, activations, activations_checkpointed, logits, dequant_scratch }
+        Self {
+            weights: weight_bytes,
+            activations,
+            activations_checkpointed,
+            logits,
+            dequant_scratch,
+        }
     }
 
     pub fn total(&self) -> usize {
@@ -94,7 +135,9 @@ impl TrainMemory {
     }
 }
 
-fn safetensors_summary(dir: &std::path::Path) -> anyhow::Result<(BTreeMap<String, usize>, usize, usize)> {
+fn safetensors_summary(
+    dir: &std::path::Path,
+) -> anyhow::Result<(BTreeMap<String, usize>, usize, usize)> {
     let mut types = BTreeMap::new();
     let (mut params, mut bytes) = (0, 0);
     for e in std::fs::read_dir(dir)? {

@@ -8,5 +8,8 @@ use anymal_quant::QuantType;
 /// Load options from the shared `--requant` flag.
 pub fn load_options(requant: Option<&str>) -> anyhow::Result<LoadOptions> {
     let quant = requant.map(QuantType::parse).transpose()?;
-    Ok(LoadOptions { quant, ..Default::default() })
+    Ok(LoadOptions {
+        quant,
+        ..Default::default()
+    })
 }
