@@ -297,3 +297,22 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         stop_ids,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_fetched_model_says_how_to_fetch_it() {
+        let empty = std::env::temp_dir().join(format!("anymal-empty-cache-{}", std::process::id()));
+        std::env::set_var("ANYMAL_CACHE", &empty);
+        let err = resolve_model_ref("gemma3").unwrap_err().to_string();
+        std::env::remove_var("ANYMAL_CACHE");
+        assert!(err.contains("scripts/fetch-assets.sh gemma3"), "{err}");
+        let err = resolve_model_ref("./nope.gguf").unwrap_err().to_string();
+        assert!(
+            err.contains("nope.gguf") && err.contains("no such file"),
+            "{err}"
+        );
+    }
+}

@@ -25,6 +25,19 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// sqrt(mean((a - b)^2) / mean(b^2)).
+fn rel_rms(a: &Tensor, b: &Tensor) -> f32 {
+    let ms = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    (ms(&(a - b).unwrap()) / ms(b)).sqrt()
+}
+
 /// Relative RMS round-trip error bound per type (weights ~ N(0, 0.02)).
 fn round_trip_bound(ty: &str) -> f32 {
     match ty {
@@ -58,21 +71,7 @@ fn input_gradient_matches_dense_reference_for_every_type() {
 
         // Round trip of the stored weight.
         let wd = layer.dequantize().unwrap();
-        let rel = ((&wd - &w)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / w.sqr()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap())
-        .sqrt();
+        let rel = rel_rms(&wd, &w);
         assert!(
             rel <= round_trip_bound(ty),
             "{ty}: round-trip relative RMS error {rel}"
@@ -122,21 +121,7 @@ fn requantize_moves_slow_types_to_fast_ones() {
     assert_eq!(q4k.quant_type(), QuantType::Ggml(GgmlDType::Q4K));
     // Requantizing stacks two roundings: still a 4-bit-sized error against the original.
     let wd = q4k.dequantize().unwrap();
-    let rel = ((&wd - &w)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        / w.sqr()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap())
-    .sqrt();
+    let rel = rel_rms(&wd, &w);
     assert!(rel < 0.2, "{rel}");
     // Rows the K-quants cannot tile keep a 4-bit type of block 32.
     let narrow = Tensor::randn(0f32, 0.02, (64, 576), &dev).unwrap();
