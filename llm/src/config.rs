@@ -62,7 +62,7 @@ impl LlmConfig {
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some()
             && self.sliding_window_pattern > 0
-            && (layer + 1) % self.sliding_window_pattern != 0
+            && !(layer + 1).is_multiple_of(self.sliding_window_pattern)
     }
 
     /// Gemma scales embeddings by sqrt(hidden) before the first layer.

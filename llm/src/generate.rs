@@ -48,8 +48,7 @@ pub fn generate(
     stats.prompt_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut out = Vec::new();
-    let mut pos = prompt_len;
-    for _ in 0..max_tokens {
+    for pos in prompt_len..prompt_len + max_tokens {
         let next = sampler.sample(&logits);
         if eos_ids.contains(&next) {
             stats.stopped_at_eos = true;
@@ -64,7 +63,6 @@ pub fn generate(
         let e = llm.embed_tokens(&ids)?;
         let hidden = llm.forward_embeds(&e, pos, None, Some(&mut cache))?;
         logits = last_logits(llm, &hidden)?;
-        pos += 1;
     }
     stats.generated_tokens = out.len();
     stats.generate_seconds = t1.elapsed().as_secs_f64();

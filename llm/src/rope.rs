@@ -15,6 +15,7 @@ pub struct RopeTables {
 impl RopeTables {
     /// `scale` > 1 stretches positions (linear RoPE scaling); `freq_factors` divides individual
     /// frequencies (Llama 3.1's `rope_freqs`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         head_dim: usize,
         theta: f64,

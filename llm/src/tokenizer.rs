@@ -26,7 +26,7 @@ enum Kind {
         tk: Box<tokenizers::Tokenizer>,
         byte_of: HashMap<char, u8>,
     },
-    Spm(SpmModel),
+    Spm(Box<SpmModel>),
     /// An HF tokenizer.json: decoding goes through its own decoder.
     Hf(Box<tokenizers::Tokenizer>),
 }
@@ -138,7 +138,7 @@ impl Tokenizer {
                     ));
                 }
                 (
-                    Kind::Spm(SpmModel::new(tokens.clone(), scores, unk)),
+                    Kind::Spm(Box::new(SpmModel::new(tokens.clone(), scores, unk))),
                     true,
                     true,
                 )
@@ -283,7 +283,7 @@ impl Tokenizer {
                 specials.push((t.content.clone(), id));
             }
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let bos_id = tok_of("bos_token");
         let add_bos = cfg
             .get("add_bos_token")

@@ -41,7 +41,7 @@ fn random_weights(c: &LlmConfig, seed: u64) -> HashMap<String, Tensor> {
     let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let mut w = HashMap::new();
     let mut k = 0;
-    let mut put = |w: &mut HashMap<String, Tensor>, n: String, t: Tensor| {
+    let put = |w: &mut HashMap<String, Tensor>, n: String, t: Tensor| {
         w.insert(n, t);
     };
     put(

@@ -16,6 +16,8 @@ pub const NF4_DQ_BLOCK: usize = 256;
 /// The 16 NF4 values: quantiles of N(0, 1) rescaled to [-1, 1] with an exact zero. These are
 /// the values of the QLoRA paper's appendix E and of bitsandbytes' `csrc/kernels.cu`
 /// (`nf4_dequantization_lut`).
+// The digits are the paper's; f32 rounds them to the values bitsandbytes stores.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
