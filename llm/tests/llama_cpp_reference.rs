@@ -36,24 +36,30 @@ fn model(name: &str) -> LoadedModel {
     load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap()
 }
 
+/// Logits at every position of one sequence, in one forward pass.
+fn prompt_logits(m: &LoadedModel, ids: &[u32]) -> Vec<Vec<f32>> {
+    let ids = Tensor::new(ids, &m.llm.device)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let h = m
+        .llm
+        .forward_embeds(&m.llm.embed_tokens(&ids).unwrap(), 0, None, None)
+        .unwrap();
+    m.llm
+        .logits(&h)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
 /// Prompt logits at every position, compared with llama.cpp's.
 fn check_logits(m: &LoadedModel, fx: &Fixture, tol: f32) {
     let (mut worst, mut raw_worst) = (0f32, 0f32);
     for case in &fx.cases {
-        let ids = Tensor::new(case.ids.as_slice(), &m.llm.device)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let e = m.llm.embed_tokens(&ids).unwrap();
-        let h = m.llm.forward_embeds(&e, 0, None, None).unwrap();
-        let logits = m
-            .llm
-            .logits(&h)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let logits = prompt_logits(m, &case.ids);
         let mut case_worst = 0f32;
         for (pos, row) in logits.iter().enumerate() {
             let ours_top = anymal_llm::sampling::argmax(row);
@@ -130,22 +136,7 @@ fn check_greedy(m: &LoadedModel, fx: &Fixture, tie: f32) -> usize {
         }
         let mut seq = case.ids.clone();
         seq.extend_from_slice(&case.greedy[..case.greedy.len() - 1]);
-        let ids = Tensor::new(seq.as_slice(), &m.llm.device)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let h = m
-            .llm
-            .forward_embeds(&m.llm.embed_tokens(&ids).unwrap(), 0, None, None)
-            .unwrap();
-        let logits = m
-            .llm
-            .logits(&h)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let logits = prompt_logits(m, &seq);
         let mut worst = 0f32;
         for (k, want) in case.greedy.iter().enumerate() {
             let row = &logits[case.ids.len() - 1 + k];
