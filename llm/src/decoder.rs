@@ -128,17 +128,22 @@ impl Llm {
             self.dtype,
             &self.device,
         )?;
-        let rope_local = RopeTables::new(
-            hd,
-            self.cfg.rope_local_theta,
-            1.0,
-            ff,
-            seqlen_offset,
-            t,
-            self.cfg.rope_interleaved,
-            self.dtype,
-            &self.device,
-        )?;
+        // Sliding-window layers (Gemma 3) rotate with their own base; other models have none,
+        // so their tables and mask are the global ones, built once per call.
+        let rope_local = match self.cfg.sliding_window {
+            Some(_) => RopeTables::new(
+                hd,
+                self.cfg.rope_local_theta,
+                1.0,
+                ff,
+                seqlen_offset,
+                t,
+                self.cfg.rope_interleaved,
+                self.dtype,
+                &self.device,
+            )?,
+            None => rope_global.clone(),
+        };
         let mask_global = build_mask(b, t, seqlen_offset, None, attention_mask, &self.device)?;
         let mask_local = match self.cfg.sliding_window {
             Some(w) => build_mask(b, t, seqlen_offset, Some(w), attention_mask, &self.device)?,
