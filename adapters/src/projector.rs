@@ -1,0 +1,249 @@
+//! The projector: frozen encoder frames `(b, n, d_enc)` -> `k` LLM input embeddings
+//! `(b, k, d_llm)`, by name as in LLaVA's builder (`linear`, `mlp2x_gelu`, `perceiver`).
+//! Saved as `projector.safetensors` + `projector.json`, loadable without the run that made it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::params::ParamStore;
+use crate::perceiver::{PerceiverConfig, PerceiverResampler};
+use crate::pool::Reduce;
+use crate::{Error, Result};
+
+pub const CONFIG_FILE: &str = "projector.json";
+pub const WEIGHTS_FILE: &str = "projector.safetensors";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectorKind {
+    /// One linear layer (AnyMAL's choice for audio, IMU and video).
+    Linear,
+    /// Linear, GELU, linear (LLaVA-1.5's `mlp2x_gelu`).
+    #[serde(rename = "mlp2x_gelu")]
+    Mlp2xGelu,
+    /// Learned latents cross-attending to the frames (AnyMAL's choice for images).
+    Perceiver,
+}
+
+impl ProjectorKind {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "mlp2x_gelu" | "mlp" => Ok(Self::Mlp2xGelu),
+            "perceiver" => Ok(Self::Perceiver),
+            other => Err(Error::Msg(format!(
+                "unknown projector kind '{other}' (known: linear, mlp2x_gelu, perceiver)"
+            ))),
+        }
+    }
+}
+
+/// Everything needed to rebuild a projector and to use it: its shape and what it was trained
+/// to connect (modality, encoder, LLM, prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorConfig {
+    pub kind: ProjectorKind,
+    /// Encoder feature width.
+    pub d_enc: usize,
+    /// LLM embedding width.
+    pub d_llm: usize,
+    /// Tokens handed to the LLM per item (`k`).
+    pub num_tokens: usize,
+    /// How linear/MLP projectors reduce `n` frames to `k` tokens (the Perceiver needs none).
+    #[serde(default = "default_reduce")]
+    pub reduce: Reduce,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perceiver: Option<PerceiverConfig>,
+    /// Modality name, e.g. `audio`; its placeholder is `<audio>`.
+    #[serde(default)]
+    pub modality: String,
+    /// Encoder reference as given (path or short name) and its content-derived id.
+    #[serde(default)]
+    pub encoder: String,
+    #[serde(default)]
+    pub encoder_id: String,
+    /// LLM reference the projector was trained against.
+    #[serde(default)]
+    pub llm: String,
+    /// The user turn used in training, with the placeholder, e.g. `<audio>\nTranscribe.`.
+    #[serde(default)]
+    pub prompt: String,
+    /// Whether the LLM's chat template wrapped the prompt in training.
+    #[serde(default)]
+    pub chat_template: bool,
+}
+
+fn default_reduce() -> Reduce {
+    Reduce::Pool
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Linear(Linear),
+    Mlp(Linear, Linear),
+    Perceiver(Box<PerceiverResampler>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Projector {
+    pub cfg: ProjectorConfig,
+    body: Body,
+}
+
+impl Projector {
+    /// Build from a config, taking (or creating) parameters from `vb`.
+    pub fn new(cfg: &ProjectorConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.num_tokens == 0 || cfg.d_enc == 0 || cfg.d_llm == 0 {
+            return Err(Error::Msg(format!(
+                "projector needs num_tokens, d_enc and d_llm > 0 (got {}, {}, {})",
+                cfg.num_tokens, cfg.d_enc, cfg.d_llm
+            )));
+        }
+        if let Reduce::Concat { stride: 0 } = cfg.reduce {
+            return Err(Error::Msg("projector reduce stride must be >= 1".into()));
+        }
+        let d_in = cfg.reduce.out_dim(cfg.d_enc);
+        let body = match cfg.kind {
+            ProjectorKind::Linear => Body::Linear(candle_nn::linear(d_in, cfg.d_llm, vb.pp("linear"))?),
+            ProjectorKind::Mlp2xGelu => Body::Mlp(
+                candle_nn::linear(d_in, cfg.d_llm, vb.pp("fc1"))?,
+                candle_nn::linear(cfg.d_llm, cfg.d_llm, vb.pp("fc2"))?,
+            ),
+            ProjectorKind::Perceiver => Body::Perceiver(Box::new(PerceiverResampler::new(
+                &cfg.perceiver.clone().unwrap_or_default(),
+                cfg.d_enc,
+                cfg.d_llm,
+                cfg.num_tokens,
+                vb.pp("perceiver"),
+            )?)),
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            body,
+        })
+    }
+
+    /// `xs (b, n, d_enc)`, `lengths[i]` real frames of row `i` -> `(b, k, d_llm)`.
+    pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let (b, _, d) = xs.dims3()?;
+        if d != self.cfg.d_enc {
+            return Err(Error::Msg(format!(
+                "encoder features have width {d}, the projector expects {}",
+                self.cfg.d_enc
+            )));
+        }
+        if lengths.len() != b {
+            return Err(Error::Msg(format!("{} lengths for a batch of {b}", lengths.len())));
+        }
+        let k = self.cfg.num_tokens;
+        match &self.body {
+            Body::Linear(l) => Ok(l.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?),
+            Body::Mlp(a, c) => {
+                let h = a.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?.gelu_erf()?;
+                Ok(c.forward(&h)?)
+            }
+            Body::Perceiver(p) => p.forward(xs, lengths),
+        }
+    }
+
+    /// Project a list of per-item features `(n_i, d_enc)` of different lengths.
+    pub fn forward_items(&self, items: &[Tensor]) -> Result<Tensor> {
+        let (xs, lengths) = pad_items(items)?;
+        self.forward(&xs, &lengths)
+    }
+
+    /// Build a projector with fresh parameters drawn from `seed`.
+    pub fn init(cfg: &ProjectorConfig, seed: u64, device: &Device) -> Result<(Self, ParamStore)> {
+        let store = ParamStore::new(seed, device);
+        let p = Self::new(cfg, store.var_builder())?;
+        Ok((p, store))
+    }
+
+    /// Load `projector.json` + `projector.safetensors` from a folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, ParamStore)> {
+        let cfg = load_config(dir)?;
+        let store = ParamStore::new(0, device);
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(Error::file(&weights, "missing (a projector folder holds projector.json and projector.safetensors)"));
+        }
+        store.load_safetensors(&weights)?;
+        let before: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+        let p = Self::new(&cfg, store.var_builder())?;
+        // Building must not have invented any parameter: all of them come from the file.
+        let after = store.vars();
+        if after.len() != before.len() {
+            let missing: Vec<String> = after
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !before.contains(n))
+                .collect();
+            return Err(Error::file(&weights, format!("lacks parameters {missing:?}")));
+        }
+        Ok((p, store))
+    }
+
+    /// Write the config and parameters into `dir` (each file written then renamed).
+    pub fn save(&self, dir: &Path, store: &ParamStore) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+        save_tensors_atomic(&dir.join(WEIGHTS_FILE), &store.tensors())?;
+        let json = serde_json::to_string_pretty(&self.cfg).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+    }
+}
+
+/// Read and check `projector.json` in `dir`.
+pub fn load_config(dir: &Path) -> Result<ProjectorConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid projector config: {e}")))
+}
+
+/// Stack `(n_i, d)` items into `(b, max n, d)` with zero padding, and their lengths.
+pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
+    if items.is_empty() {
+        return Err(Error::Msg("no items to project".into()));
+    }
+    let lengths: Vec<usize> = items.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+    let n = lengths.iter().copied().max().unwrap_or(1);
+    let padded = items
+        .iter()
+        .zip(&lengths)
+        .map(|(t, &len)| {
+            if len == n {
+                Ok(t.clone())
+            } else {
+                Ok(t.pad_with_zeros(0, 0, n - len)?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Tensor::stack(&padded, 0)?, lengths))
+}
+
+/// Write bytes to `path` through a temporary file and a rename, so that a reader (or a resumed
+/// run after a kill) never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+/// Save tensors as safetensors atomically.
+pub fn save_tensors_atomic(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let map: std::collections::HashMap<&str, Tensor> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}

@@ -1,0 +1,130 @@
+//! Projectors: shapes, padding invariance, gradients against finite differences, save/load.
+
+use anymal_adapters::{PerceiverConfig, Projector, ProjectorConfig, ProjectorKind, Reduce};
+use candle_core::{Device, Tensor, D};
+
+fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
+    ProjectorConfig {
+        kind,
+        d_enc: 6,
+        d_llm: 5,
+        num_tokens: 3,
+        reduce,
+        perceiver: (kind == ProjectorKind::Perceiver).then(|| PerceiverConfig {
+            depth: 2,
+            heads: 2,
+            head_dim: 4,
+            ff_mult: 2,
+            dim: Some(8),
+        }),
+        modality: "audio".into(),
+        encoder: "test".into(),
+        encoder_id: "test".into(),
+        llm: String::new(),
+        prompt: "<audio>".into(),
+        chat_template: false,
+    }
+}
+
+fn all_kinds() -> Vec<ProjectorConfig> {
+    vec![
+        cfg(ProjectorKind::Linear, Reduce::Pool),
+        cfg(ProjectorKind::Linear, Reduce::Concat { stride: 2 }),
+        cfg(ProjectorKind::Mlp2xGelu, Reduce::Pool),
+        cfg(ProjectorKind::Perceiver, Reduce::Pool),
+    ]
+}
+
+/// Deterministic pseudo-random data (candle's CPU randn cannot be seeded).
+fn data(shape: &[usize], salt: u64) -> Tensor {
+    let mut r = anymal_adapters::params::SplitMix64::new(salt);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| r.normal(0.0, 1.0) as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn shapes_and_padding_invariance() -> anyhow::Result<()> {
+    for c in all_kinds() {
+        let (p, _) = Projector::init(&c, 3, &Device::Cpu)?;
+        let a = data(&[7, 6], 1);
+        let b = data(&[4, 6], 2);
+        let both = p.forward_items(&[a.clone(), b.clone()])?;
+        assert_eq!(both.dims(), &[2, 3, 5], "{:?}", c.kind);
+        // Item b alone (no padding) must equal its row in the padded batch.
+        let alone = p.forward_items(&[b])?;
+        let diff = (both.get(1)? - alone.get(0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{:?} {:?}: padding changed the output by {diff}", c.kind, c.reduce);
+    }
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences() -> anyhow::Result<()> {
+    for c in all_kinds() {
+        let (p, store) = Projector::init(&c, 5, &Device::Cpu)?;
+        let xs = [data(&[7, 6], 11), data(&[3, 6], 12)];
+        let target = data(&[2, 3, 5], 13);
+        let loss_of = |p: &Projector| -> anyhow::Result<Tensor> {
+            let y = p.forward_items(&xs)?;
+            Ok((y - &target)?.sqr()?.sum(D::Minus1)?.mean_all()?)
+        };
+        let grads = loss_of(&p)?.backward()?;
+        for (name, var) in store.vars() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{:?}: no gradient for {name}", c.kind));
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            // Check a few coordinates by central differences.
+            let eps = 2e-3f32;
+            for &i in &[0usize, base.len() / 2, base.len() - 1] {
+                let mut plus = base.clone();
+                plus[i] += eps;
+                var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu)?)?;
+                let lp = loss_of(&p)?.to_scalar::<f32>()?;
+                let mut minus = base.clone();
+                minus[i] -= eps;
+                var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu)?)?;
+                let lm = loss_of(&p)?.to_scalar::<f32>()?;
+                var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu)?)?;
+                let fd = (lp - lm) / (2.0 * eps);
+                let tol = 1e-2 + 2e-2 * fd.abs();
+                assert!(
+                    (fd - g[i]).abs() < tol,
+                    "{:?} {name}[{i}]: analytic {} vs numeric {fd}",
+                    c.kind,
+                    g[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn save_and_load_round_trip() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("anymal-proj-{}", std::process::id()));
+    for c in all_kinds() {
+        let (p, store) = Projector::init(&c, 9, &Device::Cpu)?;
+        p.save(&dir, &store)?;
+        let (q, _) = Projector::load(&dir, &Device::Cpu)?;
+        assert_eq!(q.cfg, c);
+        let x = [data(&[5, 6], 4)];
+        let d = (p.forward_items(&x)? - q.forward_items(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0);
+    }
+    // A config naming a bigger projector than the weights hold is an error, not a panic.
+    let (p, store) = Projector::init(&cfg(ProjectorKind::Linear, Reduce::Pool), 9, &Device::Cpu)?;
+    p.save(&dir, &store)?;
+    let mut bad = cfg(ProjectorKind::Mlp2xGelu, Reduce::Pool);
+    bad.d_llm = 5;
+    std::fs::write(dir.join("projector.json"), serde_json::to_string(&bad)?)?;
+    let err = Projector::load(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("lacks parameters"), "{err}");
+    std::fs::write(dir.join("projector.json"), "{not json")?;
+    let err = Projector::load(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("projector.json") && err.contains("invalid"), "{err}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
