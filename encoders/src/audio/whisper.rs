@@ -1,0 +1,506 @@
+//! The frozen Whisper audio encoder: 16 kHz samples -> log-mel -> candle-transformers'
+//! `AudioEncoder` -> `(n_frames, d_model)` features, one frame per 20 ms of audio.
+//!
+//! Weights come from either a CTranslate2 folder (`model.bin`, what faster-whisper users hold,
+//! fp16 in the fetched tiny.en) or a Hugging Face Whisper folder (`model.safetensors` +
+//! `config.json`). Both are mapped onto the HF names candle expects.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::{self as cw, model::AudioEncoder};
+use sha2::{Digest, Sha256};
+
+use super::ct2;
+use super::mel::{LogMel, N_FRAMES, N_SAMPLES};
+use crate::error::{Error, Result};
+
+/// Samples per encoder frame: the mel hop (160) times conv2's stride (2) = 20 ms at 16 kHz.
+pub const SAMPLES_PER_FRAME: usize = 320;
+/// Encoder frames in one 30 s window.
+pub const FRAMES_PER_WINDOW: usize = N_FRAMES / 2;
+/// 30 s windows per encoder forward in [`WhisperEncoder::encode_batch`]; bounds memory (the
+/// attention scores of one window are heads x 1500 x 1500 f32, 54 MB for tiny).
+const MAX_WINDOWS_PER_FORWARD: usize = 8;
+
+/// The cache folder: `$ANYMAL_CACHE`, else `~/.cache/anymal` (same rule as anymal-llm).
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("anymal")
+}
+
+/// Resolves an encoder reference to a folder or file: the short names `whisper-tiny-en` (the
+/// default; also `whisper-tiny.en`) and `whisper-base` map to the fetched models under
+/// `<cache>/models/`; anything else is taken as a path. A short name whose model was not
+/// fetched is an error naming the fetch command.
+pub fn resolve_encoder_ref(reference: &str) -> Result<PathBuf> {
+    resolve_encoder_ref_in(reference, &cache_dir())
+}
+
+/// [`resolve_encoder_ref`] against an explicit cache folder.
+pub fn resolve_encoder_ref_in(reference: &str, cache: &Path) -> Result<PathBuf> {
+    let short = match reference {
+        "" | "whisper-tiny-en" | "whisper-tiny.en" => Some(("whisper-tiny.en", "whisper-tiny-en")),
+        "whisper-base" => Some(("whisper-base", "whisper-base")),
+        _ => None,
+    };
+    match short {
+        Some((dir, target)) => {
+            let path = cache.join("models").join(dir);
+            if path.join("model.bin").is_file() {
+                Ok(path)
+            } else {
+                Err(Error::MissingAsset {
+                    path: path.join("model.bin"),
+                    fetch: format!("scripts/fetch-assets.sh {target}"),
+                })
+            }
+        }
+        None => {
+            let path = PathBuf::from(reference);
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(Error::Io {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such encoder file or folder (short names: whisper-tiny-en, whisper-base)",
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Dimensions read from the weights (CTranslate2) or `config.json` (HF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WhisperDims {
+    pub n_mels: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Encoder positions: 1500 for every released Whisper.
+    pub n_ctx: usize,
+}
+
+/// A frozen Whisper encoder.
+pub struct WhisperEncoder {
+    encoder: AudioEncoder,
+    dims: WhisperDims,
+    mel: LogMel,
+    device: Device,
+    id: String,
+}
+
+impl WhisperEncoder {
+    /// Loads from `path`: a folder holding `model.bin` (CTranslate2) or `model.safetensors` +
+    /// `config.json` (Hugging Face), or a `model.bin` / `.safetensors` file itself.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (tensors, dims, weight_file) = if path.is_dir() {
+            if path.join("model.bin").is_file() {
+                let f = path.join("model.bin");
+                let (t, d) = load_ct2(&f, device)?;
+                (t, d, f)
+            } else if path.join("model.safetensors").is_file() {
+                let f = path.join("model.safetensors");
+                let (t, d) = load_hf(&f, &path.join("config.json"), device)?;
+                (t, d, f)
+            } else {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    what: "folder has neither model.bin (CTranslate2) nor model.safetensors + \
+                           config.json (Hugging Face)"
+                        .into(),
+                });
+            }
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            let cfg = path.with_file_name("config.json");
+            let (t, d) = load_hf(path, &cfg, device)?;
+            (t, d, path.to_path_buf())
+        } else if path.is_file() {
+            let (t, d) = load_ct2(path, device)?;
+            (t, d, path.to_path_buf())
+        } else {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            });
+        };
+        let encoder = build_encoder(tensors, dims, device, &weight_file)?;
+        let hash = hash_file(&weight_file)?;
+        let id = format!("whisper-{}-{}-{}", dims.d_model, dims.n_layers, &hash[..16]);
+        Ok(Self {
+            encoder,
+            dims,
+            mel: LogMel::new(dims.n_mels)?,
+            device: device.clone(),
+            id,
+        })
+    }
+
+    /// A stable id for feature caches: `whisper-<d_model>-<layers>-<16 hex of sha256(weights)>`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// `d_model`: the width of each output frame.
+    pub fn hidden_size(&self) -> usize {
+        self.dims.d_model
+    }
+    /// Mel bins the encoder takes (80, or 128 for large-v3).
+    pub fn n_mels(&self) -> usize {
+        self.dims.n_mels
+    }
+    pub fn dims(&self) -> WhisperDims {
+        self.dims
+    }
+
+    /// Number of encoder frames [`encode`](Self::encode) returns for `n_samples` at 16 kHz:
+    /// `ceil(n / 320)` per 30 s window (at least 1).
+    pub fn frames_for(n_samples: usize) -> usize {
+        windows(n_samples)
+            .iter()
+            .map(|&(s, e)| kept_frames(e - s))
+            .sum()
+    }
+
+    /// Log-mel of one window: `(n_mels, 3000)`.
+    pub fn log_mel(&self, samples_16k: &[f32]) -> Result<Tensor> {
+        let m = self.mel.compute(samples_16k)?;
+        Ok(Tensor::from_vec(
+            m,
+            (self.dims.n_mels, N_FRAMES),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Encodes one clip `(n,)` at 16 kHz into `(n_kept, d_model)` f32 on the CPU.
+    ///
+    /// Each 30 s window is padded with zeros to 30 s (as Whisper was trained), encoded to 1500
+    /// frames, and only the `ceil(len / 320)` frames that carry audio are kept (frames past the
+    /// end of the clip only see padding). Clips longer than 30 s are cut into consecutive 30 s
+    /// windows whose kept frames are concatenated, so a 45 s clip gives 1500 + 750 frames.
+    pub fn encode(&self, samples_16k: &[f32]) -> Result<Tensor> {
+        let mut out = self.encode_batch(&[samples_16k])?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidArgument("internal: no output for the clip".into()))
+    }
+
+    /// Encodes several clips, stacking their 30 s windows into batched encoder forwards (up to
+    /// 8 windows per forward). Returns one `(n_kept_i, d_model)` tensor per clip, as
+    /// [`encode`](Self::encode) would.
+    pub fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
+        // (clip index, start, end) of every window, in order.
+        let mut jobs = Vec::new();
+        for (ci, clip) in clips.iter().enumerate() {
+            if clip.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "clip {ci} of the batch has no samples"
+                )));
+            }
+            for (s, e) in windows(clip.len()) {
+                jobs.push((ci, s, e));
+            }
+        }
+        let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); clips.len()];
+        for chunk in jobs.chunks(MAX_WINDOWS_PER_FORWARD) {
+            let mels = chunk
+                .iter()
+                .map(|&(ci, s, e)| self.log_mel(&clips[ci][s..e]))
+                .collect::<Result<Vec<_>>>()?;
+            // (b, n_mels, 3000) -> (b, 1500, d)
+            let xs = Tensor::stack(&mels, 0)?.to_device(&self.device)?;
+            // AudioEncoder::forward takes &mut self only for the decoder's KV cache, which the
+            // encoder never fills; a clone shares the weights (Arc) and keeps `encode` &self.
+            let ys = self.encoder.clone().forward(&xs, true)?;
+            for (b, &(ci, s, e)) in chunk.iter().enumerate() {
+                let keep = kept_frames(e - s);
+                let y = ys.i(b)?.narrow(0, 0, keep)?.to_device(&Device::Cpu)?;
+                per_clip[ci].push(y.to_dtype(DType::F32)?);
+            }
+        }
+        per_clip
+            .into_iter()
+            .map(|parts| Ok(Tensor::cat(&parts, 0)?))
+            .collect()
+    }
+}
+
+/// Consecutive 30 s windows `[start, end)` covering `n` samples (at least one).
+fn windows(n: usize) -> Vec<(usize, usize)> {
+    let count = n.div_ceil(N_SAMPLES).max(1);
+    (0..count)
+        .map(|w| (w * N_SAMPLES, ((w + 1) * N_SAMPLES).min(n)))
+        .collect()
+}
+
+/// Encoder frames that carry audio for a window of `len` samples: `ceil(len / 320)` in 1..=1500.
+fn kept_frames(len: usize) -> usize {
+    len.div_ceil(SAMPLES_PER_FRAME).clamp(1, FRAMES_PER_WINDOW)
+}
+
+fn model_err(path: &Path, what: impl Into<String>) -> Error {
+    Error::Model {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Reads the encoder variables of a CTranslate2 Whisper `model.bin` and renames them to the HF
+/// names candle uses.
+fn load_ct2(file: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, WhisperDims)> {
+    let m = ct2::read_model_bin_filtered(file, device, |n| n.starts_with("encoder/"))?;
+    if m.spec != "WhisperSpec" {
+        return Err(model_err(
+            file,
+            format!("spec is `{}`, expected `WhisperSpec`", m.spec),
+        ));
+    }
+    let conv1 = m.get("encoder/conv1/weight", file)?;
+    let (d_model, n_mels, _k) = conv1.dims3().map_err(|e| model_err(file, e.to_string()))?;
+    let heads_t = m.get("encoder/num_heads", file)?;
+    let n_heads = heads_t
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let n_heads = match n_heads.as_slice() {
+        [h] if *h > 0 && d_model % (*h as usize) == 0 => *h as usize,
+        other => return Err(model_err(file, format!("bad encoder/num_heads {other:?}"))),
+    };
+    let n_layers = (0..)
+        .take_while(|i| {
+            m.variables
+                .contains_key(&format!("encoder/layer_{i}/ffn/linear_0/weight"))
+        })
+        .count();
+    if n_layers == 0 {
+        return Err(model_err(
+            file,
+            "no encoder layers (encoder/layer_0/... missing)",
+        ));
+    }
+    let n_ctx = m
+        .get("encoder/position_encodings/encodings", file)?
+        .dim(0)?;
+    let dims = WhisperDims {
+        n_mels,
+        d_model,
+        n_layers,
+        n_heads,
+        n_ctx,
+    };
+
+    let mut t = HashMap::new();
+    let get = |n: &str| m.get(n, file).cloned();
+    for c in ["conv1", "conv2"] {
+        for p in ["weight", "bias"] {
+            t.insert(
+                format!("model.encoder.{c}.{p}"),
+                get(&format!("encoder/{c}/{p}"))?,
+            );
+        }
+    }
+    t.insert(
+        "model.encoder.layer_norm.weight".into(),
+        get("encoder/layer_norm/gamma")?,
+    );
+    t.insert(
+        "model.encoder.layer_norm.bias".into(),
+        get("encoder/layer_norm/beta")?,
+    );
+    for i in 0..n_layers {
+        let src = format!("encoder/layer_{i}");
+        let dst = format!("model.encoder.layers.{i}");
+        // CTranslate2 fuses q, k and v into one (3d, d) projection; candle wants them apart.
+        let qkv_w = get(&format!("{src}/self_attention/linear_0/weight"))?;
+        let qkv_b = get(&format!("{src}/self_attention/linear_0/bias"))?;
+        if qkv_w.dims() != [3 * d_model, d_model] || qkv_b.dims() != [3 * d_model] {
+            return Err(model_err(
+                file,
+                format!(
+                    "{src}/self_attention/linear_0 has shape {:?}, expected fused qkv",
+                    qkv_w.dims()
+                ),
+            ));
+        }
+        for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            let w = qkv_w.narrow(0, j * d_model, d_model)?;
+            t.insert(format!("{dst}.self_attn.{name}.weight"), w);
+            // Whisper's key projection has no bias (the converter fills zeros): a key bias
+            // adds the same q.b to every score of a query row, which softmax cancels anyway.
+            if *name != "k_proj" {
+                t.insert(
+                    format!("{dst}.self_attn.{name}.bias"),
+                    qkv_b.narrow(0, j * d_model, d_model)?,
+                );
+            }
+        }
+        let pairs = [
+            ("self_attention/linear_1", "self_attn.out_proj"),
+            ("ffn/linear_0", "fc1"),
+            ("ffn/linear_1", "fc2"),
+        ];
+        for (s, d) in pairs {
+            t.insert(
+                format!("{dst}.{d}.weight"),
+                get(&format!("{src}/{s}/weight"))?,
+            );
+            t.insert(format!("{dst}.{d}.bias"), get(&format!("{src}/{s}/bias"))?);
+        }
+        for (s, d) in [
+            ("self_attention/layer_norm", "self_attn_layer_norm"),
+            ("ffn/layer_norm", "final_layer_norm"),
+        ] {
+            t.insert(
+                format!("{dst}.{d}.weight"),
+                get(&format!("{src}/{s}/gamma"))?,
+            );
+            t.insert(format!("{dst}.{d}.bias"), get(&format!("{src}/{s}/beta"))?);
+        }
+    }
+    // candle recomputes Whisper's sinusoidal positions; check the file agrees, so a model with
+    // other positions is refused instead of silently encoded wrong.
+    let stored = m.get("encoder/position_encodings/encodings", file)?;
+    check_positions(stored, &dims, file)?;
+    Ok((t, dims))
+}
+
+fn check_positions(stored: &Tensor, dims: &WhisperDims, file: &Path) -> Result<()> {
+    let half = dims.d_model / 2;
+    let inc = (10000f64).ln() / (half as f64 - 1.0);
+    let s = stored.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let mut worst = 0f64;
+    for (p, row) in s.iter().enumerate().step_by(97) {
+        for (i, &v) in row.iter().enumerate() {
+            let ts = (-(inc * (i % half) as f64)).exp() * p as f64;
+            let want = if i < half { ts.sin() } else { ts.cos() };
+            worst = worst.max((want - v as f64).abs());
+        }
+    }
+    // fp16 storage rounds to ~5e-4; a different encoding differs by O(1).
+    if worst > 1e-2 {
+        return Err(model_err(
+            file,
+            format!("encoder position encodings are not Whisper's sinusoids (max diff {worst:.3})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an HF Whisper `model.safetensors` (encoder tensors only) and its `config.json`.
+fn load_hf(
+    file: &Path,
+    config: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, WhisperDims)> {
+    let text = std::fs::read_to_string(config).map_err(|source| Error::Io {
+        path: config.to_path_buf(),
+        source,
+    })?;
+    let cfg: cw::Config = serde_json::from_str(&text)
+        .map_err(|e| model_err(config, format!("not a Whisper config.json: {e}")))?;
+    let all = candle_core::safetensors::load(file, device)
+        .map_err(|e| model_err(file, format!("cannot read safetensors: {e}")))?;
+    let mut t = HashMap::new();
+    for (k, v) in all {
+        // Some exports drop the leading `model.`.
+        let k = if k.starts_with("encoder.") {
+            format!("model.{k}")
+        } else {
+            k
+        };
+        if k.starts_with("model.encoder.") {
+            t.insert(k, v.to_dtype(DType::F32)?);
+        }
+    }
+    let dims = WhisperDims {
+        n_mels: cfg.num_mel_bins,
+        d_model: cfg.d_model,
+        n_layers: cfg.encoder_layers,
+        n_heads: cfg.encoder_attention_heads,
+        n_ctx: cfg.max_source_positions,
+    };
+    if dims.n_heads == 0 || !dims.d_model.is_multiple_of(dims.n_heads) {
+        return Err(model_err(
+            config,
+            format!(
+                "d_model {} not divisible by heads {}",
+                dims.d_model, dims.n_heads
+            ),
+        ));
+    }
+    Ok((t, dims))
+}
+
+/// Builds candle's `AudioEncoder` from HF-named tensors. candle only exposes `Whisper::load`,
+/// which also builds a decoder: we hand it a one-token, zero-layer decoder of placeholder
+/// tensors (never run, dropped right after) so no decoder weights are needed.
+fn build_encoder(
+    mut t: HashMap<String, Tensor>,
+    dims: WhisperDims,
+    device: &Device,
+    file: &Path,
+) -> Result<AudioEncoder> {
+    let d = dims.d_model;
+    t.insert(
+        "model.decoder.embed_tokens.weight".into(),
+        Tensor::zeros((1, d), DType::F32, device)?,
+    );
+    t.insert(
+        "model.decoder.embed_positions.weight".into(),
+        Tensor::zeros((1, d), DType::F32, device)?,
+    );
+    t.insert(
+        "model.decoder.layer_norm.weight".into(),
+        Tensor::ones(d, DType::F32, device)?,
+    );
+    t.insert(
+        "model.decoder.layer_norm.bias".into(),
+        Tensor::zeros(d, DType::F32, device)?,
+    );
+    let cfg = cw::Config {
+        num_mel_bins: dims.n_mels,
+        max_source_positions: dims.n_ctx,
+        d_model: d,
+        encoder_attention_heads: dims.n_heads,
+        encoder_layers: dims.n_layers,
+        vocab_size: 1,
+        max_target_positions: 1,
+        decoder_attention_heads: dims.n_heads,
+        decoder_layers: 0,
+        suppress_tokens: vec![],
+    };
+    let vb = VarBuilder::from_tensors(t, DType::F32, device);
+    let whisper = cw::model::Whisper::load(&vb, cfg)
+        .map_err(|e| model_err(file, format!("weights do not fit a Whisper encoder: {e}")))?;
+    Ok(whisper.encoder)
+}
+
+/// sha256 of a file, hex.
+fn hash_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
