@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+use anymal::cli;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +23,14 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Describe a model: architecture, tensor types, parameters, size, training memory.
     Inspect(cli::inspect::InspectArgs),
+    /// Train a projector that aligns a modality (audio, ...) to the frozen LLM.
+    Align(cli::align::AlignArgs),
+    /// List and show the shipped recipes.
+    Recipes(cli::recipes::RecipesArgs),
+    /// Score a trained projector on a manifest: WER and CIDEr-D of greedy generations.
+    Eval(cli::eval::EvalArgs),
+    /// Build manifests for the corpora the project ships with.
+    Data(cli::data::DataArgs),
     /// Measure QLinear, the decoder's forward+backward and generation speed on this machine.
     Bench(cli::bench::BenchArgs),
 }
@@ -33,6 +41,10 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Align(a) => cli::align::run(a),
+        Command::Recipes(a) => cli::recipes::run(a),
+        Command::Data(a) => cli::data::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

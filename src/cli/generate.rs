@@ -9,10 +9,18 @@ use anymal_llm::{generate, load_model, Message, Sampler, SamplingConfig};
 pub struct GenerateArgs {
     /// Model: a GGUF file, an HF folder, an HF hub id in the local HF cache, or a fetched model
     /// name (smollm2, gemma3).
-    #[arg(long, default_value = "smollm2")]
-    pub llm: String,
+    /// Default: smollm2, or the LLM a --projector was trained with.
+    #[arg(long)]
+    pub llm: Option<String>,
+    /// With --projector, may hold placeholders (`<audio>`); without one, the files come first.
     #[arg(long)]
     pub prompt: String,
+    /// A run folder (or any folder) with projector.json + projector.safetensors from `anymal align`.
+    #[arg(long)]
+    pub projector: Option<std::path::PathBuf>,
+    /// Audio file(s) for the prompt's `<audio>` placeholders, in order.
+    #[arg(long)]
+    pub audio: Vec<std::path::PathBuf>,
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
     /// 0 = greedy decoding.
@@ -37,9 +45,16 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    if a.projector.is_some() {
+        return run_with_projector(a);
+    }
+    if !a.audio.is_empty() {
+        anyhow::bail!("--audio needs --projector RUN_DIR (a projector trained with `anymal align`)");
+    }
     let t0 = Instant::now();
     let opts = super::load_options(a.requant.as_deref())?;
-    let model = load_model(&a.llm, &opts).with_context(|| format!("loading model '{}'", a.llm))?;
+    let llm = a.llm.clone().unwrap_or_else(|| "smollm2".into());
+    let model = load_model(&llm, &opts).with_context(|| format!("loading model '{llm}'"))?;
     eprintln!(
         "loaded {} ({}, {} layers) in {:.2}s",
         model.path.display(),
@@ -92,6 +107,52 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         out.write_all(rest.as_bytes())?;
     }
     writeln!(out)?;
+    print_stats(&stats);
+    Ok(())
+}
+
+/// Generation with modality inputs through a trained projector.
+fn run_with_projector(a: GenerateArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let dir = a.projector.clone().unwrap_or_default();
+    let m = crate::infer::AlignedModel::load(&dir, a.llm.as_deref(), a.requant.as_deref())?;
+    eprintln!(
+        "loaded {} + {} projector from {} in {:.2}s",
+        m.model.path.display(),
+        m.projector.cfg.modality,
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let files: Vec<&std::path::Path> = match m.projector.cfg.modality.as_str() {
+        "audio" => a.audio.iter().map(|p| p.as_path()).collect(),
+        other => anyhow::bail!("{}: projector for modality '{other}', which generate cannot feed yet", dir.display()),
+    };
+    let prompt = m.user_prompt(Some(&a.prompt), files.len());
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
+    let mut stream = TokenStream::new(&m.model.tokenizer);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let (_, stats) = m.generate(&prompt, &files, a.max_tokens, &mut sampler, |id| {
+        if let Some(piece) = stream.push(id)? {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+        Ok(())
+    })?;
+    if let Some(rest) = stream.finish()? {
+        out.write_all(rest.as_bytes())?;
+    }
+    writeln!(out)?;
+    print_stats(&stats);
+    Ok(())
+}
+
+fn print_stats(stats: &anymal_llm::GenerationStats) {
     eprintln!(
         "prompt: {} tokens in {:.2}s ({:.1} t/s); generated {} tokens in {:.2}s ({:.1} t/s){}",
         stats.prompt_tokens,
@@ -106,7 +167,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    Ok(())
 }
 
 fn text_starts_with_bos(model: &anymal_llm::LoadedModel, text: &str) -> bool {

@@ -1,6 +1,10 @@
+pub mod align;
 pub mod bench;
+pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod recipes;
 
 use anymal_llm::LoadOptions;
 use anymal_quant::QuantType;

@@ -1,0 +1,156 @@
+//! Alignment manifests: JSONL, one `{"<modality>": "path", "text": "caption"}` per line, paths
+//! relative to the manifest. Reading checks each line and reports problems with line numbers;
+//! bad lines are skipped and counted rather than stopping a long run, unless too many are bad.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// One usable line of a manifest.
+#[derive(Debug, Clone)]
+pub struct ManifestItem {
+    /// 1-based line number in the manifest, for messages.
+    pub line: usize,
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// A manifest after validation.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub items: Vec<ManifestItem>,
+    /// `"<manifest>:<line>: <problem>"` for every skipped line.
+    pub problems: Vec<String>,
+}
+
+impl Manifest {
+    /// Read `path`, keeping lines whose JSON has a non-empty `text` and a `modality` key naming
+    /// a readable file. Blank lines are ignored.
+    pub fn read(path: &Path, modality: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read manifest", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut items = Vec::new();
+        let mut problems = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line_no = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(line, base, modality) {
+                Ok(item) => items.push(ManifestItem {
+                    line: line_no,
+                    ..item
+                }),
+                Err(e) => problems.push(format!("{}:{line_no}: {e}", path.display())),
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            items,
+            problems,
+        })
+    }
+
+    /// Lines read in total (usable + skipped).
+    pub fn total(&self) -> usize {
+        self.items.len() + self.problems.len()
+    }
+
+    /// Mark an item bad after the fact (e.g. its audio failed to decode).
+    pub fn reject(&mut self, index: usize, why: &str) {
+        let item = self.items.remove(index);
+        self.problems
+            .push(format!("{}:{}: {}: {why}", self.path.display(), item.line, item.path.display()));
+    }
+
+    /// Error when nothing is usable or more than `max_bad` of the lines are bad; the message
+    /// lists the first problems.
+    pub fn check_bad_fraction(&self, max_bad: f64) -> Result<()> {
+        let total = self.total();
+        let bad = self.problems.len();
+        if self.items.is_empty() || (total > 0 && bad as f64 / total as f64 > max_bad) {
+            let first: Vec<&str> = self.problems.iter().take(5).map(|s| s.as_str()).collect();
+            bail!(
+                "{}: {bad} of {total} lines are bad (limit {:.0}%): {}",
+                self.path.display(),
+                max_bad * 100.0,
+                if first.is_empty() { "no usable lines".to_string() } else { first.join("; ") }
+            );
+        }
+        Ok(())
+    }
+}
+
+fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e})"))?;
+    let obj = v.as_object().context("not a JSON object")?;
+    let rel = obj
+        .get(modality)
+        .with_context(|| format!("no \"{modality}\" field"))?
+        .as_str()
+        .with_context(|| format!("\"{modality}\" is not a string"))?;
+    let text = obj
+        .get("text")
+        .context("no \"text\" field")?
+        .as_str()
+        .context("\"text\" is not a string")?
+        .trim();
+    if text.is_empty() {
+        bail!("empty text");
+    }
+    let path = base.join(rel);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => bail!("{}: not a file", path.display()),
+        Err(e) => bail!("{}: {e}", path.display()),
+    }
+    if let Err(e) = std::fs::File::open(&path) {
+        bail!("{}: cannot open: {e}", path.display());
+    }
+    Ok(ManifestItem {
+        line: 0,
+        path,
+        text: text.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_are_reported_with_numbers() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("anymal-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("a.wav"), b"x")?;
+        let m = dir.join("m.jsonl");
+        std::fs::write(
+            &m,
+            concat!(
+                "{\"audio\": \"a.wav\", \"text\": \"hello\"}\n",
+                "not json\n",
+                "\n",
+                "{\"audio\": \"missing.wav\", \"text\": \"x\"}\n",
+                "{\"audio\": \"a.wav\", \"text\": \"  \"}\n",
+                "{\"image\": \"a.wav\", \"text\": \"x\"}\n",
+                "[1, 2]\n"
+            ),
+        )?;
+        let man = Manifest::read(&m, "audio")?;
+        assert_eq!(man.items.len(), 1);
+        assert_eq!(man.items[0].line, 1);
+        assert_eq!(man.problems.len(), 5);
+        assert!(man.problems[0].contains(":2: not JSON"), "{:?}", man.problems);
+        assert!(man.problems[1].contains(":4:") && man.problems[1].contains("missing.wav"));
+        assert!(man.problems[2].contains(":5: empty text"));
+        assert!(man.problems[3].contains(":6: no \"audio\" field"));
+        assert!(man.problems[4].contains(":7: not a JSON object"));
+        let err = man.check_bad_fraction(0.5).unwrap_err().to_string();
+        assert!(err.contains("5 of 6 lines are bad"), "{err}");
+        assert!(man.check_bad_fraction(0.9).is_ok());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

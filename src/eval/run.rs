@@ -1,0 +1,105 @@
+//! `anymal eval`: generate for every item of a manifest with a trained projector and score
+//! the generations against the manifest's texts (WER and CIDEr-D).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use anymal_llm::{Sampler, SamplingConfig};
+use serde::Serialize;
+
+use super::{cider::cider_d, wer::corpus_wer, wer::word_errors};
+use crate::data::manifest::Manifest;
+use crate::infer::AlignedModel;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub manifest: String,
+    pub items: usize,
+    pub skipped: usize,
+    pub wer: f64,
+    pub cider_d: f64,
+    /// Items whose normalized generation equals the normalized reference.
+    pub exact_match: f64,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    pub fn markdown(&self) -> String {
+        format!(
+            "| manifest | items | WER | CIDEr-D | exact | seconds |\n|---|---|---|---|---|---|\n| {} | {} | {:.1}% | {:.3} | {:.1}% | {:.0} |\n",
+            self.manifest,
+            self.items,
+            self.wer * 100.0,
+            self.cider_d,
+            self.exact_match * 100.0,
+            self.seconds
+        )
+    }
+}
+
+/// Greedy generation for each item (at most `limit`, 0 = all); predictions go to
+/// `predictions` as JSONL (`text`, `prediction`, per-item word errors).
+pub fn evaluate(
+    m: &AlignedModel,
+    manifest_path: &Path,
+    max_tokens: usize,
+    limit: usize,
+    predictions: &Path,
+) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    let modality = m.projector.cfg.modality.clone();
+    let manifest = Manifest::read(manifest_path, &modality)?;
+    for p in &manifest.problems {
+        eprintln!("skipped {p}");
+    }
+    let prompt = m.user_prompt(None, 1);
+    let n = if limit == 0 { manifest.items.len() } else { limit.min(manifest.items.len()) };
+    let mut out = std::fs::File::create(predictions)
+        .with_context(|| format!("{}: cannot create", predictions.display()))?;
+    let mut pairs = Vec::with_capacity(n);
+    let mut skipped = manifest.problems.len();
+    for (i, item) in manifest.items[..n].iter().enumerate() {
+        let mut sampler = Sampler::new(SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        });
+        let ids = match m.generate(&prompt, &[item.path.as_path()], max_tokens, &mut sampler, |_| Ok(())) {
+            Ok((ids, _)) => ids,
+            Err(e) => {
+                eprintln!("skipped {}:{}: {e:#}", manifest_path.display(), item.line);
+                skipped += 1;
+                continue;
+            }
+        };
+        let pred = m.model.tokenizer.decode(&ids)?.trim().to_string();
+        let (edits, words) = word_errors(&item.text, &pred);
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"line": item.line, "path": item.path, "text": item.text, "prediction": pred, "edits": edits, "words": words})
+        )?;
+        pairs.push((item.text.clone(), pred));
+        if (i + 1) % 10 == 0 || i + 1 == n {
+            eprintln!("eval {}/{n}: WER so far {:.1}%", i + 1, 100.0 * corpus_wer(&pairs));
+        }
+    }
+    if pairs.is_empty() {
+        anyhow::bail!("{}: no item could be evaluated", manifest_path.display());
+    }
+    let refs: Vec<Vec<String>> = pairs.iter().map(|(r, _)| vec![r.clone()]).collect();
+    let hyps: Vec<String> = pairs.iter().map(|(_, h)| h.clone()).collect();
+    let (cider, _) = cider_d(&refs, &hyps).map_err(|e| anyhow::anyhow!("CIDEr-D: {e}"))?;
+    let norm = super::wer::normalize_text;
+    let exact = pairs.iter().filter(|(r, h)| norm(r) == norm(h)).count() as f64 / pairs.len() as f64;
+    Ok(EvalReport {
+        manifest: manifest_path.display().to_string(),
+        items: pairs.len(),
+        skipped,
+        wer: corpus_wer(&pairs),
+        cider_d: cider,
+        exact_match: exact,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

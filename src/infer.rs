@@ -1,0 +1,122 @@
+//! Running an aligned model: a trained projector folder, its frozen encoder and frozen LLM,
+//! a prompt with placeholders and the files that fill them.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use anymal_adapters::Projector;
+use anymal_llm::{generate, GenerationStats, LoadedModel, Sampler};
+use candle_core::{Device, Tensor};
+
+use crate::features::{load_encoder, FeatureSource};
+use crate::splice::{build_batch, Example, PromptTemplate};
+
+pub struct AlignedModel {
+    pub model: LoadedModel,
+    pub projector: Projector,
+    pub source: FeatureSource,
+}
+
+impl AlignedModel {
+    /// Load the projector in `run_dir` with the LLM and encoder it names (`llm` overrides the
+    /// LLM; it must have the width the projector was trained for).
+    pub fn load(run_dir: &Path, llm: Option<&str>, requant: Option<&str>) -> Result<Self> {
+        let (projector, _) = Projector::load(run_dir, &Device::Cpu)
+            .with_context(|| format!("loading projector from {}", run_dir.display()))?;
+        let cfg = &projector.cfg;
+        let llm_ref = llm.unwrap_or(&cfg.llm);
+        if llm_ref.is_empty() {
+            bail!("{}: names no LLM; pass --llm", run_dir.display());
+        }
+        let model = anymal_llm::load_model(llm_ref, &crate::cli::load_options(requant)?)
+            .with_context(|| format!("loading model '{llm_ref}'"))?;
+        if model.llm.cfg.hidden_size != cfg.d_llm {
+            bail!(
+                "{}: the projector was trained for an LLM of width {}, '{llm_ref}' has {}",
+                run_dir.display(),
+                cfg.d_llm,
+                model.llm.cfg.hidden_size
+            );
+        }
+        let encoder = load_encoder(&cfg.modality, &cfg.encoder)
+            .with_context(|| format!("loading the {} encoder '{}'", cfg.modality, cfg.encoder))?;
+        if !cfg.encoder_id.is_empty() && encoder.id() != cfg.encoder_id {
+            eprintln!(
+                "warning: encoder '{}' has id {}, the projector was trained on {}",
+                cfg.encoder,
+                encoder.id(),
+                cfg.encoder_id
+            );
+        }
+        // Inference reads features through the cache too: a clip seen before is not re-encoded.
+        let source = FeatureSource::new(encoder, true);
+        Ok(Self {
+            model,
+            projector,
+            source,
+        })
+    }
+
+    pub fn placeholder(&self) -> String {
+        format!("<{}>", self.projector.cfg.modality)
+    }
+
+    /// The training prompt when `prompt` is None; a prompt without the placeholder gets it
+    /// put in front (`<audio>\n<prompt>`), the way the projector saw it in training.
+    pub fn user_prompt(&self, prompt: Option<&str>, n_items: usize) -> String {
+        let ph = self.placeholder();
+        match prompt {
+            None => self.projector.cfg.prompt.clone(),
+            Some(p) if p.contains(&ph) => p.to_string(),
+            Some(p) => format!("{}\n{p}", vec![ph; n_items].join("\n")),
+        }
+    }
+
+    /// `(1, t, d)` prompt embeddings with the files' tokens spliced in.
+    pub fn prompt_embeds(&self, prompt: &str, files: &[&Path]) -> Result<Tensor> {
+        let cfg = &self.projector.cfg;
+        let tpl = PromptTemplate::new(&self.model, prompt, &self.placeholder(), cfg.chat_template)?;
+        if tpl.num_placeholders() != files.len() {
+            bail!(
+                "the prompt has {} {} placeholder(s) but {} file(s) were given",
+                tpl.num_placeholders(),
+                self.placeholder(),
+                files.len()
+            );
+        }
+        let feats = self
+            .source
+            .get(files)
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let toks = if feats.is_empty() {
+            Tensor::zeros((0, cfg.num_tokens, cfg.d_llm), candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            self.projector.forward_items(&feats)?.detach()
+        };
+        let ex = Example::new(&tpl, cfg.num_tokens, None);
+        let batch = build_batch(&self.model.llm, &[ex], &[toks])?;
+        Ok(batch.inputs_embeds)
+    }
+
+    /// Generate an answer; `on_token` sees each new token id.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        files: &[&Path],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
+    ) -> Result<(Vec<u32>, GenerationStats)> {
+        let embeds = self.prompt_embeds(prompt, files)?;
+        Ok(generate(
+            &self.model.llm,
+            &[],
+            Some(&embeds),
+            max_tokens,
+            sampler,
+            &self.model.eos_ids(),
+            on_token,
+        )?)
+    }
+}

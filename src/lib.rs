@@ -1,0 +1,15 @@
+//! anymal: teach a frozen 4-bit LLM to take in any modality.
+//!
+//! The binary's commands are thin wrappers over these modules: `recipe` (TOML recipes with
+//! `--set` overrides), `data` (manifests, corpus builders), `features` (frozen encoders and
+//! their on-disk cache), `splice` (placeholders -> modality tokens, answer-only loss),
+//! `train` (the alignment loop, AdamW, schedule, checkpoints), `eval` (WER, CIDEr-D).
+
+pub mod cli;
+pub mod data;
+pub mod eval;
+pub mod features;
+pub mod infer;
+pub mod recipe;
+pub mod splice;
+pub mod train;

@@ -1,0 +1,330 @@
+//! Alignment recipes: a TOML file, overridden by `--set a.b=value`, checked field by field.
+//!
+//! Every alignment recipe has the keys `llm.model`, `encoder.model`, `data.train`, `data.valid`,
+//! `train.max_steps`, `train.seed`, `train.batch_size`, `train.lr`, `train.save_every` and
+//! `output_dir`, so a run can be pointed elsewhere or shortened without editing the file.
+//! Paths may start with `{cache}` (the anymal cache folder, `$ANYMAL_CACHE` or
+//! `~/.cache/anymal`); other relative paths are relative to the current directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use anymal_adapters::PerceiverConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignRecipe {
+    /// Modality name (`audio`); its placeholder in prompts is `<audio>`.
+    pub modality: String,
+    /// Run folder: checkpoints, metrics, the trained projector.
+    pub output_dir: String,
+    /// Free text shown by `anymal recipes list`.
+    #[serde(default)]
+    pub description: String,
+    pub llm: LlmSection,
+    pub encoder: EncoderSection,
+    pub projector: ProjectorSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    /// GGUF file, HF folder, hub id or short name (smollm2, gemma3).
+    pub model: String,
+    /// Re-quantize the frozen linear layers on load (e.g. `q8_0`, `q4k`); empty keeps the file's.
+    #[serde(default)]
+    pub requant: String,
+    /// Recompute blocks in backward: less memory, about 2x slower.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSection {
+    /// Encoder folder/file or short name (whisper-tiny-en, whisper-base).
+    pub model: String,
+    /// Cache the frozen encoder's outputs on disk, keyed by file content and encoder id.
+    #[serde(default = "yes")]
+    pub feature_cache: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorSection {
+    /// linear | mlp2x_gelu | perceiver
+    pub kind: String,
+    /// LLM tokens per item (AnyMAL: 32 for audio).
+    pub num_tokens: usize,
+    /// pool | concat (linear/mlp only).
+    #[serde(default = "default_reduce")]
+    pub reduce: String,
+    /// Frames concatenated per token when `reduce = "concat"`.
+    #[serde(default = "default_stride")]
+    pub stride: usize,
+    #[serde(default)]
+    pub perceiver: Option<PerceiverConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSONL manifests: one `{"<modality>": "path", "text": "..."}` per line.
+    pub train: String,
+    pub valid: String,
+    /// User turn with the placeholder; the item's text is the answer.
+    pub prompt: String,
+    /// Wrap the prompt in the LLM's chat template (when it has one).
+    #[serde(default = "yes")]
+    pub chat_template: bool,
+    /// Answers are cut to this many tokens.
+    #[serde(default = "default_max_text_tokens")]
+    pub max_text_tokens: usize,
+    /// Stop with an error when more than this fraction of a manifest is bad.
+    #[serde(default = "default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub max_steps: u64,
+    pub seed: u64,
+    /// Items per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_adam_eps")]
+    pub adam_eps: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Cosine decay ends at `lr * min_lr_ratio`.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clipping; 0 disables.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Evaluate on `data.valid` every N steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Validation items used per evaluation (0: all).
+    #[serde(default)]
+    pub eval_items: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    pub save_every: u64,
+    /// Checkpoints kept on disk (oldest removed first).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Stop cleanly (with a checkpoint) after this many minutes; 0: no limit.
+    #[serde(default)]
+    pub max_minutes: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn default_reduce() -> String {
+    "pool".into()
+}
+fn default_stride() -> usize {
+    1
+}
+fn default_max_text_tokens() -> usize {
+    64
+}
+fn default_max_bad_fraction() -> f64 {
+    0.05
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_keep() -> usize {
+    2
+}
+
+impl AlignRecipe {
+    /// Read `path`, apply `key=value` overrides, check.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read recipe", path.display()))?;
+        Self::parse(&text, sets).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    pub fn parse(text: &str, sets: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        for s in sets {
+            apply_set(&mut table, s)?;
+        }
+        let r: AlignRecipe = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        r.check()?;
+        Ok(r)
+    }
+
+    fn check(&self) -> Result<()> {
+        let t = &self.train;
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            bail!("train.batch_size and train.grad_accum must be >= 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr must be a positive number, got {}", t.lr);
+        }
+        if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
+            bail!("data.max_bad_fraction must be within [0, 1]");
+        }
+        if self.projector.num_tokens == 0 {
+            bail!("projector.num_tokens must be >= 1");
+        }
+        let ph = self.placeholder();
+        let n = self.data.prompt.matches(&ph).count();
+        if n != 1 {
+            bail!("data.prompt must contain the placeholder {ph} exactly once (found {n})");
+        }
+        Ok(())
+    }
+
+    /// `<audio>` for modality `audio`.
+    pub fn placeholder(&self) -> String {
+        format!("<{}>", self.modality)
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        expand_path(&self.output_dir)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// `a.b.c=value`: value parsed as a TOML literal (number, bool, quoted string, array), else
+/// taken as a bare string, so `--set data.train=my.jsonl` works without quotes.
+fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+    let (key, raw) = set
+        .split_once('=')
+        .with_context(|| format!("--set '{set}': expected key=value"))?;
+    let key = key.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: '{p}' is not a table"))?;
+    }
+    let last = parts[parts.len() - 1];
+    if last.is_empty() {
+        bail!("--set '{set}': empty key");
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Expand a leading `{cache}` and `~/`.
+pub fn expand_path(p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("{cache}") {
+        return anymal_llm::loader::cache_dir().join(rest.trim_start_matches('/'));
+    }
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+modality = "audio"
+output_dir = "runs/x"
+[llm]
+model = "smollm2"
+[encoder]
+model = "whisper-tiny-en"
+[projector]
+kind = "linear"
+num_tokens = 32
+[data]
+train = "a.jsonl"
+valid = "b.jsonl"
+prompt = "<audio>\nTranscribe."
+[train]
+max_steps = 100
+seed = 1
+batch_size = 4
+lr = 1e-4
+save_every = 50
+"#;
+
+    #[test]
+    fn overrides_apply_with_and_without_quotes() -> Result<()> {
+        let r = AlignRecipe::parse(
+            MINIMAL,
+            &[
+                "train.max_steps=20".into(),
+                "data.train=my.jsonl".into(),
+                "train.lr=3e-4".into(),
+                "llm.gradient_checkpointing=true".into(),
+                "output_dir=\"out dir\"".into(),
+            ],
+        )?;
+        assert_eq!(r.train.max_steps, 20);
+        assert_eq!(r.data.train, "my.jsonl");
+        assert_eq!(r.train.lr, 3e-4);
+        assert!(r.llm.gradient_checkpointing);
+        assert_eq!(r.output_dir, "out dir");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = AlignRecipe::parse(MINIMAL, &["train.max_stepz=3".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("max_stepz"), "{e:#}");
+        let e = AlignRecipe::parse(MINIMAL, &["train.batch_size=\"four\"".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid type"), "{e:#}");
+        let e = AlignRecipe::parse(MINIMAL, &["data.prompt=Transcribe.".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("<audio>"), "{e:#}");
+        let e = AlignRecipe::parse(MINIMAL, &["train.max_steps".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("key=value"), "{e:#}");
+    }
+
+    #[test]
+    fn cache_paths_expand() {
+        let p = expand_path("{cache}/data/x.jsonl");
+        assert!(p.ends_with("data/x.jsonl"));
+        assert!(!p.to_string_lossy().contains("{cache}"));
+    }
+}
