@@ -157,6 +157,30 @@ impl Projector {
         self.forward(&xs, &lengths)
     }
 
+    /// Names of the parameters of the last layer (its weight and bias).
+    pub fn output_layer(&self) -> [&'static str; 2] {
+        match self.cfg.kind {
+            ProjectorKind::Linear => ["linear.weight", "linear.bias"],
+            ProjectorKind::Mlp2xGelu => ["fc2.weight", "fc2.bias"],
+            ProjectorKind::Perceiver => ["perceiver.proj_out.weight", "perceiver.proj_out.bias"],
+        }
+    }
+
+    /// Multiply the last layer's weight and bias by `factor`: the output scales by it. Used to
+    /// start the projector at the scale of the LLM's own embeddings (a data-dependent init):
+    /// tokens 30x louder than any word embedding make the first steps noise.
+    pub fn scale_output(&self, store: &ParamStore, factor: f64) -> Result<()> {
+        let vars = store.vars();
+        for name in self.output_layer() {
+            let (_, v) = vars
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| Error::Msg(format!("projector has no parameter '{name}'")))?;
+            v.set(&(v.as_tensor() * factor)?)?;
+        }
+        Ok(())
+    }
+
     /// Build a projector with fresh parameters drawn from `seed`.
     pub fn init(cfg: &ProjectorConfig, seed: u64, device: &Device) -> Result<(Self, ParamStore)> {
         let store = ParamStore::new(seed, device);

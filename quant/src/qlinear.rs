@@ -200,6 +200,9 @@ fn with_last(lead: &[usize], last: usize) -> Vec<usize> {
     d
 }
 
+/// Rows from which the CPU forward dequantizes the layer and runs an f32 GEMM.
+const DENSE_FORWARD_MIN_ROWS: usize = 128;
+
 /// The quantized matmul as a custom op with a backward. Forward: candle's quantized kernel (or
 /// NF4's dequantize-and-multiply). Backward: `grad @ dequant(W)`, dequantizing this one layer
 /// just for this call.
@@ -218,6 +221,19 @@ impl CustomOp1 for QMatMulWithGrad {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         match &self.weight {
+            // Many rows (training batches, long prompts): candle's quantized CPU kernels take
+            // one dot product per (row, column), while dequantizing this one layer and running
+            // the blocked f32 GEMM amortizes over the rows. Measured on the 2-core AVX2 machine:
+            // SmolLM2 Q8_0 alignment step forward 3.0 s -> see README; few rows (generation)
+            // keep the quantized kernel, which wins there.
+            QWeight::Ggml(w) if layout.shape().elem_count() / layout.shape().dims().last().copied().unwrap_or(1).max(1) >= DENSE_FORWARD_MIN_ROWS => {
+                let x = crate::custom_op::cpu_tensor(storage, layout)?;
+                let wd = w.dequantize(&candle_core::Device::Cpu)?;
+                let (n, k) = wd.dims2()?;
+                let (lead, _) = split_last(x.dims());
+                let y = x.reshape(((), k))?.matmul(&wd.t()?)?;
+                crate::custom_op::into_cpu_storage(y.reshape(with_last(&lead, n))?)
+            }
             QWeight::Ggml(w) => w.as_ref().cpu_fwd(storage, layout),
             QWeight::Nf4(w) => Nf4MatMul(w).cpu_fwd(storage, layout),
             QWeight::Dense(_) => candle_core::bail!("dense weights do not use the qlinear op"),

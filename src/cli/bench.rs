@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, Var};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: qlinear, train, generate (default: all).
+    /// What to measure: qlinear, train, align, generate (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long, default_value = "smollm2")]
@@ -31,11 +31,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if wants(&a, "qlinear") {
         bench_qlinear(a.reps)?;
     }
-    if wants(&a, "train") || wants(&a, "generate") {
+    if wants(&a, "train") || wants(&a, "generate") || wants(&a, "align") {
         let opts = super::load_options(a.requant.as_deref())?;
         let model = load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
         if wants(&a, "train") {
             bench_train(&model, a.reps)?;
+        }
+        if wants(&a, "align") {
+            bench_align(&model, a.reps)?;
         }
         if wants(&a, "generate") {
             bench_generate(&model)?;
@@ -137,6 +140,70 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
             peak_rss_mib()
         );
     }
+    Ok(())
+}
+
+/// One alignment step as issue 6 defines it: batch 8, each 32 projected tokens + 32 text
+/// tokens, loss on the text tokens, projector Linear(384 -> d) trained, AdamW step.
+fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<()> {
+    use crate::splice::{answer_loss_sum, build_batch, Example, PromptTemplate};
+    use anymal_adapters::{Projector, ProjectorConfig, ProjectorKind, Reduce};
+    let llm = &model.llm;
+    let (b, k, text) = (8usize, 32usize, 32usize);
+    let cfg = ProjectorConfig {
+        kind: ProjectorKind::Linear,
+        d_enc: 384,
+        d_llm: llm.cfg.hidden_size,
+        num_tokens: k,
+        reduce: Reduce::Pool,
+        perceiver: None,
+        modality: "audio".into(),
+        encoder: String::new(),
+        encoder_id: String::new(),
+        llm: String::new(),
+        prompt: String::new(),
+        chat_template: false,
+    };
+    let (proj, store) = Projector::init(&cfg, 1, &Device::Cpu)?;
+    let params = store.vars();
+    let mut opt = crate::train::optim::AdamW::new(
+        params.clone(),
+        crate::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+    )?;
+    let tpl = PromptTemplate { pieces: vec![vec![], vec![]], end_id: 2 };
+    let examples: Vec<Example> = (0..b)
+        .map(|i| {
+            let ans: Vec<u32> = (0..text as u32 - 1).map(|j| 100 + (j * 7919 + i as u32 * 31) % 10_000).collect();
+            Example::new(&tpl, k, Some(&ans))
+        })
+        .collect();
+    let feats: Vec<Tensor> = (0..b)
+        .map(|i| Tensor::randn(0f32, 1.0, (100 + 10 * i, 384), &Device::Cpu))
+        .collect::<candle_core::Result<_>>()?;
+    println!("\nAlignment step: batch {b} x ({k} projected + {text} text tokens), loss on text tokens, AdamW:");
+    let (mut t_fwd, mut t_bwd, mut t_opt) = (vec![], vec![], vec![]);
+    for _ in 0..reps.max(2) + 1 {
+        let t0 = Instant::now();
+        let toks = proj.forward_items(&feats)?;
+        let groups: Vec<Tensor> = (0..b).map(|i| toks.narrow(0, i, 1)).collect::<candle_core::Result<_>>()?;
+        let batch = build_batch(llm, &examples, &groups)?;
+        let (nll, m) = answer_loss_sum(llm, &batch)?;
+        let loss = (nll / m as f64)?;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = crate::train::optim::collect_grads(&params, &loss.backward()?)?;
+        let t2 = Instant::now();
+        opt.step(&grads, 1e-4)?;
+        t_fwd.push((t1 - t0).as_secs_f64());
+        t_bwd.push((t2 - t1).as_secs_f64());
+        t_opt.push(t2.elapsed().as_secs_f64());
+    }
+    // Drop the warm-up round.
+    let (f, bw, o) = (median(t_fwd[1..].to_vec()), median(t_bwd[1..].to_vec()), median(t_opt[1..].to_vec()));
+    println!(
+        "  forward {:.2} s, backward {:.2} s, optimizer {:.3} s: {:.2} s/step, {:.2} samples/s, peak RSS so far {:.0} MiB",
+        f, bw, o, f + bw + o, b as f64 / (f + bw + o), peak_rss_mib()
+    );
     Ok(())
 }
 

@@ -61,8 +61,11 @@ impl Manifest {
     /// Mark an item bad after the fact (e.g. its audio failed to decode).
     pub fn reject(&mut self, index: usize, why: &str) {
         let item = self.items.remove(index);
+        let file = item.path.display().to_string();
+        // Decoder errors already name the file; say it once.
+        let what = if why.contains(&file) { why.to_string() } else { format!("{file}: {why}") };
         self.problems
-            .push(format!("{}:{}: {}: {why}", self.path.display(), item.line, item.path.display()));
+            .push(format!("{}:{}: {what}", self.path.display(), item.line));
     }
 
     /// Error when nothing is usable or more than `max_bad` of the lines are bad; the message

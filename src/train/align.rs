@@ -128,6 +128,8 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         start_step = step;
         elapsed_before = state.elapsed_s;
         eprintln!("resuming from {} (step {step})", dir.display());
+    } else {
+        match_embedding_scale(&model, &projector, &store, &source, &train)?;
     }
     eprintln!(
         "projector {:?} {} -> {} x {} tokens: {} parameters",
@@ -402,6 +404,51 @@ fn batch_nll(
     let examples: Vec<Example> = items.iter().map(|i| i.example.clone()).collect();
     let batch = build_batch(&model.llm, &examples, &groups)?;
     answer_loss_sum(&model.llm, &batch)
+}
+
+/// Scale the fresh projector so its tokens have the RMS of the LLM's embeddings of the
+/// answers they should lead to (measured on up to 16 training items).
+fn match_embedding_scale(
+    model: &LoadedModel,
+    projector: &Projector,
+    store: &anymal_adapters::ParamStore,
+    source: &FeatureSource,
+    train: &Split,
+) -> Result<()> {
+    let items: Vec<&Item> = train.items.iter().take(16).collect();
+    let paths: Vec<&Path> = items.iter().map(|i| i.path.as_path()).collect();
+    let feats = source.get(&paths).into_iter().collect::<Result<Vec<_>>>()?;
+    let out_rms = projector
+        .forward_items(&feats)?
+        .detach()
+        .sqr()?
+        .mean_all()?
+        .sqrt()?
+        .to_scalar::<f32>()? as f64;
+    let ids: Vec<u32> = items
+        .iter()
+        .flat_map(|i| {
+            i.example
+                .labels
+                .iter()
+                .filter(|&&l| l >= 0)
+                .map(|&l| l as u32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ids = Tensor::new(ids.as_slice(), &model.llm.device)?.unsqueeze(0)?;
+    let emb_rms = model
+        .llm
+        .embed_tokens(&ids)?
+        .sqr()?
+        .mean_all()?
+        .sqrt()?
+        .to_scalar::<f32>()? as f64;
+    if out_rms > 0.0 && emb_rms > 0.0 {
+        projector.scale_output(store, emb_rms / out_rms)?;
+        eprintln!("projector init: output RMS {out_rms:.3} scaled to the embeddings' {emb_rms:.3}");
+    }
+    Ok(())
 }
 
 /// Mean answer-token loss over (the first `limit` of) a split.
