@@ -279,3 +279,37 @@ fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
     let err = build_batch(&model.llm, &[ex], &[toks.narrow(0, 0, 1).unwrap()]).err().unwrap().to_string();
     assert!(err.contains("2 placeholder(s) but 1"), "{err}");
 }
+
+#[test]
+fn speech_manifests_have_a_fixed_split_and_recipes_are_listed() {
+    let dir = workdir("speech");
+    let (code, stdout, stderr) = run(&["data", "speech", "--out", &dir.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("450 / 53 / 50"), "{stdout}");
+    let count = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count();
+    assert_eq!((count("train.jsonl"), count("valid.jsonl"), count("test.jsonl")), (450, 53, 50));
+    // Every manifest line is usable as written (paths relative to the manifest).
+    let m = anymal::data::manifest::Manifest::read(&dir.join("test.jsonl"), "audio").unwrap();
+    assert_eq!((m.items.len(), m.problems.len()), (50, 0));
+    // No clip is in two splits.
+    let ids = |f: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(ids("train.jsonl").is_disjoint(&ids("test.jsonl")));
+    assert!(ids("valid.jsonl").is_disjoint(&ids("test.jsonl")));
+
+    let (code, stdout, _) = run(&["recipes", "list"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("align/audio_whisper-tiny-en_smollm2-135m") && stdout.contains("gemma3"), "{stdout}");
+    let (code, stdout, _) = run(&["recipes", "show", "audio_whisper-tiny-en_gemma3-270m"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("model = \"gemma3\""), "{stdout}");
+    let (code, _, stderr) = run(&["recipes", "show", "nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nope: no such recipe"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -154,3 +154,28 @@ fn works_in_bf16_activations() {
     assert_eq!(gx.dtype(), DType::BF16);
     assert_eq!(gx.dims(), &[3, 256]);
 }
+
+/// Calls with many rows (training batches) take the dequantize-and-GEMM forward: its output is
+/// the dense reference on the dequantized weights to f32 rounding, and it agrees with the
+/// quantized kernel (few rows, 8-bit activations) to within that kernel's rounding.
+#[test]
+fn many_row_forward_is_the_dense_product_on_dequantized_weights() {
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.02, (256, 512), &dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 150, 512), &dev).unwrap();
+    for ty in ["q4_1", "q8_0", "q4k", "q6k"] {
+        let layer = QLinear::quantize(&w, None, QuantType::parse(ty).unwrap()).unwrap();
+        let wd = match layer.weight() {
+            QWeight::Ggml(q) => q.dequantize(&dev).unwrap(),
+            _ => unreachable!(),
+        };
+        let y = layer.forward(&x).unwrap();
+        let reference = x.broadcast_matmul(&wd.t().unwrap()).unwrap();
+        let err = rel_rms(&y, &reference);
+        assert!(err < 1e-5, "{ty}: many-row forward differs from the dense product by {err}");
+        // The same rows one sequence position at a time go through the quantized kernel.
+        let few = layer.forward(&x.narrow(1, 0, 4).unwrap()).unwrap();
+        let err = rel_rms(&few, &reference.narrow(1, 0, 4).unwrap());
+        assert!(err < 3e-2, "{ty}: quantized kernel vs dense {err}");
+    }
+}
