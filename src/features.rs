@@ -56,7 +56,9 @@ impl FrozenEncoder for AudioEncoder {
         decoded
             .into_iter()
             .map(|r| match r {
-                Ok(_) => encoded.next().context("encoder returned fewer outputs than inputs"),
+                Ok(_) => encoded
+                    .next()
+                    .context("encoder returned fewer outputs than inputs"),
                 Err(e) => Err(e),
             })
             .collect()
@@ -84,7 +86,8 @@ pub struct FeatureSource {
 
 impl FeatureSource {
     pub fn new(encoder: Box<dyn FrozenEncoder>, use_cache: bool) -> Self {
-        let cache = use_cache.then(|| FeatureCache::new(&anymal_llm::loader::cache_dir(), encoder.id()));
+        let cache =
+            use_cache.then(|| FeatureCache::new(&anymal_llm::loader::cache_dir(), encoder.id()));
         Self { encoder, cache }
     }
 
@@ -134,7 +137,11 @@ impl FeatureSource {
                 let n = h + m;
                 format!(
                     "feature cache: {h} hits / {n} lookups ({:.0}%)",
-                    if n == 0 { 0.0 } else { 100.0 * h as f64 / n as f64 }
+                    if n == 0 {
+                        0.0
+                    } else {
+                        100.0 * h as f64 / n as f64
+                    }
                 )
             }
         }

@@ -90,7 +90,11 @@ impl AlignedModel {
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let toks = if feats.is_empty() {
-            Tensor::zeros((0, cfg.num_tokens, cfg.d_llm), candle_core::DType::F32, &Device::Cpu)?
+            Tensor::zeros(
+                (0, cfg.num_tokens, cfg.d_llm),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?
         } else {
             self.projector.forward_items(&feats)?.detach()
         };

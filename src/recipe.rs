@@ -229,7 +229,9 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         .with_context(|| format!("--set '{set}': expected key=value"))?;
     let key = key.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();

@@ -28,7 +28,8 @@ impl PromptTemplate {
         };
         // A rendered template carries its own BOS when the model wants one.
         let bos_text = tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or("");
-        let add_bos = tok.add_bos && !(templated && !bos_text.is_empty() && text.starts_with(bos_text));
+        let add_bos =
+            tok.add_bos && !(templated && !bos_text.is_empty() && text.starts_with(bos_text));
         let mut pieces = Vec::new();
         for (i, part) in text.split(placeholder).enumerate() {
             pieces.push(tok.encode(part, add_bos && i == 0, true)?);
@@ -114,7 +115,11 @@ pub fn build_batch(
             modality_tokens.len()
         );
     }
-    let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let t = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
     let dev = &llm.device;
     let mut rows = Vec::with_capacity(examples.len());
     let mut mask = Vec::with_capacity(examples.len() * t);
@@ -174,8 +179,13 @@ pub fn answer_loss_sum(llm: &anymal_llm::Llm, batch: &Batch) -> Result<(Tensor, 
     if m == 0 {
         bail!("the batch has no answer tokens to learn from");
     }
-    let picked = hidden.reshape((b * t, d))?.index_select(&batch.predict_positions, 0)?;
-    let logits = llm.logits(&picked.unsqueeze(0)?)?.squeeze(0)?.to_dtype(DType::F32)?;
+    let picked = hidden
+        .reshape((b * t, d))?
+        .index_select(&batch.predict_positions, 0)?;
+    let logits = llm
+        .logits(&picked.unsqueeze(0)?)?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&logits, 1)?;
     let nll = logp
         .gather(&batch.targets.unsqueeze(1)?, 1)?

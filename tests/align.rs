@@ -30,7 +30,9 @@ fn workdir(name: &str) -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("encoders/tests/fixtures/audio").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("encoders/tests/fixtures/audio")
+        .join(name)
 }
 
 /// Manifests from the first clips of the real corpus (short ones, to keep the test quick),
@@ -40,13 +42,20 @@ fn manifests(dir: &Path, n_train: usize, extra_train: &[String]) -> (PathBuf, Pa
     let (clips, _) = speech::clips(&root).unwrap_or_else(|e| panic!("{e:#}"));
     let short: Vec<&speech::Clip> = clips
         .iter()
-        .filter(|c| std::fs::metadata(&c.wav).map(|m| m.len() < 40_000).unwrap_or(false))
+        .filter(|c| {
+            std::fs::metadata(&c.wav)
+                .map(|m| m.len() < 40_000)
+                .unwrap_or(false)
+        })
         .collect();
     assert!(short.len() >= n_train + 2, "corpus too small");
     let line = |c: &speech::Clip| serde_json::json!({"audio": c.wav, "text": c.text}).to_string();
     let mut train: Vec<String> = short[..n_train].iter().map(|c| line(c)).collect();
     train.extend(extra_train.iter().cloned());
-    let valid: Vec<String> = short[n_train..n_train + 2].iter().map(|c| line(c)).collect();
+    let valid: Vec<String> = short[n_train..n_train + 2]
+        .iter()
+        .map(|c| line(c))
+        .collect();
     let (t, v) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
     std::fs::write(&t, train.join("\n") + "\n").unwrap();
     std::fs::write(&v, valid.join("\n") + "\n").unwrap();
@@ -54,7 +63,8 @@ fn manifests(dir: &Path, n_train: usize, extra_train: &[String]) -> (PathBuf, Pa
 }
 
 fn recipe() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/align/audio_whisper-tiny-en_smollm2-135m.toml")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("recipes/align/audio_whisper-tiny-en_smollm2-135m.toml")
 }
 
 fn align_args(train: &Path, valid: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
@@ -92,7 +102,11 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
         .lines()
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            let key = if v.get("loss").is_some() { "loss" } else { "eval_loss" };
+            let key = if v.get("loss").is_some() {
+                "loss"
+            } else {
+                "eval_loss"
+            };
             Some((v["step"].as_u64()?, format!("{key}={}", v[key])))
         })
         .collect()
@@ -102,7 +116,10 @@ fn losses(run: &Path) -> Vec<(u64, String)> {
 fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
     let dir = workdir("resume");
     let extra = vec![
-        format!("{{\"audio\": \"{}\", \"text\": \"corrupt\"}}", fixture("bad_not_audio.wav").display()),
+        format!(
+            "{{\"audio\": \"{}\", \"text\": \"corrupt\"}}",
+            fixture("bad_not_audio.wav").display()
+        ),
         "this line is not json".to_string(),
     ];
     let (train, valid) = manifests(&dir, 8, &extra);
@@ -115,25 +132,47 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Both bad lines are reported with their line numbers and counted.
-    assert!(stderr.contains("train.jsonl:9:") && stderr.contains("train.jsonl:10: not JSON"), "{stderr}");
+    assert!(
+        stderr.contains("train.jsonl:9:") && stderr.contains("train.jsonl:10: not JSON"),
+        "{stderr}"
+    );
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["train_items"], 8);
     assert_eq!(summary["train_skipped"], 2);
     assert_eq!(summary["steps"], 4);
-    for f in ["projector.safetensors", "projector.json", "metrics.jsonl", "recipe.toml", "loss.png", "summary.json"] {
+    for f in [
+        "projector.safetensors",
+        "projector.json",
+        "metrics.jsonl",
+        "recipe.toml",
+        "loss.png",
+        "summary.json",
+    ] {
         assert!(a.join(f).is_file(), "{f} missing in the run folder");
     }
     assert!(a.join("checkpoint-4/optimizer.safetensors").is_file());
     let la = losses(&a);
-    assert_eq!(la.iter().filter(|(_, l)| l.starts_with("loss=")).count(), 4, "{la:?}");
+    assert_eq!(
+        la.iter().filter(|(_, l)| l.starts_with("loss=")).count(),
+        4,
+        "{la:?}"
+    );
 
     // Killed after its step-2 checkpoint appears, then resumed.
     let b = dir.join("b");
     let args = align_args(&train, &valid, &b, &["--set", "data.max_bad_fraction=0.25"]);
-    let mut child = bin().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !b.join("checkpoint-2/trainer_state.json").is_file() {
-        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint-2 after 10 minutes");
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no checkpoint-2 after 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -147,15 +186,27 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
     let (code, _, stderr) = run(&args_ref);
     assert_eq!(code, 1);
     assert!(stderr.contains("--resume"), "{stderr}");
-    let args = align_args(&train, &valid, &b, &["--set", "data.max_bad_fraction=0.25", "--resume"]);
+    let args = align_args(
+        &train,
+        &valid,
+        &b,
+        &["--set", "data.max_bad_fraction=0.25", "--resume"],
+    );
     let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let (code, _, stderr) = run(&args_ref);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("resuming from"), "{stderr}");
-    assert_eq!(losses(&b), la, "resumed run's losses differ from the uninterrupted run's");
+    assert_eq!(
+        losses(&b),
+        la,
+        "resumed run's losses differ from the uninterrupted run's"
+    );
     let wa = std::fs::read(a.join("projector.safetensors")).unwrap();
     let wb = std::fs::read(b.join("projector.safetensors")).unwrap();
-    assert!(wa == wb, "resumed run's projector differs from the uninterrupted run's");
+    assert!(
+        wa == wb,
+        "resumed run's projector differs from the uninterrupted run's"
+    );
 
     // The trained projector runs: generate and eval.
     let (code, stdout, stderr) = run(&[
@@ -183,9 +234,15 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
         "Transcript:",
     ]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stdout.is_empty() && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stdout.is_empty() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     let last = stderr.lines().last().unwrap_or("");
-    assert!(last.starts_with("error: ") && last.contains(&bad.display().to_string()), "{stderr}");
+    assert!(
+        last.starts_with("error: ") && last.contains(&bad.display().to_string()),
+        "{stderr}"
+    );
     let (code, stdout, stderr) = run(&[
         "eval",
         "--run",
@@ -196,7 +253,8 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
         "8",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(stdout.split("\n|").next().unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.split("\n|").next().unwrap()).unwrap();
     assert_eq!(report["items"], 2);
     assert!(report["wer"].as_f64().unwrap() >= 0.0);
     assert!(stdout.contains("| manifest | items | WER"), "{stdout}");
@@ -208,10 +266,20 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
 fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
     let dir = workdir("bad");
     // Half the lines bad: over the recipe's 5% limit, the run stops before training.
-    let extra: Vec<String> = ["bad_truncated.flac", "bad_wrong_header.wav", "tone440.opus", "bad_zero_length.wav"]
-        .iter()
-        .map(|f| format!("{{\"audio\": \"{}\", \"text\": \"x\"}}", fixture(f).display()))
-        .collect();
+    let extra: Vec<String> = [
+        "bad_truncated.flac",
+        "bad_wrong_header.wav",
+        "tone440.opus",
+        "bad_zero_length.wav",
+    ]
+    .iter()
+    .map(|f| {
+        format!(
+            "{{\"audio\": \"{}\", \"text\": \"x\"}}",
+            fixture(f).display()
+        )
+    })
+    .collect();
     let (train, valid) = manifests(&dir, 4, &extra);
     let args = align_args(&train, &valid, &dir.join("run"), &[]);
     let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
@@ -219,8 +287,14 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
     assert_eq!(code, 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let last = stderr.lines().last().unwrap_or("");
-    assert!(last.starts_with("error: ") && last.contains("4 of 8 lines are bad"), "{stderr}");
-    assert!(stderr.contains("train.jsonl:7:") && stderr.contains("tone440.opus"), "{stderr}");
+    assert!(
+        last.starts_with("error: ") && last.contains("4 of 8 lines are bad"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("train.jsonl:7:") && stderr.contains("tone440.opus"),
+        "{stderr}"
+    );
 
     // Generation with an undecodable file: one line naming the file, exit 1.
     let (code, _, stderr) = run(&[
@@ -233,7 +307,10 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
         "x",
     ]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("projector.json") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("projector.json") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     // A recipe key that does not exist is named.
     let (code, _, stderr) = run(&[
         "align",
@@ -253,30 +330,63 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
 fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
     use anymal::splice::{answer_loss_sum, build_batch, Example, PromptTemplate, IGNORE_INDEX};
     use candle_core::{Device, Tensor};
-    let model = anymal_llm::load_model("smollm2", &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let model =
+        anymal_llm::load_model("smollm2", &Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let d = model.llm.cfg.hidden_size;
-    let tpl = PromptTemplate::new(&model, "<audio> then <audio>\nTranscript:", "<audio>", false).unwrap();
+    let tpl = PromptTemplate::new(
+        &model,
+        "<audio> then <audio>\nTranscript:",
+        "<audio>",
+        false,
+    )
+    .unwrap();
     assert_eq!(tpl.num_placeholders(), 2);
-    let answer = model.tokenizer.encode(" hello there", false, false).unwrap();
+    let answer = model
+        .tokenizer
+        .encode(" hello there", false, false)
+        .unwrap();
     let ex = Example::new(&tpl, 3, Some(&answer));
     // Labels: the answer and the end token, nothing else.
-    let labelled: Vec<i64> = ex.labels.iter().copied().filter(|&l| l != IGNORE_INDEX).collect();
+    let labelled: Vec<i64> = ex
+        .labels
+        .iter()
+        .copied()
+        .filter(|&l| l != IGNORE_INDEX)
+        .collect();
     let mut want: Vec<i64> = answer.iter().map(|&t| t as i64).collect();
     want.push(tpl.end_id as i64);
     assert_eq!(labelled, want);
     assert_eq!(ex.slots.len(), 2);
     // Slot contents land exactly where the slots are.
-    let toks = Tensor::arange(0f32, (2 * 3 * d) as f32, &Device::Cpu).unwrap().reshape((2, 3, d)).unwrap();
-    let batch = build_batch(&model.llm, &[ex.clone()], &[toks.clone()]).unwrap();
+    let toks = Tensor::arange(0f32, (2 * 3 * d) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3, d))
+        .unwrap();
+    let batch = build_batch(
+        &model.llm,
+        std::slice::from_ref(&ex),
+        std::slice::from_ref(&toks),
+    )
+    .unwrap();
     let row = batch.inputs_embeds.get(0).unwrap();
     let got = row.narrow(0, ex.slots[1], 3).unwrap();
-    let diff = (got - toks.get(1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (got - toks.get(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
     let (nll, m) = answer_loss_sum(&model.llm, &batch).unwrap();
     assert_eq!(m, want.len());
     assert!(nll.to_scalar::<f32>().unwrap().is_finite());
     // One group of tokens for two placeholders: an error, not a shifted prompt.
-    let err = build_batch(&model.llm, &[ex], &[toks.narrow(0, 0, 1).unwrap()]).err().unwrap().to_string();
+    let err = build_batch(&model.llm, &[ex], &[toks.narrow(0, 0, 1).unwrap()])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("2 placeholder(s) but 1"), "{err}");
 }
 
@@ -286,8 +396,20 @@ fn speech_manifests_have_a_fixed_split_and_recipes_are_listed() {
     let (code, stdout, stderr) = run(&["data", "speech", "--out", &dir.display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("450 / 53 / 50"), "{stdout}");
-    let count = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count();
-    assert_eq!((count("train.jsonl"), count("valid.jsonl"), count("test.jsonl")), (450, 53, 50));
+    let count = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        (
+            count("train.jsonl"),
+            count("valid.jsonl"),
+            count("test.jsonl")
+        ),
+        (450, 53, 50)
+    );
     // Every manifest line is usable as written (paths relative to the manifest).
     let m = anymal::data::manifest::Manifest::read(&dir.join("test.jsonl"), "audio").unwrap();
     assert_eq!((m.items.len(), m.problems.len()), (50, 0));
@@ -296,7 +418,12 @@ fn speech_manifests_have_a_fixed_split_and_recipes_are_listed() {
         std::fs::read_to_string(dir.join(f))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     };
     assert!(ids("train.jsonl").is_disjoint(&ids("test.jsonl")));
@@ -304,7 +431,10 @@ fn speech_manifests_have_a_fixed_split_and_recipes_are_listed() {
 
     let (code, stdout, _) = run(&["recipes", "list"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("align/audio_whisper-tiny-en_smollm2-135m") && stdout.contains("gemma3"), "{stdout}");
+    assert!(
+        stdout.contains("align/audio_whisper-tiny-en_smollm2-135m") && stdout.contains("gemma3"),
+        "{stdout}"
+    );
     let (code, stdout, _) = run(&["recipes", "show", "audio_whisper-tiny-en_gemma3-270m"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("model = \"gemma3\""), "{stdout}");

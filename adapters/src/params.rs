@@ -120,7 +120,9 @@ impl ParamStore {
                         let b = 3f64.sqrt() * std;
                         (0..n).map(|_| rng.uniform(-b, b) as f32).collect()
                     }
-                    NormalOrUniform::Normal => (0..n).map(|_| rng.normal(0.0, std) as f32).collect(),
+                    NormalOrUniform::Normal => {
+                        (0..n).map(|_| rng.normal(0.0, std) as f32).collect()
+                    }
                 }
             }
         };
@@ -228,9 +230,9 @@ mod tests {
         let d = (x1 - x2)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(d, 0.0);
         let c = ParamStore::new(8, &Device::Cpu);
-        let x3 = c
-            .var_builder()
-            .get_with_hints((4, 3), "x", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let x3 =
+            c.var_builder()
+                .get_with_hints((4, 3), "x", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let x1 = a.var_builder().get((4, 3), "x")?;
         assert!((x1 - x3)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0);
         Ok(())

@@ -182,8 +182,13 @@ impl PerceiverResampler {
                 bias[i * (n + k) + f] = -1e30;
             }
         }
-        let key_bias = Tensor::from_vec(bias, (b, 1, 1, n + k), xs.device())?.to_dtype(DType::F32)?;
-        let mut lat = self.latents.unsqueeze(0)?.broadcast_as((b, k, dim))?.contiguous()?;
+        let key_bias =
+            Tensor::from_vec(bias, (b, 1, 1, n + k), xs.device())?.to_dtype(DType::F32)?;
+        let mut lat = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((b, k, dim))?
+            .contiguous()?;
         for (attn, ff) in &self.layers {
             lat = (attn.forward(&media, &lat, &key_bias)? + &lat)?;
             lat = (ff.forward(&lat)? + &lat)?;

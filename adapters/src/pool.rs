@@ -49,7 +49,13 @@ impl Reduce {
 /// `(b, m, n)` averaging weights: output row `i` of item `j` averages frames
 /// `[floor(i*L/m), ceil((i+1)*L/m))` of its `L = lengths[j]` real frames. When `L < m`, windows
 /// hold one frame each and repeat, so short clips still give `m` rows.
-pub fn pooling_matrix(lengths: &[usize], b: usize, n: usize, m: usize, dev: &Device) -> Result<Tensor> {
+pub fn pooling_matrix(
+    lengths: &[usize],
+    b: usize,
+    n: usize,
+    m: usize,
+    dev: &Device,
+) -> Result<Tensor> {
     if lengths.len() != b {
         return Err(crate::Error::Msg(format!(
             "{} lengths for a batch of {b}",
@@ -79,7 +85,10 @@ mod tests {
     fn pools_like_adaptive_avg_pool() -> Result<()> {
         // torch.nn.AdaptiveAvgPool1d(3)(torch.arange(7.).view(1,1,7)) = [1.0, 3.0, 5.0]
         let xs = Tensor::arange(0f32, 7., &Device::Cpu)?.reshape((1, 7, 1))?;
-        let y = Reduce::Pool.apply(&xs, &[7], 3)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = Reduce::Pool
+            .apply(&xs, &[7], 3)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(y, vec![1.0, 3.0, 5.0]);
         Ok(())
     }
@@ -87,8 +96,14 @@ mod tests {
     #[test]
     fn padding_is_ignored_and_short_inputs_repeat() -> Result<()> {
         // Second item has 2 real frames then padding of 100s.
-        let xs = Tensor::new(&[[[0f32], [2.], [4.], [6.]], [[1.], [3.], [100.], [100.]]], &Device::Cpu)?;
-        let y = Reduce::Pool.apply(&xs, &[4, 2], 4)?.flatten_all()?.to_vec1::<f32>()?;
+        let xs = Tensor::new(
+            &[[[0f32], [2.], [4.], [6.]], [[1.], [3.], [100.], [100.]]],
+            &Device::Cpu,
+        )?;
+        let y = Reduce::Pool
+            .apply(&xs, &[4, 2], 4)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(y, vec![0., 2., 4., 6., 1., 1., 3., 3.]);
         Ok(())
     }
@@ -100,7 +115,10 @@ mod tests {
         assert_eq!(r.out_dim(2), 4);
         let y = r.apply(&xs, &[4], 2)?;
         assert_eq!(y.dims(), &[1, 2, 4]);
-        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, (0..8).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            (0..8).map(|v| v as f32).collect::<Vec<_>>()
+        );
         Ok(())
     }
 }

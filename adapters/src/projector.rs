@@ -109,7 +109,9 @@ impl Projector {
         }
         let d_in = cfg.reduce.out_dim(cfg.d_enc);
         let body = match cfg.kind {
-            ProjectorKind::Linear => Body::Linear(candle_nn::linear(d_in, cfg.d_llm, vb.pp("linear"))?),
+            ProjectorKind::Linear => {
+                Body::Linear(candle_nn::linear(d_in, cfg.d_llm, vb.pp("linear"))?)
+            }
             ProjectorKind::Mlp2xGelu => Body::Mlp(
                 candle_nn::linear(d_in, cfg.d_llm, vb.pp("fc1"))?,
                 candle_nn::linear(cfg.d_llm, cfg.d_llm, vb.pp("fc2"))?,
@@ -138,13 +140,18 @@ impl Projector {
             )));
         }
         if lengths.len() != b {
-            return Err(Error::Msg(format!("{} lengths for a batch of {b}", lengths.len())));
+            return Err(Error::Msg(format!(
+                "{} lengths for a batch of {b}",
+                lengths.len()
+            )));
         }
         let k = self.cfg.num_tokens;
         match &self.body {
             Body::Linear(l) => Ok(l.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?),
             Body::Mlp(a, c) => {
-                let h = a.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?.gelu_erf()?;
+                let h = a
+                    .forward(&self.cfg.reduce.apply(xs, lengths, k)?)?
+                    .gelu_erf()?;
                 Ok(c.forward(&h)?)
             }
             Body::Perceiver(p) => p.forward(xs, lengths),
@@ -194,7 +201,10 @@ impl Projector {
         let store = ParamStore::new(0, device);
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
-            return Err(Error::file(&weights, "missing (a projector folder holds projector.json and projector.safetensors)"));
+            return Err(Error::file(
+                &weights,
+                "missing (a projector folder holds projector.json and projector.safetensors)",
+            ));
         }
         store.load_safetensors(&weights)?;
         let before: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
@@ -207,7 +217,10 @@ impl Projector {
                 .map(|(n, _)| n)
                 .filter(|n| !before.contains(n))
                 .collect();
-            return Err(Error::file(&weights, format!("lacks parameters {missing:?}")));
+            return Err(Error::file(
+                &weights,
+                format!("lacks parameters {missing:?}"),
+            ));
         }
         Ok((p, store))
     }
@@ -216,7 +229,8 @@ impl Projector {
     pub fn save(&self, dir: &Path, store: &ParamStore) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
         save_tensors_atomic(&dir.join(WEIGHTS_FILE), &store.tensors())?;
-        let json = serde_json::to_string_pretty(&self.cfg).map_err(|e| Error::Msg(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&self.cfg).map_err(|e| Error::Msg(e.to_string()))?;
         write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
     }
 }
@@ -224,8 +238,10 @@ impl Projector {
 /// Read and check `projector.json` in `dir`.
 pub fn load_config(dir: &Path) -> Result<ProjectorConfig> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid projector config: {e}")))
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("invalid projector config: {e}")))
 }
 
 /// Stack `(n_i, d)` items into `(b, max n, d)` with zero padding, and their lengths.
@@ -233,7 +249,10 @@ pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
     if items.is_empty() {
         return Err(Error::Msg("no items to project".into()));
     }
-    let lengths: Vec<usize> = items.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+    let lengths: Vec<usize> = items
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<_>>()?;
     let n = lengths.iter().copied().max().unwrap_or(1);
     let padded = items
         .iter()
@@ -260,14 +279,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Save tensors as safetensors atomically.
 pub fn save_tensors_atomic(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let tmp = tmp_path(path);
-    let map: std::collections::HashMap<&str, Tensor> =
-        tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let map: std::collections::HashMap<&str, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::file(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }
 
 fn tmp_path(path: &Path) -> std::path::PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }

@@ -10,7 +10,7 @@ fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
         d_llm: 5,
         num_tokens: 3,
         reduce,
-        perceiver: (kind == ProjectorKind::Perceiver).then(|| PerceiverConfig {
+        perceiver: (kind == ProjectorKind::Perceiver).then_some(PerceiverConfig {
             depth: 2,
             heads: 2,
             head_dim: 4,
@@ -53,8 +53,16 @@ fn shapes_and_padding_invariance() -> anyhow::Result<()> {
         assert_eq!(both.dims(), &[2, 3, 5], "{:?}", c.kind);
         // Item b alone (no padding) must equal its row in the padded batch.
         let alone = p.forward_items(&[b])?;
-        let diff = (both.get(1)? - alone.get(0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "{:?} {:?}: padding changed the output by {diff}", c.kind, c.reduce);
+        let diff = (both.get(1)? - alone.get(0)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(
+            diff < 1e-5,
+            "{:?} {:?}: padding changed the output by {diff}",
+            c.kind,
+            c.reduce
+        );
     }
     Ok(())
 }
@@ -111,7 +119,10 @@ fn save_and_load_round_trip() -> anyhow::Result<()> {
         let (q, _) = Projector::load(&dir, &Device::Cpu)?;
         assert_eq!(q.cfg, c);
         let x = [data(&[5, 6], 4)];
-        let d = (p.forward_items(&x)? - q.forward_items(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (p.forward_items(&x)? - q.forward_items(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(d, 0.0);
     }
     // A config naming a bigger projector than the weights hold is an error, not a panic.
@@ -124,7 +135,10 @@ fn save_and_load_round_trip() -> anyhow::Result<()> {
     assert!(err.contains("lacks parameters"), "{err}");
     std::fs::write(dir.join("projector.json"), "{not json")?;
     let err = Projector::load(&dir, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("projector.json") && err.contains("invalid"), "{err}");
+    assert!(
+        err.contains("projector.json") && err.contains("invalid"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -226,7 +226,11 @@ impl CustomOp1 for QMatMulWithGrad {
             // the blocked f32 GEMM amortizes over the rows. Measured on the 2-core AVX2 machine:
             // SmolLM2 Q8_0 alignment step forward 3.0 s -> see README; few rows (generation)
             // keep the quantized kernel, which wins there.
-            QWeight::Ggml(w) if layout.shape().elem_count() / layout.shape().dims().last().copied().unwrap_or(1).max(1) >= DENSE_FORWARD_MIN_ROWS => {
+            QWeight::Ggml(w)
+                if layout.shape().elem_count()
+                    / layout.shape().dims().last().copied().unwrap_or(1).max(1)
+                    >= DENSE_FORWARD_MIN_ROWS =>
+            {
                 let x = crate::custom_op::cpu_tensor(storage, layout)?;
                 let wd = w.dequantize(&candle_core::Device::Cpu)?;
                 let (n, k) = wd.dims2()?;

@@ -172,7 +172,10 @@ fn many_row_forward_is_the_dense_product_on_dequantized_weights() {
         let y = layer.forward(&x).unwrap();
         let reference = x.broadcast_matmul(&wd.t().unwrap()).unwrap();
         let err = rel_rms(&y, &reference);
-        assert!(err < 1e-5, "{ty}: many-row forward differs from the dense product by {err}");
+        assert!(
+            err < 1e-5,
+            "{ty}: many-row forward differs from the dense product by {err}"
+        );
         // The same rows one sequence position at a time go through the quantized kernel.
         let few = layer.forward(&x.narrow(1, 0, 4).unwrap()).unwrap();
         let err = rel_rms(&few, &reference.narrow(1, 0, 4).unwrap());

@@ -41,13 +41,7 @@ pub fn run(a: AlignArgs) -> Result<()> {
             a.modality
         );
     }
-    let summary = run_align(
-        &recipe,
-        &AlignOptions {
-            resume: a.resume,
-            quiet: false,
-        },
-    )?;
+    let summary = run_align(&recipe, &AlignOptions { resume: a.resume })?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

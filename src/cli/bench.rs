@@ -168,12 +168,22 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
     let params = store.vars();
     let mut opt = crate::train::optim::AdamW::new(
         params.clone(),
-        crate::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        crate::train::optim::AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
     )?;
-    let tpl = PromptTemplate { pieces: vec![vec![], vec![]], end_id: 2 };
+    let tpl = PromptTemplate {
+        pieces: vec![vec![], vec![]],
+        end_id: 2,
+    };
     let examples: Vec<Example> = (0..b)
         .map(|i| {
-            let ans: Vec<u32> = (0..text as u32 - 1).map(|j| 100 + (j * 7919 + i as u32 * 31) % 10_000).collect();
+            let ans: Vec<u32> = (0..text as u32 - 1)
+                .map(|j| 100 + (j * 7919 + i as u32 * 31) % 10_000)
+                .collect();
             Example::new(&tpl, k, Some(&ans))
         })
         .collect();
@@ -185,7 +195,9 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
     for _ in 0..reps.max(2) + 1 {
         let t0 = Instant::now();
         let toks = proj.forward_items(&feats)?;
-        let groups: Vec<Tensor> = (0..b).map(|i| toks.narrow(0, i, 1)).collect::<candle_core::Result<_>>()?;
+        let groups: Vec<Tensor> = (0..b)
+            .map(|i| toks.narrow(0, i, 1))
+            .collect::<candle_core::Result<_>>()?;
         let batch = build_batch(llm, &examples, &groups)?;
         let (nll, m) = answer_loss_sum(llm, &batch)?;
         let loss = (nll / m as f64)?;
@@ -199,7 +211,11 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         t_opt.push(t2.elapsed().as_secs_f64());
     }
     // Drop the warm-up round.
-    let (f, bw, o) = (median(t_fwd[1..].to_vec()), median(t_bwd[1..].to_vec()), median(t_opt[1..].to_vec()));
+    let (f, bw, o) = (
+        median(t_fwd[1..].to_vec()),
+        median(t_bwd[1..].to_vec()),
+        median(t_opt[1..].to_vec()),
+    );
     println!(
         "  forward {:.2} s, backward {:.2} s, optimizer {:.3} s: {:.2} s/step, {:.2} samples/s, peak RSS so far {:.0} MiB",
         f, bw, o, f + bw + o, b as f64 / (f + bw + o), peak_rss_mib()

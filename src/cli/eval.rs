@@ -37,7 +37,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let preds = a.run.join(format!("predictions-{stem}.jsonl"));
     let report = evaluate(&m, &a.manifest, a.max_tokens, a.limit, &preds)?;
     let json = serde_json::to_string_pretty(&report)?;
-    anymal_adapters::projector::write_atomic(&a.run.join(format!("eval-{stem}.json")), json.as_bytes())?;
+    anymal_adapters::projector::write_atomic(
+        &a.run.join(format!("eval-{stem}.json")),
+        json.as_bytes(),
+    )?;
     eprintln!("predictions in {}", preds.display());
     println!("{json}");
     print!("{}", report.markdown());

@@ -49,7 +49,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         return run_with_projector(a);
     }
     if !a.audio.is_empty() {
-        anyhow::bail!("--audio needs --projector RUN_DIR (a projector trained with `anymal align`)");
+        anyhow::bail!(
+            "--audio needs --projector RUN_DIR (a projector trained with `anymal align`)"
+        );
     }
     let t0 = Instant::now();
     let opts = super::load_options(a.requant.as_deref())?;
@@ -125,7 +127,10 @@ fn run_with_projector(a: GenerateArgs) -> anyhow::Result<()> {
     );
     let files: Vec<&std::path::Path> = match m.projector.cfg.modality.as_str() {
         "audio" => a.audio.iter().map(|p| p.as_path()).collect(),
-        other => anyhow::bail!("{}: projector for modality '{other}', which generate cannot feed yet", dir.display()),
+        other => anyhow::bail!(
+            "{}: projector for modality '{other}', which generate cannot feed yet",
+            dir.display()
+        ),
     };
     let prompt = m.user_prompt(Some(&a.prompt), files.len());
     let mut sampler = Sampler::new(SamplingConfig {

@@ -86,8 +86,10 @@ pub fn run(a: RecipesArgs) -> Result<()> {
                 bail!("{}: no recipes found", recipes_dir().display());
             }
             for p in list {
-                let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-                let v: toml::Table = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                let v: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
                 let get = |sec: &str, key: &str| -> String {
                     v.get(sec)
                         .and_then(|s| s.get(key))
@@ -95,7 +97,12 @@ pub fn run(a: RecipesArgs) -> Result<()> {
                         .unwrap_or("-")
                         .to_string()
                 };
-                let top = |key: &str| v.get(key).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+                let top = |key: &str| {
+                    v.get(key)
+                        .and_then(|x| x.as_str())
+                        .unwrap_or("-")
+                        .to_string()
+                };
                 println!(
                     "{:<48} {:<6} encoder={:<16} llm={:<10} {}",
                     name_of(&p),
@@ -110,7 +117,8 @@ pub fn run(a: RecipesArgs) -> Result<()> {
             let p = resolve(&name)?;
             print!(
                 "{}",
-                std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?
             );
         }
     }

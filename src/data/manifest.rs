@@ -63,7 +63,11 @@ impl Manifest {
         let item = self.items.remove(index);
         let file = item.path.display().to_string();
         // Decoder errors already name the file; say it once.
-        let what = if why.contains(&file) { why.to_string() } else { format!("{file}: {why}") };
+        let what = if why.contains(&file) {
+            why.to_string()
+        } else {
+            format!("{file}: {why}")
+        };
         self.problems
             .push(format!("{}:{}: {what}", self.path.display(), item.line));
     }
@@ -79,7 +83,11 @@ impl Manifest {
                 "{}: {bad} of {total} lines are bad (limit {:.0}%): {}",
                 self.path.display(),
                 max_bad * 100.0,
-                if first.is_empty() { "no usable lines".to_string() } else { first.join("; ") }
+                if first.is_empty() {
+                    "no usable lines".to_string()
+                } else {
+                    first.join("; ")
+                }
             );
         }
         Ok(())
@@ -87,7 +95,8 @@ impl Manifest {
 }
 
 fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e})"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e})"))?;
     let obj = v.as_object().context("not a JSON object")?;
     let rel = obj
         .get(modality)
@@ -145,7 +154,11 @@ mod tests {
         assert_eq!(man.items.len(), 1);
         assert_eq!(man.items[0].line, 1);
         assert_eq!(man.problems.len(), 5);
-        assert!(man.problems[0].contains(":2: not JSON"), "{:?}", man.problems);
+        assert!(
+            man.problems[0].contains(":2: not JSON"),
+            "{:?}",
+            man.problems
+        );
         assert!(man.problems[1].contains(":4:") && man.problems[1].contains("missing.wav"));
         assert!(man.problems[2].contains(":5: empty text"));
         assert!(man.problems[3].contains(":6: no \"audio\" field"));

@@ -39,7 +39,8 @@ pub fn parse_transcripts(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| {
             let (name, t) = l.split_once(':')?;
             let (name, t) = (name.trim(), t.trim());
-            (!name.is_empty() && !t.is_empty() && !name.contains(' ')).then(|| (name.to_string(), t.to_string()))
+            (!name.is_empty() && !t.is_empty() && !name.contains(' '))
+                .then(|| (name.to_string(), t.to_string()))
         })
         .collect()
 }
@@ -70,7 +71,10 @@ pub fn locate(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut transcripts = None;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("{}: cannot list", d.display()))?.flatten() {
+        for e in std::fs::read_dir(&d)
+            .with_context(|| format!("{}: cannot list", d.display()))?
+            .flatten()
+        {
             let p = e.path();
             let name = e.file_name().to_string_lossy().to_string();
             if p.is_dir() {
@@ -85,8 +89,14 @@ pub fn locate(root: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     match (voice, transcripts) {
         (Some(v), Some(t)) => Ok((v, t)),
-        (None, _) => bail!("{}: no en_US_f_Allison folder of WAVs below it ({hint})", root.display()),
-        (_, None) => bail!("{}: no core-sounds-en.txt(.gz) below it ({hint})", root.display()),
+        (None, _) => bail!(
+            "{}: no en_US_f_Allison folder of WAVs below it ({hint})",
+            root.display()
+        ),
+        (_, None) => bail!(
+            "{}: no core-sounds-en.txt(.gz) below it ({hint})",
+            root.display()
+        ),
     }
 }
 
@@ -124,7 +134,10 @@ pub fn clips(root: &Path) -> Result<(Vec<Clip>, Vec<String>)> {
         }
     }
     if out.is_empty() {
-        bail!("{}: no clip has both a WAV and a transcript", root.display());
+        bail!(
+            "{}: no clip has both a WAV and a transcript",
+            root.display()
+        );
     }
     Ok((out, skipped))
 }
@@ -142,7 +155,8 @@ pub fn write_manifests(root: &Path, out: &Path) -> Result<SpeechSplits> {
     for c in &clips {
         let split = split_of(&c.name);
         let rel = relative_to(&absolute(&c.wav)?, &out_abs);
-        let line = serde_json::json!({"audio": rel.to_string_lossy(), "text": c.text, "id": c.name});
+        let line =
+            serde_json::json!({"audio": rel.to_string_lossy(), "text": c.text, "id": c.name});
         let f = files.entry(split).or_default();
         f.push_str(&line.to_string());
         f.push('\n');
@@ -198,7 +212,10 @@ mod tests {
         let names: Vec<String> = (0..2000).map(|i| format!("clip-{i}")).collect();
         let test = names.iter().filter(|n| split_of(n) == "test").count();
         let valid = names.iter().filter(|n| split_of(n) == "valid").count();
-        assert!((150..250).contains(&test) && (150..250).contains(&valid), "{test} {valid}");
+        assert!(
+            (150..250).contains(&test) && (150..250).contains(&valid),
+            "{test} {valid}"
+        );
         assert_eq!(split_of("digits/1"), split_of("digits/1"));
     }
 
@@ -208,6 +225,9 @@ mod tests {
             relative_to(Path::new("/a/b/c/x.wav"), Path::new("/a/d")),
             PathBuf::from("../b/c/x.wav")
         );
-        assert_eq!(relative_to(Path::new("/a/x.wav"), Path::new("/a")), PathBuf::from("x.wav"));
+        assert_eq!(
+            relative_to(Path::new("/a/x.wav"), Path::new("/a")),
+            PathBuf::from("x.wav")
+        );
     }
 }

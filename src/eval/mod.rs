@@ -1,5 +1,5 @@
 //! Evaluation: metrics on generated text and the `anymal eval` runner.
 
 pub mod cider;
-pub mod wer;
 pub mod run;
+pub mod wer;

@@ -55,7 +55,11 @@ pub fn evaluate(
         eprintln!("skipped {p}");
     }
     let prompt = m.user_prompt(None, 1);
-    let n = if limit == 0 { manifest.items.len() } else { limit.min(manifest.items.len()) };
+    let n = if limit == 0 {
+        manifest.items.len()
+    } else {
+        limit.min(manifest.items.len())
+    };
     let mut out = std::fs::File::create(predictions)
         .with_context(|| format!("{}: cannot create", predictions.display()))?;
     let mut pairs = Vec::with_capacity(n);
@@ -65,7 +69,13 @@ pub fn evaluate(
             temperature: 0.0,
             ..Default::default()
         });
-        let ids = match m.generate(&prompt, &[item.path.as_path()], max_tokens, &mut sampler, |_| Ok(())) {
+        let ids = match m.generate(
+            &prompt,
+            &[item.path.as_path()],
+            max_tokens,
+            &mut sampler,
+            |_| Ok(()),
+        ) {
             Ok((ids, _)) => ids,
             Err(e) => {
                 eprintln!("skipped {}:{}: {e:#}", manifest_path.display(), item.line);
@@ -82,7 +92,11 @@ pub fn evaluate(
         )?;
         pairs.push((item.text.clone(), pred));
         if (i + 1) % 10 == 0 || i + 1 == n {
-            eprintln!("eval {}/{n}: WER so far {:.1}%", i + 1, 100.0 * corpus_wer(&pairs));
+            eprintln!(
+                "eval {}/{n}: WER so far {:.1}%",
+                i + 1,
+                100.0 * corpus_wer(&pairs)
+            );
         }
     }
     if pairs.is_empty() {
@@ -92,7 +106,8 @@ pub fn evaluate(
     let hyps: Vec<String> = pairs.iter().map(|(_, h)| h.clone()).collect();
     let (cider, _) = cider_d(&refs, &hyps).map_err(|e| anyhow::anyhow!("CIDEr-D: {e}"))?;
     let norm = super::wer::normalize_text;
-    let exact = pairs.iter().filter(|(r, h)| norm(r) == norm(h)).count() as f64 / pairs.len() as f64;
+    let exact =
+        pairs.iter().filter(|(r, h)| norm(r) == norm(h)).count() as f64 / pairs.len() as f64;
     Ok(EvalReport {
         manifest: manifest_path.display().to_string(),
         items: pairs.len(),

@@ -57,9 +57,8 @@ struct Split {
 }
 
 pub struct AlignOptions {
+    /// Continue from the latest checkpoint in the run folder.
     pub resume: bool,
-    /// Print plain progress lines even on a terminal.
-    pub quiet: bool,
 }
 
 pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
@@ -73,10 +72,15 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         );
     }
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    anymal_adapters::projector::write_atomic(&out.join("recipe.toml"), recipe.to_toml()?.as_bytes())?;
+    anymal_adapters::projector::write_atomic(
+        &out.join("recipe.toml"),
+        recipe.to_toml()?.as_bytes(),
+    )?;
 
     // The frozen parts.
-    let load_opts = crate::cli::load_options((!recipe.llm.requant.is_empty()).then_some(recipe.llm.requant.as_str()))?;
+    let load_opts = crate::cli::load_options(
+        (!recipe.llm.requant.is_empty()).then_some(recipe.llm.requant.as_str()),
+    )?;
     let mut model = anymal_llm::load_model(&recipe.llm.model, &load_opts)
         .with_context(|| format!("llm.model '{}'", recipe.llm.model))?;
     model.llm.gradient_checkpointing = recipe.llm.gradient_checkpointing;
@@ -94,12 +98,36 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
 
     // Data: validate, run every file through the encoder once (this fills the cache and finds
     // the files that fail to decode), tokenize answers.
-    let tpl = PromptTemplate::new(&model, &recipe.data.prompt, &recipe.placeholder(), recipe.data.chat_template)?;
-    let train = load_split(&expand_path(&recipe.data.train), recipe, &model, &tpl, &source, "train")?;
-    let valid = load_split(&expand_path(&recipe.data.valid), recipe, &model, &tpl, &source, "valid")?;
+    let tpl = PromptTemplate::new(
+        &model,
+        &recipe.data.prompt,
+        &recipe.placeholder(),
+        recipe.data.chat_template,
+    )?;
+    let train = load_split(
+        &expand_path(&recipe.data.train),
+        recipe,
+        &model,
+        &tpl,
+        &source,
+        "train",
+    )?;
+    let valid = load_split(
+        &expand_path(&recipe.data.valid),
+        recipe,
+        &model,
+        &tpl,
+        &source,
+        "valid",
+    )?;
 
     // The projector.
-    let pcfg = projector_config(recipe, &model, source.encoder.hidden_size(), source.encoder.id())?;
+    let pcfg = projector_config(
+        recipe,
+        &model,
+        source.encoder.hidden_size(),
+        source.encoder.id(),
+    )?;
     let (projector, store) = Projector::init(&pcfg, recipe.train.seed, &Device::Cpu)?;
     let params = store.vars();
     let mut opt = AdamW::new(
@@ -165,7 +193,10 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         let idx: Vec<usize> = (step as usize * per_step..(step as usize + 1) * per_step)
             .map(|j| order.item(j))
             .collect();
-        let total_labels: usize = idx.iter().map(|&i| train.items[i].example.num_labels()).sum();
+        let total_labels: usize = idx
+            .iter()
+            .map(|&i| train.items[i].example.num_labels())
+            .sum();
         let mut acc: Option<std::collections::HashMap<String, Tensor>> = None;
         let mut loss_value = 0.0;
         for chunk in idx.chunks(t.batch_size) {
@@ -209,7 +240,14 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
             && (elapsed_before + t_loop.elapsed().as_secs_f64()) / 60.0 >= t.max_minutes;
         let last = step == t.max_steps || out_of_time;
         if (t.eval_every > 0 && step % t.eval_every == 0) || last {
-            let ev = eval_loss(&model, &projector, &source, &valid, t.batch_size, t.eval_items)?;
+            let ev = eval_loss(
+                &model,
+                &projector,
+                &source,
+                &valid,
+                t.batch_size,
+                t.eval_items,
+            )?;
             let line = serde_json::json!({"step": step, "eval_loss": ev});
             writeln!(metrics, "{line}")?;
             history.push(line);
@@ -248,7 +286,10 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         .collect();
     let title = format!("{} alignment: {}", recipe.modality, out.display());
     if let Err(e) = write_loss_png(&out.join("loss.png"), &train_curve, &eval_curve, &title) {
-        eprintln!("warning: {}: cannot write loss curve: {e}", out.join("loss.png").display());
+        eprintln!(
+            "warning: {}: cannot write loss curve: {e}",
+            out.join("loss.png").display()
+        );
     }
     let loop_s = t_loop.elapsed().as_secs_f64();
     let summary = AlignSummary {
@@ -260,7 +301,11 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         valid_skipped: valid.manifest.problems.len(),
         final_train_loss: last_loss,
         final_eval_loss: last_eval,
-        samples_per_s: if loop_s > 0.0 { samples_done as f64 / loop_s } else { 0.0 },
+        samples_per_s: if loop_s > 0.0 {
+            samples_done as f64 / loop_s
+        } else {
+            0.0
+        },
         feature_cache: source.cache_report(),
         peak_rss_mib: crate::cli::bench::peak_rss_mib(),
         projector_params: store.num_params(),
@@ -271,7 +316,11 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     )?;
     eprintln!(
         "{} {} steps in {:.1} min ({:.2} samples/s); {}; projector in {}; total {:.1} min",
-        if stopped_early { "stopped after" } else { "done:" },
+        if stopped_early {
+            "stopped after"
+        } else {
+            "done:"
+        },
         step,
         summary.minutes,
         summary.samples_per_s,
@@ -318,9 +367,21 @@ pub fn projector_config(
 
 /// Answer tokens for `text`, cut to `max_tokens`. Without a chat template the answer follows
 /// the prompt directly, so it gets a separating space unless the prompt ends in whitespace.
-pub fn answer_ids(model: &LoadedModel, tpl_chat: bool, prompt: &str, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
-    let sep = if !tpl_chat && !prompt.ends_with(char::is_whitespace) { " " } else { "" };
-    let mut ids = model.tokenizer.encode(&format!("{sep}{text}"), false, false)?;
+pub fn answer_ids(
+    model: &LoadedModel,
+    tpl_chat: bool,
+    prompt: &str,
+    text: &str,
+    max_tokens: usize,
+) -> Result<Vec<u32>> {
+    let sep = if !tpl_chat && !prompt.ends_with(char::is_whitespace) {
+        " "
+    } else {
+        ""
+    };
+    let mut ids = model
+        .tokenizer
+        .encode(&format!("{sep}{text}"), false, false)?;
     ids.truncate(max_tokens);
     Ok(ids)
 }
@@ -333,7 +394,8 @@ fn load_split(
     source: &FeatureSource,
     what: &str,
 ) -> Result<Split> {
-    let mut manifest = Manifest::read(path, &recipe.modality).with_context(|| format!("data.{what}"))?;
+    let mut manifest =
+        Manifest::read(path, &recipe.modality).with_context(|| format!("data.{what}"))?;
     // Encode in groups: a bad file is rejected with its line number, the others go on.
     let t0 = Instant::now();
     let mut bad: Vec<(usize, String)> = Vec::new();
@@ -362,7 +424,13 @@ fn load_split(
     let chat = recipe.data.chat_template && model.chat_template.is_some();
     let mut items = Vec::with_capacity(manifest.items.len());
     for it in &manifest.items {
-        let ans = answer_ids(model, chat, &recipe.data.prompt, &it.text, recipe.data.max_text_tokens)?;
+        let ans = answer_ids(
+            model,
+            chat,
+            &recipe.data.prompt,
+            &it.text,
+            recipe.data.max_text_tokens,
+        )?;
         items.push(Item {
             path: it.path.clone(),
             example: Example::new(tpl, recipe.projector.num_tokens, Some(&ans)),
@@ -460,7 +528,11 @@ fn eval_loss(
     batch_size: usize,
     limit: usize,
 ) -> Result<f64> {
-    let n = if limit == 0 { split.items.len() } else { limit.min(split.items.len()) };
+    let n = if limit == 0 {
+        split.items.len()
+    } else {
+        limit.min(split.items.len())
+    };
     let mut sum = 0.0;
     let mut count = 0;
     let all: Vec<&Item> = split.items[..n].iter().collect();
@@ -469,7 +541,11 @@ fn eval_loss(
         sum += nll.to_scalar::<f32>()? as f64;
         count += m;
     }
-    Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    })
 }
 
 /// Item order: epoch `e` is a Fisher-Yates shuffle seeded by `(seed, e)`; item `j` of the
@@ -514,7 +590,11 @@ fn read_history(path: &Path, keep_until: u64) -> Result<Vec<serde_json::Value>> 
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= keep_until))
+        .filter(|v| {
+            v.get("step")
+                .and_then(|s| s.as_u64())
+                .is_some_and(|s| s <= keep_until)
+        })
         .collect())
 }
 
@@ -542,6 +622,9 @@ mod tests {
         assert_eq!(s, (0..10).collect::<Vec<_>>());
         assert_ne!(e0, e1);
         let o2 = DataOrder::new(10, 3);
-        assert_eq!((0..20).map(|j| o2.item(j)).collect::<Vec<_>>(), [e0, e1].concat());
+        assert_eq!(
+            (0..20).map(|j| o2.item(j)).collect::<Vec<_>>(),
+            [e0, e1].concat()
+        );
     }
 }

@@ -40,7 +40,8 @@ pub fn save(
     let dir = checkpoint_dir(run, state.step);
     let tmp = run.join(format!(".checkpoint-{}.tmp", state.step));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot clear", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("{}: cannot clear", tmp.display()))?;
     }
     projector.save(&tmp, store)?;
     let opt_state: HashMap<String, candle_core::Tensor> = opt.state_tensors().into_iter().collect();
@@ -49,7 +50,8 @@ pub fn save(
     std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)
         .with_context(|| format!("{}: cannot write trainer state", tmp.display()))?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot replace", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("{}: cannot replace", dir.display()))?;
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
     prune(run, keep)?;
@@ -65,7 +67,10 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?;
-            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+            e.path()
+                .join(STATE_FILE)
+                .is_file()
+                .then(|| (step, e.path()))
         })
         .collect();
     out.sort();
@@ -80,7 +85,8 @@ fn prune(run: &Path, keep: usize) -> Result<()> {
     let all = list(run);
     if all.len() > keep.max(1) {
         for (_, p) in &all[..all.len() - keep.max(1)] {
-            std::fs::remove_dir_all(p).with_context(|| format!("{}: cannot remove", p.display()))?;
+            std::fs::remove_dir_all(p)
+                .with_context(|| format!("{}: cannot remove", p.display()))?;
         }
     }
     Ok(())
@@ -88,6 +94,7 @@ fn prune(run: &Path, keep: usize) -> Result<()> {
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid trainer state", p.display()))
 }

@@ -22,7 +22,13 @@ impl FeatureCache {
     pub fn new(root: &Path, encoder_id: &str) -> Self {
         let safe: String = encoder_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Self {
             dir: root.join("features").join(safe),
@@ -33,7 +39,8 @@ impl FeatureCache {
 
     /// Hex sha256 of a file's bytes.
     pub fn content_key(path: &Path) -> Result<String> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let digest = Sha256::digest(&bytes);
         Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
@@ -65,13 +72,17 @@ impl FeatureCache {
             .to_device(&Device::Cpu)?
             .save_safetensors("features", &tmp)
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(())
     }
 
     /// (hits, misses) since creation.
     pub fn stats(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -88,7 +99,10 @@ mod tests {
         std::fs::write(&f, b"abc")?;
         let key = FeatureCache::content_key(&f)?;
         // sha256("abc")
-        assert_eq!(key, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            key,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(c.get(&key).is_none());
         let t = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu)?;
         c.put(&key, &t)?;

@@ -79,16 +79,28 @@ impl AdamW {
 
     /// Restore moments saved by [`AdamW::state_tensors`] and the step count.
     pub fn load_state(&mut self, path: &Path, step: u64) -> Result<()> {
-        let dev = self.params.first().map(|(_, p)| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let dev = self
+            .params
+            .first()
+            .map(|(_, p)| p.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
         let t = candle_core::safetensors::load(path, &dev)
             .with_context(|| format!("{}: cannot read optimizer state", path.display()))?;
         for (i, (name, p)) in self.params.iter().enumerate() {
-            for (buf, key) in [(&mut self.m[i], format!("m.{name}")), (&mut self.v[i], format!("v.{name}"))] {
+            for (buf, key) in [
+                (&mut self.m[i], format!("m.{name}")),
+                (&mut self.v[i], format!("v.{name}")),
+            ] {
                 let x = t
                     .get(&key)
                     .with_context(|| format!("{}: no '{key}'", path.display()))?;
                 if x.shape() != p.shape() {
-                    bail!("{}: '{key}' has shape {:?}, parameter has {:?}", path.display(), x.shape(), p.shape());
+                    bail!(
+                        "{}: '{key}' has shape {:?}, parameter has {:?}",
+                        path.display(),
+                        x.shape(),
+                        p.shape()
+                    );
                 }
                 *buf = x.clone();
             }
@@ -100,7 +112,10 @@ impl AdamW {
 
 /// Gradients of the named parameters from a backward pass, or an error naming any parameter
 /// that received none (a silently frozen projector is the failure this guards against).
-pub fn collect_grads(params: &[(String, Var)], grads: &GradStore) -> Result<HashMap<String, Tensor>> {
+pub fn collect_grads(
+    params: &[(String, Var)],
+    grads: &GradStore,
+) -> Result<HashMap<String, Tensor>> {
     params
         .iter()
         .map(|(n, v)| {
@@ -145,13 +160,21 @@ mod tests {
         let p = Var::new(&[1.0f32, -2.0], &Device::Cpu)?;
         let mut opt = AdamW::new(
             vec![("p".into(), p.clone())],
-            AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
         )?;
         let mut g = HashMap::new();
         g.insert("p".to_string(), Tensor::new(&[0.5f32, -1.0], &Device::Cpu)?);
         opt.step(&g, 0.1)?;
         let v = p.as_tensor().to_vec1::<f32>()?;
-        assert!((v[0] - 0.899).abs() < 1e-5 && (v[1] + 1.898).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.899).abs() < 1e-5 && (v[1] + 1.898).abs() < 1e-5,
+            "{v:?}"
+        );
         Ok(())
     }
 
@@ -159,11 +182,19 @@ mod tests {
     fn saved_state_resumes_identically() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("anymal-adamw-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let grads: Vec<HashMap<String, Tensor>> = (0..6)
             .map(|i| {
                 let mut g = HashMap::new();
-                g.insert("p".to_string(), Tensor::new(&[0.3f32 * i as f32 - 0.7, 0.2], &Device::Cpu).unwrap());
+                g.insert(
+                    "p".to_string(),
+                    Tensor::new(&[0.3f32 * i as f32 - 0.7, 0.2], &Device::Cpu).unwrap(),
+                );
                 g
             })
             .collect();
@@ -189,7 +220,10 @@ mod tests {
         for g in &grads[3..] {
             b.step(g, 0.05)?;
         }
-        assert_eq!(p.as_tensor().to_vec1::<f32>()?, r.as_tensor().to_vec1::<f32>()?);
+        assert_eq!(
+            p.as_tensor().to_vec1::<f32>()?,
+            r.as_tensor().to_vec1::<f32>()?
+        );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -180,17 +180,24 @@ impl Progress {
         Some(remaining as f64 * elapsed / done as f64)
     }
 
-    fn draw_bar(&mut self) {
-        let Some(s) = self.last else { return };
-        let line = render_line(
+    /// The last update as a line, with a bar of `width` characters (0: no bar).
+    fn last_line(&self, width: usize) -> Option<String> {
+        let s = self.last?;
+        Some(render_line(
             s.step,
             self.total_steps,
             s.loss,
             s.lr,
             s.samples_per_s,
             self.eta_secs(s.step),
-            BAR_WIDTH,
-        );
+            width,
+        ))
+    }
+
+    fn draw_bar(&mut self) {
+        let Some(line) = self.last_line(BAR_WIDTH) else {
+            return;
+        };
         let len = line.chars().count();
         // Pad with spaces over the tail of a longer previous line instead of using ANSI codes.
         let pad = self.drawn_len.saturating_sub(len);
@@ -206,16 +213,9 @@ impl Progress {
     }
 
     fn print_plain(&mut self) {
-        let Some(s) = self.last else { return };
-        let line = render_line(
-            s.step,
-            self.total_steps,
-            s.loss,
-            s.lr,
-            s.samples_per_s,
-            self.eta_secs(s.step),
-            0,
-        );
+        let Some(line) = self.last_line(0) else {
+            return;
+        };
         let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
         self.last_shown = true;
