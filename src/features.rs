@@ -69,7 +69,11 @@ impl FrozenEncoder for AudioEncoder {
 pub fn load_encoder(modality: &str, reference: &str) -> Result<Box<dyn FrozenEncoder>> {
     match modality {
         "audio" => {
-            let path = anymal_encoders::audio::resolve_encoder_ref(reference)?;
+            // The project's one cache rule (the encoders crate has its own for standalone use).
+            let path = anymal_encoders::audio::whisper::resolve_encoder_ref_in(
+                reference,
+                &anymal_llm::loader::cache_dir(),
+            )?;
             let whisper = WhisperEncoder::load(&path, &Device::Cpu)
                 .with_context(|| format!("loading audio encoder '{reference}'"))?;
             Ok(Box::new(AudioEncoder { whisper }))
@@ -82,13 +86,30 @@ pub fn load_encoder(modality: &str, reference: &str) -> Result<Box<dyn FrozenEnc
 pub struct FeatureSource {
     pub encoder: Box<dyn FrozenEncoder>,
     pub cache: Option<FeatureCache>,
+    /// Content hash of each file seen, so later epochs read the cache without re-reading and
+    /// re-hashing the audio on every step.
+    keys: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
 }
 
 impl FeatureSource {
     pub fn new(encoder: Box<dyn FrozenEncoder>, use_cache: bool) -> Self {
         let cache =
             use_cache.then(|| FeatureCache::new(&anymal_llm::loader::cache_dir(), encoder.id()));
-        Self { encoder, cache }
+        Self {
+            encoder,
+            cache,
+            keys: Default::default(),
+        }
+    }
+
+    fn content_key(&self, path: &Path) -> Result<String> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = keys.get(path) {
+            return Ok(k.clone());
+        }
+        let k = FeatureCache::content_key(path)?;
+        keys.insert(path.to_path_buf(), k.clone());
+        Ok(k)
     }
 
     /// One result per path; misses are encoded together (one batched encoder call) and stored.
@@ -100,7 +121,7 @@ impl FeatureSource {
         let mut miss_idx = Vec::new();
         let mut miss_keys = Vec::new();
         for (i, p) in paths.iter().enumerate() {
-            match FeatureCache::content_key(p) {
+            match self.content_key(p) {
                 Ok(key) => match cache.get(&key) {
                     Some(t) => out.push(Some(Ok(t))),
                     None => {
