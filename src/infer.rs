@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use anymal_encoders::ModalityRegistry;
 use anymal_adapters::Projector;
 use anymal_llm::{generate, GenerationStats, LoadedModel, Sampler};
 use candle_core::{Device, Tensor};
@@ -15,12 +16,19 @@ pub struct AlignedModel {
     pub model: LoadedModel,
     pub projector: Projector,
     pub source: FeatureSource,
+    /// The modality's prompt placeholder (`<audio>`).
+    placeholder: String,
 }
 
 impl AlignedModel {
     /// Load the projector in `run_dir` with the LLM and encoder it names (`llm` overrides the
     /// LLM; it must have the width the projector was trained for).
-    pub fn load(run_dir: &Path, llm: Option<&str>, requant: Option<&str>) -> Result<Self> {
+    pub fn load(
+        registry: &ModalityRegistry,
+        run_dir: &Path,
+        llm: Option<&str>,
+        requant: Option<&str>,
+    ) -> Result<Self> {
         let (projector, _) = Projector::load(run_dir, &Device::Cpu)
             .with_context(|| format!("loading projector from {}", run_dir.display()))?;
         let cfg = &projector.cfg;
@@ -38,8 +46,11 @@ impl AlignedModel {
                 model.llm.cfg.hidden_size
             );
         }
-        let encoder = load_encoder(&cfg.modality, &cfg.encoder)
-            .with_context(|| format!("loading the {} encoder '{}'", cfg.modality, cfg.encoder))?;
+        let placeholder = registry
+            .get(&cfg.modality)
+            .with_context(|| format!("{}: projector.json", run_dir.display()))?
+            .placeholder();
+        let encoder = load_encoder(registry, &cfg.modality, &cfg.encoder, &cfg.encoder_options)?;
         if !cfg.encoder_id.is_empty() && encoder.id() != cfg.encoder_id {
             eprintln!(
                 "warning: encoder '{}' has id {}, the projector was trained on {}",
@@ -54,11 +65,12 @@ impl AlignedModel {
             model,
             projector,
             source,
+            placeholder,
         })
     }
 
     pub fn placeholder(&self) -> String {
-        format!("<{}>", self.projector.cfg.modality)
+        self.placeholder.clone()
     }
 
     /// The training prompt when `prompt` is None; a prompt without the placeholder gets it

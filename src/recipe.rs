@@ -50,6 +50,17 @@ pub struct EncoderSection {
     /// Cache the frozen encoder's outputs on disk, keyed by file content and encoder id.
     #[serde(default = "yes")]
     pub feature_cache: bool,
+    /// Modality-specific encoder settings (image size, video frames, IMU rate...), checked by
+    /// the modality when it builds the encoder.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub options: toml::Table,
+}
+
+impl EncoderSection {
+    /// `options` as JSON, the form modalities read.
+    pub fn options_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(&self.options)?)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,17 +210,16 @@ impl AlignRecipe {
         if self.projector.num_tokens == 0 {
             bail!("projector.num_tokens must be >= 1");
         }
-        let ph = self.placeholder();
-        let n = self.data.prompt.matches(&ph).count();
-        if n != 1 {
-            bail!("data.prompt must contain the placeholder {ph} exactly once (found {n})");
-        }
         Ok(())
     }
 
-    /// `<audio>` for modality `audio`.
-    pub fn placeholder(&self) -> String {
-        format!("<{}>", self.modality)
+    /// `data.prompt` must hold the modality's placeholder (`<audio>`) exactly once.
+    pub fn check_prompt(&self, placeholder: &str) -> Result<()> {
+        let n = self.data.prompt.matches(placeholder).count();
+        if n != 1 {
+            bail!("data.prompt must contain the placeholder {placeholder} exactly once (found {n})");
+        }
+        Ok(())
     }
 
     pub fn output_dir(&self) -> PathBuf {
@@ -317,7 +327,8 @@ save_every = 50
         assert!(format!("{e:#}").contains("max_stepz"), "{e:#}");
         let e = AlignRecipe::parse(MINIMAL, &["train.batch_size=\"four\"".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("invalid type"), "{e:#}");
-        let e = AlignRecipe::parse(MINIMAL, &["data.prompt=Transcribe.".into()]).unwrap_err();
+        let r = AlignRecipe::parse(MINIMAL, &["data.prompt=Transcribe.".into()]).unwrap();
+        let e = r.check_prompt("<audio>").unwrap_err();
         assert!(format!("{e:#}").contains("<audio>"), "{e:#}");
         let e = AlignRecipe::parse(MINIMAL, &["train.max_steps".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("key=value"), "{e:#}");

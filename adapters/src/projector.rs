@@ -67,6 +67,10 @@ pub struct ProjectorConfig {
     pub encoder: String,
     #[serde(default)]
     pub encoder_id: String,
+    /// The recipe's `[encoder.options]` (image size, video frames...), so inference builds the
+    /// encoder exactly as training did.
+    #[serde(default, skip_serializing_if = "is_empty_object")]
+    pub encoder_options: serde_json::Value,
     /// LLM reference the projector was trained against.
     #[serde(default)]
     pub llm: String,
@@ -76,6 +80,10 @@ pub struct ProjectorConfig {
     /// Whether the LLM's chat template wrapped the prompt in training.
     #[serde(default)]
     pub chat_template: bool,
+}
+
+fn is_empty_object(v: &serde_json::Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
 }
 
 fn default_reduce() -> Reduce {

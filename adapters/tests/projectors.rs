@@ -20,6 +20,7 @@ fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
         modality: "audio".into(),
         encoder: "test".into(),
         encoder_id: "test".into(),
+        encoder_options: serde_json::Value::Null,
         llm: String::new(),
         prompt: "<audio>".into(),
         chat_template: false,

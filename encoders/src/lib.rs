@@ -1,6 +1,11 @@
 //! anymal-encoders: frozen modality encoders (audio, image, video, IMU) and the `Modality`
 //! trait they implement.
 //!
+//! # Plug-in API
+//! A [`Modality`] reads one kind of input from a file and builds its frozen [`Encoder`];
+//! [`ModalityRegistry`] holds the built-in ones and any a user registers. The rest of the
+//! toolkit sees only [`AnyModality`] and [`FileEncoder`] (files in, features out).
+//!
 //! # Audio
 //! [`audio::load_audio_16k`] decodes a file (WAV, FLAC, MP3, Ogg Vorbis, AAC/M4A; not Opus),
 //! averages its channels to mono and resamples it to 16 kHz with a windowed-sinc filter.
@@ -15,5 +20,9 @@
 
 pub mod audio;
 pub mod error;
+pub mod modality;
+pub mod registry;
 
 pub use error::{Error, Result};
+pub use modality::{AnyModality, Batch, Encoder, EncoderContext, FileEncoder, Modality};
+pub use registry::ModalityRegistry;

@@ -26,7 +26,7 @@ pub struct AlignArgs {
     pub resume: bool,
 }
 
-pub fn run(a: AlignArgs) -> Result<()> {
+pub fn run(a: AlignArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<()> {
     let path = super::recipes::resolve(&a.recipe)?;
     let mut sets = a.sets.clone();
     if let Some(o) = &a.output {
@@ -41,7 +41,10 @@ pub fn run(a: AlignArgs) -> Result<()> {
             a.modality
         );
     }
-    let summary = run_align(&recipe, &AlignOptions { resume: a.resume })?;
+    let summary = run_align(&recipe, &AlignOptions {
+            resume: a.resume,
+            registry: registry.clone(),
+        })?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

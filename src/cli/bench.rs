@@ -160,6 +160,7 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         modality: "audio".into(),
         encoder: String::new(),
         encoder_id: String::new(),
+        encoder_options: serde_json::Value::Null,
         llm: String::new(),
         prompt: String::new(),
         chat_template: false,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::data::speech;
+use crate::data::{digits, speech};
 use crate::recipe::expand_path;
 
 #[derive(clap::Args)]
@@ -25,6 +25,16 @@ pub enum DataCommand {
         #[arg(long, default_value = "{cache}/data/speech")]
         out: String,
     },
+    /// scikit-learn's 1,797 handwritten digits -> 8x8 PNGs + captions ("A handwritten digit
+    /// seven."), fixed split by image (about 70/10/20).
+    Digits {
+        /// Where `scripts/fetch-assets.sh digits` put digits.csv.gz.
+        #[arg(long, default_value = "{cache}/data/digits/digits.csv.gz")]
+        csv: String,
+        /// Folder for images/ and train.jsonl, valid.jsonl, test.jsonl.
+        #[arg(long, default_value = "{cache}/data/digits")]
+        out: String,
+    },
 }
 
 pub fn run(a: DataArgs) -> Result<()> {
@@ -38,6 +48,17 @@ pub fn run(a: DataArgs) -> Result<()> {
             );
             println!(
                 "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} clips",
+                out.display(),
+                r.train,
+                r.valid,
+                r.test
+            );
+        }
+        DataCommand::Digits { csv, out } => {
+            let out: PathBuf = expand_path(&out);
+            let r = digits::write_dataset(&expand_path(&csv), &out)?;
+            println!(
+                "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} images",
                 out.display(),
                 r.train,
                 r.valid,

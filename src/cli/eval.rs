@@ -25,17 +25,21 @@ pub struct EvalArgs {
     /// Evaluate only the first N items (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// Also score whether each generation names the item's value of this manifest field
+    /// (repeatable; default: `label` when every item has one).
+    #[arg(long = "attribute")]
+    pub attributes: Vec<String>,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    let m = AlignedModel::load(&a.run, a.llm.as_deref(), a.requant.as_deref())?;
+pub fn run(a: EvalArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<()> {
+    let m = AlignedModel::load(registry, &a.run, a.llm.as_deref(), a.requant.as_deref())?;
     let stem = a
         .manifest
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "manifest".into());
     let preds = a.run.join(format!("predictions-{stem}.jsonl"));
-    let report = evaluate(&m, &a.manifest, a.max_tokens, a.limit, &preds)?;
+    let report = evaluate(&m, &a.manifest, a.max_tokens, a.limit, &a.attributes, &preds)?;
     let json = serde_json::to_string_pretty(&report)?;
     anymal_adapters::projector::write_atomic(
         &a.run.join(format!("eval-{stem}.json")),

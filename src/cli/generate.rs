@@ -12,15 +12,17 @@ pub struct GenerateArgs {
     /// Default: smollm2, or the LLM a --projector was trained with.
     #[arg(long)]
     pub llm: Option<String>,
-    /// With --projector, may hold placeholders (`<audio>`); without one, the files come first.
+    /// With --projector, may hold placeholders (`<audio>`); without one, the inputs come first.
     #[arg(long)]
     pub prompt: String,
     /// A run folder (or any folder) with projector.json + projector.safetensors from `anymal align`.
     #[arg(long)]
     pub projector: Option<std::path::PathBuf>,
-    /// Audio file(s) for the prompt's `<audio>` placeholders, in order.
-    #[arg(long)]
-    pub audio: Vec<std::path::PathBuf>,
+    /// Input file(s) for the prompt's placeholders (`<audio>`, `<image>`, ...), in order; of the
+    /// modality the projector was trained on. `--audio`, `--image`, `--video`, `--imu` are
+    /// aliases.
+    #[arg(long = "input", visible_aliases = ["audio", "image", "video", "imu"])]
+    pub inputs: Vec<std::path::PathBuf>,
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
     /// 0 = greedy decoding.
@@ -44,13 +46,13 @@ pub struct GenerateArgs {
     pub system: Option<String>,
 }
 
-pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+pub fn run(a: GenerateArgs, registry: &anymal_encoders::ModalityRegistry) -> anyhow::Result<()> {
     if a.projector.is_some() {
-        return run_with_projector(a);
+        return run_with_projector(a, registry);
     }
-    if !a.audio.is_empty() {
+    if !a.inputs.is_empty() {
         anyhow::bail!(
-            "--audio needs --projector RUN_DIR (a projector trained with `anymal align`)"
+            "--input/--audio/--image/--video/--imu need --projector RUN_DIR (a projector trained with `anymal align`)"
         );
     }
     let t0 = Instant::now();
@@ -114,10 +116,13 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Generation with modality inputs through a trained projector.
-fn run_with_projector(a: GenerateArgs) -> anyhow::Result<()> {
+fn run_with_projector(
+    a: GenerateArgs,
+    registry: &anymal_encoders::ModalityRegistry,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let dir = a.projector.clone().unwrap_or_default();
-    let m = crate::infer::AlignedModel::load(&dir, a.llm.as_deref(), a.requant.as_deref())?;
+    let m = crate::infer::AlignedModel::load(registry, &dir, a.llm.as_deref(), a.requant.as_deref())?;
     eprintln!(
         "loaded {} + {} projector from {} in {:.2}s",
         m.model.path.display(),
@@ -125,13 +130,7 @@ fn run_with_projector(a: GenerateArgs) -> anyhow::Result<()> {
         dir.display(),
         t0.elapsed().as_secs_f64()
     );
-    let files: Vec<&std::path::Path> = match m.projector.cfg.modality.as_str() {
-        "audio" => a.audio.iter().map(|p| p.as_path()).collect(),
-        other => anyhow::bail!(
-            "{}: projector for modality '{other}', which generate cannot feed yet",
-            dir.display()
-        ),
-    };
+    let files: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     let prompt = m.user_prompt(Some(&a.prompt), files.len());
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: a.temperature,

@@ -6,7 +6,67 @@ pub mod generate;
 pub mod inspect;
 pub mod recipes;
 
+use std::process::ExitCode;
+
+use anymal_encoders::ModalityRegistry;
 use anymal_llm::LoadOptions;
+use clap::{Parser, Subcommand};
+
+
+#[derive(Parser)]
+#[command(
+    name = "anymal",
+    version,
+    about = "Teach a frozen 4-bit LLM to take in any modality"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt; the answer streams to stdout, logs to stderr.
+    Generate(self::generate::GenerateArgs),
+    /// Describe a model: architecture, tensor types, parameters, size, training memory.
+    Inspect(self::inspect::InspectArgs),
+    /// Train a projector that aligns a modality (audio, ...) to the frozen LLM.
+    Align(self::align::AlignArgs),
+    /// List and show the shipped recipes.
+    Recipes(self::recipes::RecipesArgs),
+    /// Score a trained projector on a manifest: WER and CIDEr-D of greedy generations.
+    Eval(self::eval::EvalArgs),
+    /// Build manifests for the corpora the project ships with.
+    Data(self::data::DataArgs),
+    /// Measure QLinear, the decoder's forward+backward and generation speed on this machine.
+    Bench(self::bench::BenchArgs),
+}
+
+/// Parse the command line and run it with the modalities of `registry`. The `anymal` binary
+/// passes the built-in ones; a program that adds its own modality (see
+/// `examples/custom_modality.rs`) passes a registry with it registered and gets the whole CLI.
+pub fn main_with(registry: ModalityRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Generate(a) => self::generate::run(a, &registry),
+        Command::Inspect(a) => self::inspect::run(a),
+        Command::Bench(a) => self::bench::run(a),
+        Command::Align(a) => self::align::run(a, &registry),
+        Command::Recipes(a) => self::recipes::run(a),
+        Command::Data(a) => self::data::run(a),
+        Command::Eval(a) => self::eval::run(a, &registry),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined, naming the file and what is wrong.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+
 use anymal_quant::QuantType;
 
 /// Load options from the shared `--requant` flag.

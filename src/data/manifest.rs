@@ -13,6 +13,8 @@ pub struct ManifestItem {
     pub line: usize,
     pub path: PathBuf,
     pub text: String,
+    /// The line's other string fields (`label`, `motion`...), for attribute scores.
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// A manifest after validation.
@@ -121,10 +123,16 @@ fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
     if let Err(e) = std::fs::File::open(&path) {
         bail!("{}: cannot open: {e}", path.display());
     }
+    let fields = obj
+        .iter()
+        .filter(|(k, _)| k.as_str() != modality && k.as_str() != "text")
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect();
     Ok(ManifestItem {
         line: 0,
         path,
         text: text.to_string(),
+        fields,
     })
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
-use super::{cider::cider_d, wer::corpus_wer, wer::word_errors};
+use super::{attribute, cider::cider_d, wer::corpus_wer, wer::word_errors};
 use crate::data::manifest::Manifest;
 use crate::infer::AlignedModel;
 
@@ -22,13 +22,23 @@ pub struct EvalReport {
     pub cider_d: f64,
     /// Items whose normalized generation equals the normalized reference.
     pub exact_match: f64,
+    /// Per scored manifest field (`label`, `motion`...): the fraction of items whose
+    /// generation names the right value first (see `eval::attribute`).
+    pub attributes: std::collections::BTreeMap<String, f64>,
     pub seconds: f64,
 }
 
 impl EvalReport {
     pub fn markdown(&self) -> String {
+        let names: String = self.attributes.keys().map(|k| format!(" {k} acc. |")).collect();
+        let rules: String = self.attributes.keys().map(|_| "---|").collect();
+        let accs: String = self
+            .attributes
+            .values()
+            .map(|a| format!(" {:.1}% |", a * 100.0))
+            .collect();
         format!(
-            "| manifest | items | WER | CIDEr-D | exact | seconds |\n|---|---|---|---|---|---|\n| {} | {} | {:.1}% | {:.3} | {:.1}% | {:.0} |\n",
+            "| manifest | items | WER | CIDEr-D | exact |{names} seconds |\n|---|---|---|---|---|{rules}---|\n| {} | {} | {:.1}% | {:.3} | {:.1}% |{accs} {:.0} |\n",
             self.manifest,
             self.items,
             self.wer * 100.0,
@@ -46,6 +56,7 @@ pub fn evaluate(
     manifest_path: &Path,
     max_tokens: usize,
     limit: usize,
+    attributes: &[String],
     predictions: &Path,
 ) -> Result<EvalReport> {
     let t0 = Instant::now();
@@ -54,6 +65,36 @@ pub fn evaluate(
     for p in &manifest.problems {
         eprintln!("skipped {p}");
     }
+    // Score the named fields, or `label` when every item has one and none were named.
+    let attributes: Vec<String> = if attributes.is_empty() {
+        let all_labelled = !manifest.items.is_empty()
+            && manifest.items.iter().all(|it| it.fields.contains_key("label"));
+        if all_labelled {
+            vec!["label".to_string()]
+        } else {
+            vec![]
+        }
+    } else {
+        attributes.to_vec()
+    };
+    let mut class_sets = Vec::new();
+    for a in &attributes {
+        let values: Vec<&str> = manifest
+            .items
+            .iter()
+            .filter_map(|it| it.fields.get(a).map(|s| s.as_str()))
+            .collect();
+        if values.len() != manifest.items.len() {
+            anyhow::bail!(
+                "{}: --attribute {a}: {} of {} items have no string field \"{a}\"",
+                manifest_path.display(),
+                manifest.items.len() - values.len(),
+                manifest.items.len()
+            );
+        }
+        class_sets.push(attribute::classes(values));
+    }
+    let mut right = vec![0usize; attributes.len()];
     let prompt = m.user_prompt(None, 1);
     let n = if limit == 0 {
         manifest.items.len()
@@ -85,15 +126,26 @@ pub fn evaluate(
         };
         let pred = m.model.tokenizer.decode(&ids)?.trim().to_string();
         let (edits, words) = word_errors(&item.text, &pred);
+        let mut named = serde_json::Map::new();
+        for (ai, a) in attributes.iter().enumerate() {
+            let ok = attribute::is_right(&pred, &item.fields[a], &class_sets[ai]);
+            right[ai] += ok as usize;
+            named.insert(a.clone(), serde_json::Value::Bool(ok));
+        }
         writeln!(
             out,
             "{}",
-            serde_json::json!({"line": item.line, "path": item.path, "text": item.text, "prediction": pred, "edits": edits, "words": words})
+            serde_json::json!({"line": item.line, "path": item.path, "text": item.text, "prediction": pred, "edits": edits, "words": words, "right": named})
         )?;
         pairs.push((item.text.clone(), pred));
         if (i + 1) % 10 == 0 || i + 1 == n {
+            let accs: String = attributes
+                .iter()
+                .zip(&right)
+                .map(|(a, r)| format!(", {a} {:.1}%", 100.0 * *r as f64 / pairs.len() as f64))
+                .collect();
             eprintln!(
-                "eval {}/{n}: WER so far {:.1}%",
+                "eval {}/{n}: WER so far {:.1}%{accs}",
                 i + 1,
                 100.0 * corpus_wer(&pairs)
             );
@@ -115,6 +167,11 @@ pub fn evaluate(
         wer: corpus_wer(&pairs),
         cider_d: cider,
         exact_match: exact,
+        attributes: attributes
+            .iter()
+            .zip(&right)
+            .map(|(a, r)| (a.clone(), *r as f64 / pairs.len() as f64))
+            .collect(),
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

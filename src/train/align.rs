@@ -59,6 +59,8 @@ struct Split {
 pub struct AlignOptions {
     /// Continue from the latest checkpoint in the run folder.
     pub resume: bool,
+    /// The modalities the recipe's `modality` is looked up in.
+    pub registry: anymal_encoders::ModalityRegistry,
 }
 
 pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
@@ -84,8 +86,15 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let mut model = anymal_llm::load_model(&recipe.llm.model, &load_opts)
         .with_context(|| format!("llm.model '{}'", recipe.llm.model))?;
     model.llm.gradient_checkpointing = recipe.llm.gradient_checkpointing;
-    let encoder = load_encoder(&recipe.modality, &recipe.encoder.model)
-        .with_context(|| format!("encoder.model '{}'", recipe.encoder.model))?;
+    let modality = opts.registry.get(&recipe.modality).context("modality")?;
+    recipe.check_prompt(&modality.placeholder())?;
+    let encoder = load_encoder(
+        &opts.registry,
+        &recipe.modality,
+        &recipe.encoder.model,
+        &recipe.encoder.options_json()?,
+    )
+    .with_context(|| format!("encoder.model '{}'", recipe.encoder.model))?;
     let source = FeatureSource::new(encoder, recipe.encoder.feature_cache);
     eprintln!(
         "llm {} ({} layers, d={}); encoder {} (d={})",
@@ -101,7 +110,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let tpl = PromptTemplate::new(
         &model,
         &recipe.data.prompt,
-        &recipe.placeholder(),
+        &modality.placeholder(),
         recipe.data.chat_template,
     )?;
     let train = load_split(
@@ -358,6 +367,7 @@ pub fn projector_config(
         perceiver: p.perceiver.clone(),
         modality: recipe.modality.clone(),
         encoder: recipe.encoder.model.clone(),
+        encoder_options: recipe.encoder.options_json()?,
         encoder_id: encoder_id.to_string(),
         llm: recipe.llm.model.clone(),
         prompt: recipe.data.prompt.clone(),

@@ -1,15 +1,18 @@
 //! Audio: decoding (`decode`), resampling (`resample`), Whisper's log-mel front end (`mel`),
-//! the CTranslate2 weight reader (`ct2`) and the frozen Whisper encoder (`whisper`).
+//! the CTranslate2 weight reader (`ct2`), the frozen Whisper encoder (`whisper`) and the
+//! [`AudioModality`] that plugs them into the toolkit (`modality`).
 
 pub mod ct2;
 pub mod decode;
 pub mod mel;
+pub mod modality;
 pub mod resample;
 pub mod whisper;
 
 use std::path::Path;
 
 pub use decode::{decode_file, DecodedAudio};
+pub use modality::AudioModality;
 pub use mel::{log_mel_spectrogram, mel_filters, N_FRAMES, N_SAMPLES};
 pub use resample::resample;
 pub use whisper::{resolve_encoder_ref, WhisperEncoder};

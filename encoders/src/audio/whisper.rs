@@ -198,8 +198,14 @@ impl WhisperEncoder {
     /// 8 windows per forward). Returns one `(n_kept_i, d_model)` tensor per clip, as
     /// [`encode`](Self::encode) would.
     pub fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
-        // (clip index, start, end) of every window, in order.
-        let mut jobs = Vec::new();
+        let mels = self.log_mel_windows(clips)?;
+        let lengths: Vec<usize> = clips.iter().map(|c| c.len()).collect();
+        self.encode_windows(&mels, &lengths)
+    }
+
+    /// The log-mel of every clip's 30 s windows, clip after clip: `(w, n_mels, 3000)`.
+    pub fn log_mel_windows(&self, clips: &[&[f32]]) -> Result<Tensor> {
+        let mut mels = Vec::new();
         for (ci, clip) in clips.iter().enumerate() {
             if clip.is_empty() {
                 return Err(Error::InvalidArgument(format!(
@@ -207,22 +213,37 @@ impl WhisperEncoder {
                 )));
             }
             for (s, e) in windows(clip.len()) {
-                jobs.push((ci, s, e));
+                mels.push(self.log_mel(&clip[s..e])?);
             }
         }
-        let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); clips.len()];
-        for chunk in jobs.chunks(MAX_WINDOWS_PER_FORWARD) {
-            let mels = chunk
-                .iter()
-                .map(|&(ci, s, e)| self.log_mel(&clips[ci][s..e]))
-                .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&mels, 0)?)
+    }
+
+    /// Encodes the windows of [`log_mel_windows`](Self::log_mel_windows) for clips of
+    /// `lengths` samples: one `(n_kept_i, d_model)` tensor per clip.
+    pub fn encode_windows(&self, mels: &Tensor, lengths: &[usize]) -> Result<Vec<Tensor>> {
+        // (clip index, kept frames) of every window, in order.
+        let jobs: Vec<(usize, usize)> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, &n)| windows(n).into_iter().map(move |(s, e)| (ci, kept_frames(e - s))))
+            .collect();
+        if jobs.len() != mels.dim(0)? {
+            return Err(Error::InvalidArgument(format!(
+                "{} mel windows for clips that need {}",
+                mels.dim(0)?,
+                jobs.len()
+            )));
+        }
+        let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); lengths.len()];
+        for (ci0, chunk) in jobs.chunks(MAX_WINDOWS_PER_FORWARD).enumerate() {
+            let start = ci0 * MAX_WINDOWS_PER_FORWARD;
             // (b, n_mels, 3000) -> (b, 1500, d)
-            let xs = Tensor::stack(&mels, 0)?.to_device(&self.device)?;
+            let xs = mels.narrow(0, start, chunk.len())?.to_device(&self.device)?;
             // AudioEncoder::forward takes &mut self only for the decoder's KV cache, which the
             // encoder never fills; a clone shares the weights (Arc) and keeps `encode` &self.
             let ys = self.encoder.clone().forward(&xs, true)?;
-            for (b, &(ci, s, e)) in chunk.iter().enumerate() {
-                let keep = kept_frames(e - s);
+            for (b, &(ci, keep)) in chunk.iter().enumerate() {
                 let y = ys.i(b)?.narrow(0, 0, keep)?.to_device(&Device::Cpu)?;
                 per_clip[ci].push(y.to_dtype(DType::F32)?);
             }

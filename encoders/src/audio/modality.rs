@@ -1,0 +1,62 @@
+//! Audio as a [`Modality`]: files decode to 16 kHz mono samples; Whisper's encoder turns
+//! their 30 s log-mel windows into frames.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::{load_audio_16k, whisper::resolve_encoder_ref_in, WhisperEncoder};
+use crate::modality::{Batch, Encoder, EncoderContext, Modality};
+use crate::{Error, Result};
+
+/// The built-in audio modality (`<audio>`, manifest key `audio`).
+#[derive(Debug, Clone, Default)]
+pub struct AudioModality;
+
+impl Modality for AudioModality {
+    /// 16 kHz mono samples.
+    type Item = Vec<f32>;
+
+    fn name(&self) -> &str {
+        "audio"
+    }
+
+    fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        load_audio_16k(path)
+    }
+
+    fn build_encoder(
+        &self,
+        reference: &str,
+        ctx: &EncoderContext,
+    ) -> Result<Box<dyn Encoder<Vec<f32>>>> {
+        let path = resolve_encoder_ref_in(reference, &ctx.cache_dir)?;
+        Ok(Box::new(WhisperEncoder::load(&path, &ctx.device)?))
+    }
+}
+
+impl Encoder<Vec<f32>> for WhisperEncoder {
+    fn id(&self) -> &str {
+        WhisperEncoder::id(self)
+    }
+
+    fn hidden_size(&self) -> usize {
+        WhisperEncoder::hidden_size(self)
+    }
+
+    /// `(w, n_mels, 3000)`: every clip's 30 s windows, clip after clip; lengths in samples.
+    fn preprocess(&self, items: &[Vec<f32>]) -> Result<Batch> {
+        let clips: Vec<&[f32]> = items.iter().map(|v| v.as_slice()).collect();
+        Ok(Batch {
+            input: self.log_mel_windows(&clips)?,
+            lengths: items.iter().map(|v| v.len()).collect(),
+        })
+    }
+
+    fn encode(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+        if batch.lengths.is_empty() {
+            return Err(Error::InvalidArgument("empty audio batch".into()));
+        }
+        self.encode_windows(&batch.input, &batch.lengths)
+    }
+}
