@@ -56,7 +56,9 @@ impl Modality for EmbeddingModality {
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         let opts: EmbeddingOptions = ctx.parse_options("embedding")?;
         if opts.dim == 0 {
-            return Err(Error::InvalidArgument("[encoder.options] dim must be >= 1".into()));
+            return Err(Error::InvalidArgument(
+                "[encoder.options] dim must be >= 1".into(),
+            ));
         }
         Ok(Self {
             dim: opts.dim,
@@ -75,7 +77,9 @@ impl Modality for EmbeddingModality {
             .unwrap_or("")
             .to_ascii_lowercase();
         let t = match ext.as_str() {
-            "npy" => Tensor::read_npy(path).map_err(|e| bad(format!("not a readable .npy: {e}")))?,
+            "npy" => {
+                Tensor::read_npy(path).map_err(|e| bad(format!("not a readable .npy: {e}")))?
+            }
             "safetensors" => {
                 let mut all = candle_core::safetensors::load(path, &Device::Cpu)
                     .map_err(|e| bad(format!("not a readable .safetensors: {e}")))?;
@@ -83,7 +87,9 @@ impl Modality for EmbeddingModality {
                     Some(name) => all
                         .remove(name)
                         .ok_or_else(|| bad(format!("holds no tensor '{name}'")))?,
-                    None if all.len() == 1 => all.into_values().next().unwrap_or_else(|| unreachable!()),
+                    None if all.len() == 1 => {
+                        all.into_values().next().unwrap_or_else(|| unreachable!())
+                    }
                     None => {
                         return Err(bad(format!(
                             "holds {} tensors; name one with [encoder.options] tensor = \"...\"",
@@ -123,7 +129,11 @@ impl Modality for EmbeddingModality {
         Ok(t)
     }
 
-    fn build_encoder(&self, reference: &str, _ctx: &EncoderContext) -> Result<Box<dyn Encoder<Tensor>>> {
+    fn build_encoder(
+        &self,
+        reference: &str,
+        _ctx: &EncoderContext,
+    ) -> Result<Box<dyn Encoder<Tensor>>> {
         if reference != "precomputed" {
             return Err(Error::InvalidArgument(format!(
                 "modality 'embedding' has one encoder, 'precomputed' (got '{reference}')"

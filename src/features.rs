@@ -58,7 +58,12 @@ impl FeatureSource {
     /// One result per path; misses are encoded together (one batched encoder call) and stored.
     pub fn get(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
         let Some(cache) = &self.cache else {
-            return self.encoder.encode_files(paths).into_iter().map(|r| r.map_err(anyhow::Error::from)).collect();
+            return self
+                .encoder
+                .encode_files(paths)
+                .into_iter()
+                .map(|r| r.map_err(anyhow::Error::from))
+                .collect();
         };
         let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(paths.len());
         let mut miss_idx = Vec::new();

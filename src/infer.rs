@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use anymal_encoders::ModalityRegistry;
 use anymal_adapters::Projector;
+use anymal_encoders::ModalityRegistry;
 use anymal_llm::{generate, GenerationStats, LoadedModel, Sampler};
 use candle_core::{Device, Tensor};
 

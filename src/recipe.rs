@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use anymal_adapters::imu_encoder::ImuEncoderConfig;
 use anymal_adapters::PerceiverConfig;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +79,15 @@ pub struct ProjectorSection {
     pub stride: usize,
     #[serde(default)]
     pub perceiver: Option<PerceiverConfig>,
+    /// A trainable IMU encoder (1-D convolutions + transformer) in front of the projection,
+    /// trained with it; its `channels` are the features' width.
+    #[serde(default)]
+    pub imu_encoder: Option<ImuEncoderConfig>,
+    /// Start from these weights (a `projector.safetensors` of an earlier run, or any
+    /// safetensors with the same parameter names, e.g. a pretrained `imu_encoder.*`): every
+    /// parameter found there is loaded, the rest keep their fresh initialization.
+    #[serde(default)]
+    pub init_from: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,7 +227,9 @@ impl AlignRecipe {
     pub fn check_prompt(&self, placeholder: &str) -> Result<()> {
         let n = self.data.prompt.matches(placeholder).count();
         if n != 1 {
-            bail!("data.prompt must contain the placeholder {placeholder} exactly once (found {n})");
+            bail!(
+                "data.prompt must contain the placeholder {placeholder} exactly once (found {n})"
+            );
         }
         Ok(())
     }

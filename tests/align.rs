@@ -269,7 +269,7 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
     let extra: Vec<String> = [
         "bad_truncated.flac",
         "bad_wrong_header.wav",
-        "tone440.opus",
+        "bad_not_audio.wav",
         "bad_zero_length.wav",
     ]
     .iter()
@@ -292,7 +292,7 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("train.jsonl:7:") && stderr.contains("tone440.opus"),
+        stderr.contains("train.jsonl:7:") && stderr.contains("bad_not_audio.wav"),
         "{stderr}"
     );
 

@@ -126,13 +126,26 @@ fn a_modality_added_outside_the_crates_aligns_evaluates_and_generates() {
     // The stock binary does not know the modality and says which ones it knows.
     let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_anymal"))
         .current_dir(&dir)
-        .args(["align", "--modality", "embedding", "--recipe", "recipe.toml"]));
+        .args([
+            "align",
+            "--modality",
+            "embedding",
+            "--recipe",
+            "recipe.toml",
+        ]));
     assert_ne!(code, 0);
-    assert!(err.contains("unknown modality 'embedding'") && err.contains("audio"), "{err}");
+    assert!(
+        err.contains("unknown modality 'embedding'") && err.contains("audio"),
+        "{err}"
+    );
 
-    let (code, out, err) = run(Command::new(example_bin())
-        .current_dir(&dir)
-        .args(["align", "--modality", "embedding", "--recipe", "recipe.toml"]));
+    let (code, out, err) = run(Command::new(example_bin()).current_dir(&dir).args([
+        "align",
+        "--modality",
+        "embedding",
+        "--recipe",
+        "recipe.toml",
+    ]));
     assert_eq!(code, 0, "align failed:\n{err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["steps"], 3, "{out}");
@@ -164,8 +177,7 @@ fn a_modality_added_outside_the_crates_aligns_evaluates_and_generates() {
         "8",
     ]));
     assert_eq!(code, 0, "eval failed:\n{err}");
-    let report: serde_json::Value =
-        serde_json::from_str(out.split("\n|").next().unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(out.split("\n|").next().unwrap()).unwrap();
     assert_eq!(report["items"], 4, "{out}");
     let acc = report["attributes"]["label"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc), "{out}");

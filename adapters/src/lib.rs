@@ -8,6 +8,7 @@
 //! ```
 
 mod error;
+pub mod imu_encoder;
 pub mod layer_norm;
 pub mod params;
 pub mod perceiver;

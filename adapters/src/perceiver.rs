@@ -23,6 +23,11 @@ pub struct PerceiverConfig {
     pub ff_mult: usize,
     #[serde(default)]
     pub dim: Option<usize>,
+    /// Learned position embeddings for up to this many input frames (Flamingo's time
+    /// embeddings): without them cross-attention ignores order, so a video's frames could be
+    /// shuffled without changing the output -- and "moving left" would look like "moving right".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<usize>,
 }
 
 fn default_depth() -> usize {
@@ -46,6 +51,7 @@ impl Default for PerceiverConfig {
             head_dim: default_head_dim(),
             ff_mult: default_ff_mult(),
             dim: None,
+            positions: None,
         }
     }
 }
@@ -130,6 +136,8 @@ impl FeedForward {
 #[derive(Debug, Clone)]
 pub struct PerceiverResampler {
     proj_in: Linear,
+    /// `(positions, dim)` added to the projected frames, when configured.
+    positions: Option<Tensor>,
     latents: Tensor,
     layers: Vec<(CrossAttention, FeedForward)>,
     norm_out: LayerNorm,
@@ -154,6 +162,22 @@ impl PerceiverResampler {
                 stdev: 0.02,
             },
         )?;
+        let positions = match cfg.positions {
+            Some(0) => {
+                return Err(crate::Error::Msg(
+                    "perceiver.positions must be >= 1 when set".into(),
+                ))
+            }
+            Some(p) => Some(vb.get_with_hints(
+                (p, dim),
+                "positions",
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )?),
+            None => None,
+        };
         let mut layers = Vec::with_capacity(cfg.depth);
         for i in 0..cfg.depth {
             let vb = vb.pp(format!("layers.{i}"));
@@ -164,6 +188,7 @@ impl PerceiverResampler {
         }
         Ok(Self {
             proj_in,
+            positions,
             latents,
             layers,
             norm_out: LayerNorm::new(dim, 1e-5, vb.pp("norm_out"))?,
@@ -175,7 +200,16 @@ impl PerceiverResampler {
     pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
         let (k, dim) = self.latents.dims2()?;
-        let media = self.proj_in.forward(xs)?;
+        let mut media = self.proj_in.forward(xs)?;
+        if let Some(pos) = &self.positions {
+            let max = pos.dim(0)?;
+            if n > max {
+                return Err(crate::Error::Msg(format!(
+                    "{n} input frames but the perceiver has positions for {max} (perceiver.positions)"
+                )));
+            }
+            media = media.broadcast_add(&pos.narrow(0, 0, n)?.unsqueeze(0)?)?;
+        }
         let mut bias = vec![0f32; b * (n + k)];
         for (i, &len) in lengths.iter().enumerate() {
             for f in len.max(1).min(n)..n {

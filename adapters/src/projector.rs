@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::imu_encoder::{ImuEncoder, ImuEncoderConfig};
 use crate::params::ParamStore;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
 use crate::pool::Reduce;
@@ -59,6 +60,10 @@ pub struct ProjectorConfig {
     pub reduce: Reduce,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perceiver: Option<PerceiverConfig>,
+    /// A trainable encoder in front of the projection, trained with it: for IMU signals, whose
+    /// pretrained encoders (IMU2CLIP) do not ship here. Its input width is `d_enc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imu_encoder: Option<ImuEncoderConfig>,
     /// Modality name, e.g. `audio`; its placeholder is `<audio>`.
     #[serde(default)]
     pub modality: String,
@@ -100,6 +105,7 @@ enum Body {
 #[derive(Debug, Clone)]
 pub struct Projector {
     pub cfg: ProjectorConfig,
+    front: Option<ImuEncoder>,
     body: Body,
 }
 
@@ -115,7 +121,19 @@ impl Projector {
         if let Reduce::Concat { stride: 0 } = cfg.reduce {
             return Err(Error::Msg("projector reduce stride must be >= 1".into()));
         }
-        let d_in = cfg.reduce.out_dim(cfg.d_enc);
+        let (front, d_feat) = match &cfg.imu_encoder {
+            Some(ic) => {
+                if ic.channels != cfg.d_enc {
+                    return Err(Error::Msg(format!(
+                        "imu_encoder.channels is {}, the features have width {}",
+                        ic.channels, cfg.d_enc
+                    )));
+                }
+                (Some(ImuEncoder::new(ic, vb.pp("imu_encoder"))?), ic.d_model)
+            }
+            None => (None, cfg.d_enc),
+        };
+        let d_in = cfg.reduce.out_dim(d_feat);
         let body = match cfg.kind {
             ProjectorKind::Linear => {
                 Body::Linear(candle_nn::linear(d_in, cfg.d_llm, vb.pp("linear"))?)
@@ -126,7 +144,7 @@ impl Projector {
             ),
             ProjectorKind::Perceiver => Body::Perceiver(Box::new(PerceiverResampler::new(
                 &cfg.perceiver.clone().unwrap_or_default(),
-                cfg.d_enc,
+                d_feat,
                 cfg.d_llm,
                 cfg.num_tokens,
                 vb.pp("perceiver"),
@@ -134,6 +152,7 @@ impl Projector {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            front,
             body,
         })
     }
@@ -154,6 +173,14 @@ impl Projector {
             )));
         }
         let k = self.cfg.num_tokens;
+        let encoded;
+        let (xs, lengths) = match &self.front {
+            Some(f) => {
+                encoded = f.forward(xs, lengths)?;
+                (&encoded.0, encoded.1.as_slice())
+            }
+            None => (xs, lengths),
+        };
         match &self.body {
             Body::Linear(l) => Ok(l.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?),
             Body::Mlp(a, c) => {

@@ -31,6 +31,33 @@ pub enum Error {
     /// A caller passed arguments that cannot work (zero sample rate, unknown mel count...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A cell of a tabular sensor file (IMU CSV, sktime `.ts`) that cannot be used: not a
+    /// number, NaN/infinite, a time that does not increase. `line` is the 1-based line in the
+    /// file, `column` names the field (number and, when known, its header name).
+    #[error("{path}: line {line}, column {column}: {what}")]
+    BadCell {
+        path: PathBuf,
+        line: usize,
+        column: String,
+        what: String,
+    },
+    /// A tabular sensor file whose content as a whole is unusable: no rows, too few rows,
+    /// rows of different widths, the wrong number of channels.
+    #[error("{path}: {what}")]
+    BadData { path: PathBuf, what: String },
+    /// Bytes FFmpeg recognises as no container at all (an empty file, random bytes, text).
+    #[error("{path}: not a media file: {what}")]
+    NotMedia { path: PathBuf, what: String },
+    /// A media file (audio only, say) without a video stream; cover art does not count.
+    #[error("{path}: has no video stream")]
+    NoVideoStream { path: PathBuf },
+    /// A video stream that decodes to no frame at all.
+    #[error("{path}: the video stream holds no decodable frame")]
+    NoVideoFrames { path: PathBuf },
+    /// Bytes that are no image format the decoder handles (by content, not extension), or an
+    /// image feature it does not support.
+    #[error("{path}: unsupported image: {what}")]
+    UnsupportedImage { path: PathBuf, what: String },
     /// An error from candle while building or running a model.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

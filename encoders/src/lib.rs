@@ -20,8 +20,12 @@
 
 pub mod audio;
 pub mod error;
+pub mod image;
+pub mod imu;
 pub mod modality;
 pub mod registry;
+#[cfg(feature = "video")]
+pub mod video;
 
 pub use error::{Error, Result};
 pub use modality::{AnyModality, Batch, Encoder, EncoderContext, FileEncoder, Modality};

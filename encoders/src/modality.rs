@@ -47,8 +47,17 @@ impl EncoderContext {
             serde_json::Value::Null => serde_json::Value::Object(Default::default()),
             v => v.clone(),
         };
-        serde_json::from_value(v).map_err(|e| {
-            Error::InvalidArgument(format!("[encoder.options] for modality '{modality}': {e}"))
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(" {path}:")
+            };
+            Error::InvalidArgument(format!(
+                "[encoder.options] for modality '{modality}':{at} {}",
+                e.inner()
+            ))
         })
     }
 }
@@ -126,8 +135,7 @@ pub trait AnyModality: Send + Sync {
     fn name(&self) -> &str;
     fn placeholder(&self) -> String;
     /// The frozen encoder behind a files-in, features-out interface.
-    fn file_encoder(&self, reference: &str, ctx: &EncoderContext)
-        -> Result<Box<dyn FileEncoder>>;
+    fn file_encoder(&self, reference: &str, ctx: &EncoderContext) -> Result<Box<dyn FileEncoder>>;
 }
 
 /// Files in, one `(n_i, d)` result per file out: a bad file is an error for that file only.
@@ -146,11 +154,7 @@ impl<M: Modality> AnyModality for M {
         Modality::placeholder(self)
     }
 
-    fn file_encoder(
-        &self,
-        reference: &str,
-        ctx: &EncoderContext,
-    ) -> Result<Box<dyn FileEncoder>> {
+    fn file_encoder(&self, reference: &str, ctx: &EncoderContext) -> Result<Box<dyn FileEncoder>> {
         let modality = self.configure(ctx)?;
         let encoder = modality.build_encoder(reference, ctx)?;
         Ok(Box::new(ModalityFileEncoder { modality, encoder }))
@@ -222,13 +226,19 @@ impl<M: Modality> FileEncoder for ModalityFileEncoder<M> {
                                 Error::InvalidArgument("encoder returned no output".into())
                             })
                         })
-                        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", paths[i].display())));
+                        .map_err(|e| {
+                            Error::InvalidArgument(format!("{}: {e}", paths[i].display()))
+                        });
                     out[i] = Some(r);
                 }
             }
         }
         out.into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(Error::InvalidArgument("internal: item not encoded".into()))))
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(Error::InvalidArgument("internal: item not encoded".into()))
+                })
+            })
             .collect()
     }
 }

@@ -23,6 +23,10 @@ impl ModalityRegistry {
         let mut r = Self::empty();
         let builtins: Vec<Arc<dyn AnyModality>> = vec![
             Arc::new(crate::audio::AudioModality),
+            Arc::new(crate::image::ImageModality::default()),
+            #[cfg(feature = "video")]
+            Arc::new(crate::video::VideoModality::default()),
+            Arc::new(crate::imu::ImuModality::default()),
         ];
         for m in builtins {
             r.modalities.push(m);
@@ -68,6 +72,9 @@ impl ModalityRegistry {
 
     /// Names in registration order.
     pub fn names(&self) -> Vec<String> {
-        self.modalities.iter().map(|m| m.name().to_string()).collect()
+        self.modalities
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect()
     }
 }

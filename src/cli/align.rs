@@ -41,10 +41,13 @@ pub fn run(a: AlignArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
             a.modality
         );
     }
-    let summary = run_align(&recipe, &AlignOptions {
+    let summary = run_align(
+        &recipe,
+        &AlignOptions {
             resume: a.resume,
             registry: registry.clone(),
-        })?;
+        },
+    )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

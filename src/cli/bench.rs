@@ -157,6 +157,7 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         num_tokens: k,
         reduce: Reduce::Pool,
         perceiver: None,
+        imu_encoder: None,
         modality: "audio".into(),
         encoder: String::new(),
         encoder_id: String::new(),

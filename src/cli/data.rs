@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::data::{digits, speech};
+use crate::data::{basic_motions, digits, speech, video_shapes};
 use crate::recipe::expand_path;
 
 #[derive(clap::Args)]
@@ -35,6 +35,31 @@ pub enum DataCommand {
         #[arg(long, default_value = "{cache}/data/digits")]
         out: String,
     },
+    /// BasicMotions smartwatch recordings (accelerometer + gyroscope, 10 Hz; 40 train, 40
+    /// test) -> one CSV per recording + captions ("The person is running."); their own
+    /// TRAIN/TEST split, 8 of TRAIN held out for validation.
+    BasicMotions {
+        /// Where `scripts/fetch-assets.sh basic-motions` put BasicMotions_{TRAIN,TEST}.ts.
+        #[arg(long, default_value = "{cache}/data/basic-motions")]
+        root: String,
+        /// Folder for recordings/ and train.jsonl, valid.jsonl, test.jsonl.
+        #[arg(long, default_value = "{cache}/data/imu")]
+        out: String,
+    },
+    /// Generate short clips with FFmpeg's lavfi sources -- a coloured square moving left,
+    /// right, up or down -- with captions naming colour and motion ("A red square moves to
+    /// the left."); fixed split. Needs the `ffmpeg` tool (scripts/fetch-assets.sh system).
+    VideoShapes {
+        /// Folder for clips/ and train.jsonl, valid.jsonl, test.jsonl.
+        #[arg(long, default_value = "{cache}/data/video-shapes")]
+        out: String,
+        #[arg(long, default_value_t = 400)]
+        train: usize,
+        #[arg(long, default_value_t = 50)]
+        valid: usize,
+        #[arg(long, default_value_t = 100)]
+        test: usize,
+    },
 }
 
 pub fn run(a: DataArgs) -> Result<()> {
@@ -52,6 +77,41 @@ pub fn run(a: DataArgs) -> Result<()> {
                 r.train,
                 r.valid,
                 r.test
+            );
+        }
+        DataCommand::BasicMotions { root, out } => {
+            let out: PathBuf = expand_path(&out);
+            let r = basic_motions::build(&expand_path(&root), &out)?;
+            println!(
+                "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} recordings",
+                out.display(),
+                r.train,
+                r.valid,
+                r.test
+            );
+        }
+        DataCommand::VideoShapes {
+            out,
+            train,
+            valid,
+            test,
+        } => {
+            let out: PathBuf = expand_path(&out);
+            let opts = video_shapes::VideoShapesOptions {
+                train,
+                valid,
+                test,
+                ..Default::default()
+            };
+            let r = video_shapes::build(&out, &opts)?;
+            println!(
+                "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} clips ({} generated, {} reused)",
+                out.display(),
+                r.train,
+                r.valid,
+                r.test,
+                r.generated,
+                r.reused
             );
         }
         DataCommand::Digits { csv, out } => {

@@ -39,7 +39,14 @@ pub fn run(a: EvalArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "manifest".into());
     let preds = a.run.join(format!("predictions-{stem}.jsonl"));
-    let report = evaluate(&m, &a.manifest, a.max_tokens, a.limit, &a.attributes, &preds)?;
+    let report = evaluate(
+        &m,
+        &a.manifest,
+        a.max_tokens,
+        a.limit,
+        &a.attributes,
+        &preds,
+    )?;
     let json = serde_json::to_string_pretty(&report)?;
     anymal_adapters::projector::write_atomic(
         &a.run.join(format!("eval-{stem}.json")),

@@ -122,7 +122,8 @@ fn run_with_projector(
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let dir = a.projector.clone().unwrap_or_default();
-    let m = crate::infer::AlignedModel::load(registry, &dir, a.llm.as_deref(), a.requant.as_deref())?;
+    let m =
+        crate::infer::AlignedModel::load(registry, &dir, a.llm.as_deref(), a.requant.as_deref())?;
     eprintln!(
         "loaded {} + {} projector from {} in {:.2}s",
         m.model.path.display(),

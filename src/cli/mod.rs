@@ -12,7 +12,6 @@ use anymal_encoders::ModalityRegistry;
 use anymal_llm::LoadOptions;
 use clap::{Parser, Subcommand};
 
-
 #[derive(Parser)]
 #[command(
     name = "anymal",
@@ -65,7 +64,6 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
         }
     }
 }
-
 
 use anymal_quant::QuantType;
 

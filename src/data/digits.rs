@@ -117,7 +117,8 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
         let tmp = path.with_extension("png.tmp");
         img.save_with_format(&tmp, image::ImageFormat::Png)
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         let split = split_of(d.index);
         let line = serde_json::json!({
             "image": rel.to_string_lossy(),

@@ -1,5 +1,7 @@
 //! Training data: manifests and builders for the corpora the project ships with.
 
+pub mod basic_motions;
+pub mod digits;
 pub mod manifest;
 pub mod speech;
-pub mod digits;
+pub mod video_shapes;

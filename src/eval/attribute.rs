@@ -42,7 +42,11 @@ mod tests {
     fn first_named_class_counts() {
         let cs = classes(["seven", "one", "Running", "walking"]);
         assert!(is_right("A handwritten digit seven.", "seven", &cs));
-        assert!(!is_right("A handwritten digit one, or seven.", "seven", &cs));
+        assert!(!is_right(
+            "A handwritten digit one, or seven.",
+            "seven",
+            &cs
+        ));
         assert!(!is_right("sevens everywhere", "seven", &cs));
         assert!(is_right("The person is running.", "running", &cs));
         assert!(!is_right("Nothing at all.", "running", &cs));
@@ -51,6 +55,9 @@ mod tests {
     #[test]
     fn longer_class_wins_a_tie() {
         let cs = classes(["badminton", "playing badminton"]);
-        assert_eq!(named_class("playing badminton now", &cs), Some("playing badminton"));
+        assert_eq!(
+            named_class("playing badminton now", &cs),
+            Some("playing badminton")
+        );
     }
 }

@@ -30,7 +30,11 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn markdown(&self) -> String {
-        let names: String = self.attributes.keys().map(|k| format!(" {k} acc. |")).collect();
+        let names: String = self
+            .attributes
+            .keys()
+            .map(|k| format!(" {k} acc. |"))
+            .collect();
         let rules: String = self.attributes.keys().map(|_| "---|").collect();
         let accs: String = self
             .attributes
@@ -68,7 +72,10 @@ pub fn evaluate(
     // Score the named fields, or `label` when every item has one and none were named.
     let attributes: Vec<String> = if attributes.is_empty() {
         let all_labelled = !manifest.items.is_empty()
-            && manifest.items.iter().all(|it| it.fields.contains_key("label"));
+            && manifest
+                .items
+                .iter()
+                .all(|it| it.fields.contains_key("label"));
         if all_labelled {
             vec!["label".to_string()]
         } else {

@@ -167,6 +167,14 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         eprintln!("resuming from {} (step {step})", dir.display());
     } else {
         match_embedding_scale(&model, &projector, &store, &source, &train)?;
+        if !recipe.projector.init_from.is_empty() {
+            let n = init_from(&store, &expand_path(&recipe.projector.init_from))
+                .context("projector.init_from")?;
+            eprintln!(
+                "projector: {n} parameters from {}",
+                recipe.projector.init_from
+            );
+        }
     }
     eprintln!(
         "projector {:?} {} -> {} x {} tokens: {} parameters",
@@ -365,6 +373,10 @@ pub fn projector_config(
         num_tokens: p.num_tokens,
         reduce,
         perceiver: p.perceiver.clone(),
+        imu_encoder: p.imu_encoder.clone().map(|mut c| {
+            c.channels = d_enc;
+            c
+        }),
         modality: recipe.modality.clone(),
         encoder: recipe.encoder.model.clone(),
         encoder_options: recipe.encoder.options_json()?,
@@ -373,6 +385,30 @@ pub fn projector_config(
         prompt: recipe.data.prompt.clone(),
         chat_template: recipe.data.chat_template,
     })
+}
+
+/// Overwrite the parameters that `path` also holds (same names; shapes must match). Returns
+/// how many were loaded; none is an error (the file is surely not what was meant).
+fn init_from(store: &anymal_adapters::ParamStore, path: &Path) -> Result<usize> {
+    let loaded = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
+    let names: std::collections::HashSet<String> =
+        store.vars().into_iter().map(|(n, _)| n).collect();
+    let picked: std::collections::BTreeMap<String, Tensor> = loaded
+        .into_iter()
+        .filter(|(n, _)| names.contains(n))
+        .collect();
+    if picked.is_empty() {
+        bail!(
+            "{}: holds none of the projector's parameters",
+            path.display()
+        );
+    }
+    let n = picked.len();
+    store
+        .set_tensors(picked)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(n)
 }
 
 /// Answer tokens for `text`, cut to `max_tokens`. Without a chat template the answer follows

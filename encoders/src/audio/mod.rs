@@ -12,8 +12,8 @@ pub mod whisper;
 use std::path::Path;
 
 pub use decode::{decode_file, DecodedAudio};
-pub use modality::AudioModality;
 pub use mel::{log_mel_spectrogram, mel_filters, N_FRAMES, N_SAMPLES};
+pub use modality::AudioModality;
 pub use resample::resample;
 pub use whisper::{resolve_encoder_ref, WhisperEncoder};
 

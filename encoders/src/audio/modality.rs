@@ -21,8 +21,14 @@ impl Modality for AudioModality {
         "audio"
     }
 
+    /// symphonia first; with the `video` feature, a codec or layout it lacks (5.1 AAC, Opus, a
+    /// film's soundtrack) is decoded by FFmpeg instead.
     fn load(&self, path: &Path) -> Result<Vec<f32>> {
-        load_audio_16k(path)
+        match load_audio_16k(path) {
+            #[cfg(feature = "video")]
+            Err(Error::UnsupportedCodec { .. }) => crate::video::decode_audio_16k_mono(path),
+            other => other,
+        }
     }
 
     fn build_encoder(

@@ -226,7 +226,11 @@ impl WhisperEncoder {
         let jobs: Vec<(usize, usize)> = lengths
             .iter()
             .enumerate()
-            .flat_map(|(ci, &n)| windows(n).into_iter().map(move |(s, e)| (ci, kept_frames(e - s))))
+            .flat_map(|(ci, &n)| {
+                windows(n)
+                    .into_iter()
+                    .map(move |(s, e)| (ci, kept_frames(e - s)))
+            })
             .collect();
         if jobs.len() != mels.dim(0)? {
             return Err(Error::InvalidArgument(format!(
@@ -239,7 +243,9 @@ impl WhisperEncoder {
         for (ci0, chunk) in jobs.chunks(MAX_WINDOWS_PER_FORWARD).enumerate() {
             let start = ci0 * MAX_WINDOWS_PER_FORWARD;
             // (b, n_mels, 3000) -> (b, 1500, d)
-            let xs = mels.narrow(0, start, chunk.len())?.to_device(&self.device)?;
+            let xs = mels
+                .narrow(0, start, chunk.len())?
+                .to_device(&self.device)?;
             // AudioEncoder::forward takes &mut self only for the decoder's KV cache, which the
             // encoder never fills; a clone shares the weights (Arc) and keeps `encode` &self.
             let ys = self.encoder.clone().forward(&xs, true)?;

@@ -1,0 +1,111 @@
+//! IMU as a [`Modality`]: a recording (CSV or single-recording `.ts`) is resampled, windowed
+//! and normalized per [`ImuPreprocessConfig`] (the recipe's `[encoder.options]`). The frozen
+//! "encoder" is the identity (`raw`): no pretrained IMU encoder ships here, so the learned
+//! one sits in the projector (`[projector.imu_encoder]`) and trains with it.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use sha2::{Digest, Sha256};
+
+use super::{load_imu_with_length, ImuPreprocessConfig};
+use crate::modality::{Batch, Encoder, EncoderContext, Modality};
+use crate::{Error, Result};
+
+/// The built-in IMU modality (`<imu>`, manifest key `imu`).
+#[derive(Debug, Clone, Default)]
+pub struct ImuModality {
+    cfg: ImuPreprocessConfig,
+}
+
+/// A preprocessed window `(window, channels)` row-major and how many of its rows are real.
+#[derive(Debug, Clone)]
+pub struct ImuWindow {
+    pub data: Vec<f32>,
+    pub valid: usize,
+}
+
+impl Modality for ImuModality {
+    type Item = ImuWindow;
+
+    fn name(&self) -> &str {
+        "imu"
+    }
+
+    fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
+        Ok(Self {
+            cfg: ctx.parse_options("imu")?,
+        })
+    }
+
+    fn load(&self, path: &Path) -> Result<ImuWindow> {
+        let (data, valid) = load_imu_with_length(path, &self.cfg)?;
+        Ok(ImuWindow { data, valid })
+    }
+
+    fn build_encoder(
+        &self,
+        reference: &str,
+        _ctx: &EncoderContext,
+    ) -> Result<Box<dyn Encoder<ImuWindow>>> {
+        if reference != "raw" {
+            return Err(Error::InvalidArgument(format!(
+                "IMU encoder '{reference}': the only frozen IMU encoder is 'raw' (the preprocessed \
+                 signal); put a trainable one in the projector with [projector.imu_encoder]"
+            )));
+        }
+        // The features depend on every preprocessing setting, so all of them go into the id.
+        let json = serde_json::to_string(&self.cfg)
+            .map_err(|e| Error::InvalidArgument(format!("IMU options: {e}")))?;
+        let hash = Sha256::digest(json.as_bytes());
+        let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Box::new(RawImu {
+            id: format!("imu-raw-{}x{}-{hex}", self.cfg.window, self.cfg.channels),
+            cfg: self.cfg.clone(),
+        }))
+    }
+}
+
+/// The identity over preprocessed windows.
+struct RawImu {
+    id: String,
+    cfg: ImuPreprocessConfig,
+}
+
+impl Encoder<ImuWindow> for RawImu {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.cfg.channels
+    }
+
+    /// `(b, window, channels)`; lengths are the real rows.
+    fn preprocess(&self, items: &[ImuWindow]) -> Result<Batch> {
+        let (w, c) = (self.cfg.window, self.cfg.channels);
+        let mut data = Vec::with_capacity(items.len() * w * c);
+        for it in items {
+            if it.data.len() != w * c {
+                return Err(Error::InvalidArgument(format!(
+                    "IMU window holds {} values, expected {w} x {c}",
+                    it.data.len()
+                )));
+            }
+            data.extend_from_slice(&it.data);
+        }
+        Ok(Batch {
+            input: Tensor::from_vec(data, (items.len(), w, c), &candle_core::Device::Cpu)?,
+            lengths: items.iter().map(|it| it.valid.clamp(1, w)).collect(),
+        })
+    }
+
+    fn encode(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+        batch
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Ok(batch.input.get(i)?.narrow(0, 0, n)?))
+            .collect()
+    }
+}
