@@ -188,12 +188,7 @@ impl Encoder<Tensor> for Precomputed {
     }
 
     fn encode(&self, batch: &Batch) -> Result<Vec<Tensor>> {
-        batch
-            .lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Ok(batch.input.get(i)?.narrow(0, 0, n)?))
-            .collect()
+        batch.unpadded_items()
     }
 }
 

@@ -70,6 +70,18 @@ pub struct Batch {
     pub lengths: Vec<usize>,
 }
 
+impl Batch {
+    /// For a padded `(b, n_max, ...)` input: item `i`'s first `lengths[i]` rows, the padding
+    /// dropped (an identity encoder's `encode`).
+    pub fn unpadded_items(&self) -> Result<Vec<Tensor>> {
+        self.lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Ok(self.input.get(i)?.narrow(0, 0, n)?))
+            .collect()
+    }
+}
+
 /// One kind of input (audio, image, video, IMU, or your own). `Clone` because a configured
 /// copy travels with its encoder (modalities are small option structs).
 pub trait Modality: Clone + Send + Sync + 'static {

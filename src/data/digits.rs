@@ -103,7 +103,7 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
     std::fs::create_dir_all(&img_dir)
         .with_context(|| format!("{}: cannot create", img_dir.display()))?;
     let mut res = DigitsSplits::default();
-    let mut files: std::collections::BTreeMap<&str, String> = Default::default();
+    let mut files = super::manifest::SplitManifests::default();
     for d in &digits {
         let rel = PathBuf::from("images").join(format!("{:04}.png", d.index));
         let path = out.join(&rel);
@@ -125,19 +125,13 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
             "text": caption(d.label),
             "label": DIGIT_WORDS[d.label as usize],
         });
-        let f = files.entry(split).or_default();
-        f.push_str(&line.to_string());
-        f.push('\n');
+        files.push(split, &line);
         match split {
             "train" => res.train += 1,
             "valid" => res.valid += 1,
             _ => res.test += 1,
         }
     }
-    for split in ["train", "valid", "test"] {
-        let p = out.join(format!("{split}.jsonl"));
-        let text = files.get(split).cloned().unwrap_or_default();
-        anymal_adapters::projector::write_atomic(&p, text.as_bytes())?;
-    }
+    files.write(out)?;
     Ok(res)
 }

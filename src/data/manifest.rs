@@ -96,6 +96,34 @@ impl Manifest {
     }
 }
 
+/// Lines of the `train`, `valid` and `test` manifests a corpus builder writes, kept in memory
+/// and written at the end, each file atomically (a killed build never leaves half a manifest).
+#[derive(Debug, Default)]
+pub struct SplitManifests {
+    lines: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl SplitManifests {
+    /// Append one JSON line to `split`'s manifest.
+    pub fn push(&mut self, split: &'static str, line: &serde_json::Value) {
+        let f = self.lines.entry(split).or_default();
+        f.push_str(&line.to_string());
+        f.push('\n');
+    }
+
+    /// Write `out/{train,valid,test}.jsonl` (empty ones included).
+    pub fn write(&self, out: &Path) -> Result<()> {
+        for split in ["train", "valid", "test"] {
+            let text = self.lines.get(split).map(|s| s.as_str()).unwrap_or("");
+            anymal_adapters::projector::write_atomic(
+                &out.join(format!("{split}.jsonl")),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e})"))?;

@@ -147,7 +147,7 @@ pub fn write_manifests(root: &Path, out: &Path) -> Result<SpeechSplits> {
     let (clips, skipped) = clips(root)?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let out_abs = absolute(out)?;
-    let mut files: BTreeMap<&str, String> = BTreeMap::new();
+    let mut files = super::manifest::SplitManifests::default();
     let mut res = SpeechSplits {
         skipped,
         ..Default::default()
@@ -157,20 +157,14 @@ pub fn write_manifests(root: &Path, out: &Path) -> Result<SpeechSplits> {
         let rel = relative_to(&absolute(&c.wav)?, &out_abs);
         let line =
             serde_json::json!({"audio": rel.to_string_lossy(), "text": c.text, "id": c.name});
-        let f = files.entry(split).or_default();
-        f.push_str(&line.to_string());
-        f.push('\n');
+        files.push(split, &line);
         match split {
             "train" => res.train += 1,
             "valid" => res.valid += 1,
             _ => res.test += 1,
         }
     }
-    for split in ["train", "valid", "test"] {
-        let p = out.join(format!("{split}.jsonl"));
-        let text = files.get(split).cloned().unwrap_or_default();
-        anymal_adapters::projector::write_atomic(&p, text.as_bytes())?;
-    }
+    files.write(out)?;
     Ok(res)
 }
 
