@@ -66,6 +66,12 @@ impl CustomOp1 for CheckpointedBlock {
         let y = self.run(x.as_tensor())?;
         // d/dx sum(y * g) = J^T g: the vector-Jacobian product autograd computes for us.
         let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
+        // The same pass computed the block's LoRA gradients; this op can only return the
+        // input's, so they go to the adapters' side store (see anymal_quant::Lora).
+        for lora in self.block.loras() {
+            lora.add_pending_grads(grads.get(lora.a.as_tensor()), grads.get(lora.b.as_tensor()))
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
         Ok(grads.get(x.as_tensor()).cloned())
     }
 }

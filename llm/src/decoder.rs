@@ -30,6 +30,40 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's linear layers with their HF module names (relative to the block).
+    pub fn linears(&self) -> [(&'static str, &QLinear); 7] {
+        [
+            ("self_attn.q_proj", &self.attn.q_proj),
+            ("self_attn.k_proj", &self.attn.k_proj),
+            ("self_attn.v_proj", &self.attn.v_proj),
+            ("self_attn.o_proj", &self.attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    /// Mutable access to the layer named as in [`Block::linears`].
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut QLinear> {
+        Some(match name {
+            "self_attn.q_proj" => &mut self.attn.q_proj,
+            "self_attn.k_proj" => &mut self.attn.k_proj,
+            "self_attn.v_proj" => &mut self.attn.v_proj,
+            "self_attn.o_proj" => &mut self.attn.o_proj,
+            "mlp.gate_proj" => &mut self.mlp.gate_proj,
+            "mlp.up_proj" => &mut self.mlp.up_proj,
+            "mlp.down_proj" => &mut self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    pub fn loras(&self) -> Vec<&std::sync::Arc<anymal_quant::Lora>> {
+        self.linears()
+            .into_iter()
+            .filter_map(|(_, l)| l.lora())
+            .collect()
+    }
+
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -150,14 +184,17 @@ impl Llm {
             None => mask_global.clone(),
         };
         let mut xs = inputs_embeds.to_dtype(self.dtype)?;
-        let checkpoint = self.gradient_checkpointing && cache.is_none() && xs.track_op();
+        let checkpoint = self.gradient_checkpointing && cache.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
             let (rope, mask) = if layer.sliding {
                 (&rope_local, &mask_local)
             } else {
                 (&rope_global, &mask_global)
             };
-            xs = if checkpoint {
+            // Only a graph-tracking input records the checkpointing op (and with it the
+            // block's backward): an untracked input (text-only LoRA tuning, layer 0) runs the
+            // block plainly, and its LoRA makes the output tracked for the layers after it.
+            xs = if checkpoint && xs.track_op() {
                 xs.apply_op1(CheckpointedBlock::new(
                     layer.clone(),
                     rope.clone(),
@@ -192,9 +229,7 @@ impl Llm {
             n += lin(&self.lm_head);
         }
         for l in &self.layers {
-            let a = &l.attn;
-            n += lin(&a.q_proj) + lin(&a.k_proj) + lin(&a.v_proj) + lin(&a.o_proj);
-            n += lin(&l.mlp.gate_proj) + lin(&l.mlp.up_proj) + lin(&l.mlp.down_proj);
+            n += l.linears().iter().map(|(_, q)| lin(q)).sum::<usize>();
         }
         n
     }

@@ -478,3 +478,275 @@ fn sliding_window_limits_what_a_position_sees() {
         .unwrap();
     assert!(max_abs(&(ha.narrow(1, 9, 1).unwrap() - hc.narrow(1, 9, 1).unwrap()).unwrap()) > 1e-4);
 }
+
+// ---- LoRA ----
+
+use anymal_llm::lora::{interleaved_to_hf_rows, LoraSet, LoraSpec, TargetModules};
+use anymal_quant::LoraConfig;
+
+fn lora_spec(r: usize, targets: TargetModules) -> LoraSpec {
+    LoraSpec {
+        cfg: LoraConfig {
+            r,
+            alpha: 2.0 * r as f64,
+            dropout: 0.0,
+            use_rslora: false,
+        },
+        targets,
+    }
+}
+
+/// A fresh adapter has B = 0 (and so no gradient for A); give B values so every path counts.
+/// (Adapters keep f32 parameters whatever the activation dtype.)
+fn randomize_b(set: &LoraSet, seed: u64) {
+    for (k, m) in set.modules.iter().enumerate() {
+        let (o, r) = m.lora.b.dims2().unwrap();
+        m.lora
+            .b
+            .set(&randn((o, r), 0.2, seed * 100 + k as u64))
+            .unwrap();
+    }
+}
+
+/// Gradients of `loss` for every adapter tensor, by PEFT key.
+fn lora_grads(
+    m: &Llm,
+    set: &LoraSet,
+    e0: &Tensor,
+    track_input: bool,
+) -> (f64, HashMap<String, Tensor>) {
+    let x = Var::from_tensor(e0).unwrap();
+    let input = if track_input {
+        x.as_tensor().clone()
+    } else {
+        e0.clone()
+    };
+    let h = m.forward_embeds(&input, 0, None, None).unwrap();
+    let loss = h.sqr().unwrap().mean_all().unwrap();
+    let g = loss.backward().unwrap();
+    (
+        loss.to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        set.grads(&g).unwrap(),
+    )
+}
+
+/// Adapter gradients against central finite differences on a dense f64 model.
+#[test]
+fn lora_gradient_matches_finite_differences() {
+    for arch in [Arch::Llama, Arch::Gemma3] {
+        let c = cfg(arch);
+        let mut llm = build(&c, &random_weights(&c, 4), "f32", DType::F64);
+        let set = llm
+            .attach_lora(&lora_spec(2, TargetModules::AllLinear), 7)
+            .unwrap();
+        assert_eq!(set.modules.len(), 7 * c.num_layers);
+        randomize_b(&set, 1);
+        let e0 = llm.embed_tokens(&ids(1, 5, 4)).unwrap();
+        let (_, grads) = lora_grads(&llm, &set, &e0, true);
+        assert_eq!(
+            grads.len(),
+            2 * set.modules.len(),
+            "every adapter gets a gradient"
+        );
+        for (k, m) in set.modules.iter().enumerate().step_by(5) {
+            for (which, var) in [('A', &m.lora.a), ('B', &m.lora.b)] {
+                let key = anymal_llm::lora::peft_key(&m.path, which);
+                let g = &grads[&key];
+                let w0 = var.as_tensor().copy().unwrap();
+                let v = randn(w0.dims2().unwrap(), 1.0, 50 + k as u64);
+                // The parameters are f32 (the forward runs in f64): a step well above f32's
+                // resolution, where the central difference's O(eps^2) error is still tiny.
+                let eps = 1e-4;
+                let at = |s: f64| {
+                    var.set(&(&w0 + (&v * s).unwrap()).unwrap()).unwrap();
+                    let h = llm.forward_embeds(&e0, 0, None, None).unwrap();
+                    h.sqr()
+                        .unwrap()
+                        .mean_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                var.set(&w0).unwrap();
+                let ad = (g.to_dtype(DType::F64).unwrap() * v.to_dtype(DType::F64).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                let rel = (fd - ad).abs() / ad.abs().max(1e-12);
+                assert!(
+                    rel < 1e-3,
+                    "{arch:?} {key}: autograd {ad} vs finite differences {fd}"
+                );
+            }
+        }
+    }
+}
+
+/// The 4-bit model's adapter gradients against the dense model with its dequantized weights;
+/// and the same gradients with gradient checkpointing, whose block backward runs inside a
+/// custom op (the adapters' side store must carry them out), with and without a tracked input.
+#[test]
+fn quantized_lora_gradient_matches_dense_and_checkpointing() {
+    for arch in [Arch::Llama, Arch::Gemma3] {
+        let c = cfg(arch);
+        let mut q = build(&c, &random_weights(&c, 5), "q4k", DType::F32);
+        let mut dense = q.clone();
+        let f32t = QuantType::parse("f32").unwrap();
+        for l in dense.layers.iter_mut() {
+            let b = std::sync::Arc::make_mut(l);
+            for lin in [
+                &mut b.attn.q_proj,
+                &mut b.attn.k_proj,
+                &mut b.attn.v_proj,
+                &mut b.attn.o_proj,
+                &mut b.mlp.gate_proj,
+                &mut b.mlp.up_proj,
+                &mut b.mlp.down_proj,
+            ] {
+                *lin = lin.requantize(f32t).unwrap();
+            }
+        }
+        let spec = lora_spec(
+            4,
+            TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
+        );
+        let qs = q.attach_lora(&spec, 9).unwrap();
+        randomize_b(&qs, 2);
+        let ds = dense
+            .attach_peft(&anymal_llm::PeftAdapter {
+                config: serde_json::from_value(qs.peft_config("tiny")).unwrap(),
+                tensors: qs.peft_tensors().unwrap(),
+            })
+            .unwrap();
+        let e0 = q.embed_tokens(&ids(2, 6, 5)).unwrap();
+        let (lq, gq) = lora_grads(&q, &qs, &e0, true);
+        let (ld, gd) = lora_grads(&dense, &ds, &e0, true);
+        assert!(
+            (lq - ld).abs() / ld.abs() < 0.02,
+            "{arch:?}: loss {lq} vs dense {ld}"
+        );
+        assert_eq!(gq.len(), 6 * c.num_layers);
+        for (k, g) in &gd {
+            let rel = max_abs(&(&gq[k] - g).unwrap()) / max_abs(g);
+            assert!(
+                rel < 0.05,
+                "{arch:?} {k}: 4-bit vs dense gradient differ by {rel}"
+            );
+        }
+        q.gradient_checkpointing = true;
+        for track in [true, false] {
+            let (lc, gc) = lora_grads(&q, &qs, &e0, track);
+            assert!((lc - lq).abs() < 1e-5 * lq.abs().max(1.0));
+            assert_eq!(
+                gc.len(),
+                gq.len(),
+                "{arch:?} (input tracked: {track}): gradients lost under checkpointing"
+            );
+            for (k, g) in &gq {
+                let rel = max_abs(&(&gc[k] - g).unwrap()) / max_abs(g);
+                assert!(
+                    rel < 1e-4,
+                    "{arch:?} {k} (input tracked: {track}): checkpointed gradient differs by {rel}"
+                );
+            }
+        }
+    }
+}
+
+/// A fresh adapter changes nothing; inference mode builds no graph; merging into f32 weights
+/// reproduces the adapter's outputs; PEFT files round-trip; and a GGUF-layout Llama (q/k rows
+/// permuted for interleaved RoPE) and its HF-layout twin give the same outputs with the same
+/// PEFT adapter, so the files hold HF's layout whatever the model was loaded from.
+#[test]
+fn lora_identity_merge_peft_round_trip_and_layouts() {
+    let c = cfg(Arch::Llama);
+    let w = random_weights(&c, 6);
+    let mut gguf = build(&c, &w, "f32", DType::F32);
+    let input = ids(2, 6, 6);
+    let logits = |m: &Llm| {
+        let h = m
+            .forward_embeds(&m.embed_tokens(&input).unwrap(), 0, None, None)
+            .unwrap();
+        m.logits(&h).unwrap()
+    };
+    let base = logits(&gguf);
+    let set = gguf
+        .attach_lora(&lora_spec(3, TargetModules::AllLinear), 3)
+        .unwrap();
+    assert!(
+        max_abs(&(&logits(&gguf) - &base).unwrap()) < 1e-6,
+        "a fresh adapter must be a no-op"
+    );
+    randomize_b(&set, 3);
+    set.set_training(false);
+    let adapted = logits(&gguf);
+    assert!(
+        !adapted.track_op(),
+        "inference mode must not build a graph to the adapters"
+    );
+    assert!(max_abs(&(&adapted - &base).unwrap()) > 1e-2);
+
+    // Merge into dense weights.
+    let mut merged = gguf.clone();
+    for l in merged.layers.iter_mut() {
+        let b = std::sync::Arc::make_mut(l);
+        for lin in [
+            &mut b.attn.q_proj,
+            &mut b.attn.k_proj,
+            &mut b.attn.v_proj,
+            &mut b.attn.o_proj,
+            &mut b.mlp.gate_proj,
+            &mut b.mlp.up_proj,
+            &mut b.mlp.down_proj,
+        ] {
+            *lin = lin.merge_lora(QuantType::parse("f32").unwrap()).unwrap();
+            assert!(lin.lora().is_none());
+        }
+    }
+    let rel = max_abs(&(&logits(&merged) - &adapted).unwrap()) / max_abs(&adapted);
+    assert!(
+        rel < 1e-5,
+        "merged f32 model differs from the adapter by {rel}"
+    );
+
+    // PEFT files round trip.
+    let dir = std::env::temp_dir().join(format!("anymal-lora-{}", std::process::id()));
+    set.save_peft(&dir, "tiny").unwrap();
+    let mut again = build(&c, &w, "f32", DType::F32);
+    let loaded = again.load_lora(&dir).unwrap();
+    loaded.set_training(false);
+    assert!(max_abs(&(&logits(&again) - &adapted).unwrap()) < 1e-6);
+
+    // HF-layout twin: q/k rows un-permuted, RoPE on halves.
+    let mut hc = c.clone();
+    hc.rope_interleaved = false;
+    let mut hw = w.clone();
+    for i in 0..c.num_layers {
+        for (n, h) in [("attn_q", c.num_heads), ("attn_k", c.num_kv_heads)] {
+            let k = format!("blk.{i}.{n}.weight");
+            hw.insert(k.clone(), interleaved_to_hf_rows(&w[&k], h).unwrap());
+        }
+    }
+    let mut hf = build(&hc, &hw, "f32", DType::F32);
+    let rel = max_abs(&(&logits(&hf) - &base).unwrap()) / max_abs(&base);
+    assert!(
+        rel < 1e-3,
+        "the HF-layout twin is not the same model ({rel})"
+    );
+    let on_hf = hf.load_lora(&dir).unwrap();
+    on_hf.set_training(false);
+    let rel = max_abs(&(&logits(&hf) - &adapted).unwrap()) / max_abs(&adapted);
+    assert!(
+        rel < 1e-3,
+        "the same PEFT adapter gives different outputs on the two layouts ({rel})"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

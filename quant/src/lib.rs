@@ -10,11 +10,13 @@
 
 pub mod custom_op;
 mod error;
+mod lora;
 mod nf4;
 mod qlinear;
 mod quant_type;
 
 pub use error::{Error, Result};
+pub use lora::{Lora, LoraConfig};
 pub use nf4::{Nf4Tensor, NF4_CODE};
 pub use qlinear::{QLinear, QWeight};
 pub use quant_type::QuantType;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
+use crate::lora::Lora;
 use crate::nf4::{Nf4MatMul, Nf4Tensor};
 use crate::{Error, QuantType, Result};
 
@@ -20,16 +21,18 @@ pub enum QWeight {
     Dense(Tensor),
 }
 
-/// `y = x W^T (+ b)` with W frozen and quantized.
+/// `y = x W^T (+ b)` with W frozen and quantized, plus an optional trainable LoRA update.
 ///
 /// Input `(.., in)`, output `(.., out)`. The gradient with respect to the input is exact for the
-/// stored (quantized) weights: `dx = dy @ dequant(W)`. Weights and bias never receive a gradient.
+/// stored (quantized) weights: `dx = dy @ dequant(W)`. Weights and bias never receive a gradient;
+/// a LoRA's `A` and `B` do.
 #[derive(Clone, Debug)]
 pub struct QLinear {
     weight: QWeight,
     bias: Option<Tensor>,
     out_features: usize,
     in_features: usize,
+    lora: Option<Arc<Lora>>,
 }
 
 impl QLinear {
@@ -55,6 +58,7 @@ impl QLinear {
             bias,
             out_features,
             in_features,
+            lora: None,
         })
     }
 
@@ -83,6 +87,7 @@ impl QLinear {
             bias,
             out_features,
             in_features,
+            lora: None,
         })
     }
 
@@ -96,8 +101,40 @@ impl QLinear {
         Self::quantize(&w, self.bias.clone(), ty)
     }
 
+    /// `dequant(W) + scale * B A` quantized to `ty`, without the adapter: the layer LoRA
+    /// merging produces. Without an adapter, the weight re-quantized to `ty`.
+    pub fn merge_lora(&self, ty: QuantType) -> Result<Self> {
+        let w = match &self.lora {
+            Some(l) => (self.dequantize()? + l.delta_weight()?)?,
+            None => self.dequantize()?,
+        };
+        Self::quantize(&w, self.bias.clone(), ty)
+    }
+
     pub fn weight(&self) -> &QWeight {
         &self.weight
+    }
+
+    /// The same frozen layer with `lora` beside it (None removes one). Shapes must match.
+    pub fn with_lora(&self, lora: Option<Arc<Lora>>) -> Result<Self> {
+        if let Some(l) = &lora {
+            let (r, i) = l.a.dims2()?;
+            let (o, rb) = l.b.dims2()?;
+            if i != self.in_features || o != self.out_features || r != rb {
+                return Err(Error::Msg(format!(
+                    "LoRA A ({r}, {i}) / B ({o}, {rb}) does not fit a ({}, {}) layer",
+                    self.out_features, self.in_features
+                )));
+            }
+        }
+        Ok(Self {
+            lora,
+            ..self.clone()
+        })
+    }
+
+    pub fn lora(&self) -> Option<&Arc<Lora>> {
+        self.lora.as_ref()
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -162,8 +199,16 @@ impl QLinear {
                 weight: self.weight.clone(),
             })?,
         };
-        Ok(match &self.bias {
+        let ys = match &self.bias {
             Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
+            None => ys,
+        };
+        Ok(match &self.lora {
+            Some(l) => {
+                let (lead, k) = split_last(xs.dims());
+                let delta = l.forward_2d(&xs.reshape(((), k))?)?;
+                (ys + delta.reshape(with_last(&lead, self.out_features))?)?
+            }
             None => ys,
         })
     }

@@ -1,0 +1,185 @@
+//! LoRA: a trainable low-rank update beside a frozen (quantized) linear layer.
+//!
+//! `y = x W^T + scale * dropout(x) A^T B^T` with `A (r, in)` and `B (out, r)` trained and `W`
+//! frozen. `scale` is `alpha / r`, or `alpha / sqrt(r)` with rsLoRA (Kalajdzievski 2023), the
+//! convention PEFT stores in `adapter_config.json`. `B` starts at zero, so a fresh adapter does
+//! not change the model; `A` starts as PEFT's default (Kaiming-uniform, bound `1/sqrt(in)`).
+//!
+//! Gradient checkpointing re-runs a block inside a custom op's backward, and candle's custom
+//! ops return a gradient for their input only: gradients of `A` and `B` computed there would
+//! be dropped without a word. The checkpointing op therefore hands them to
+//! [`Lora::add_pending_grads`], and [`Lora::grads`] merges them with the ones the outer graph
+//! produced.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// Rank, scaling and dropout of a LoRA update (the target modules are the model's business).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training (PEFT's `lora_dropout`).
+    pub dropout: f64,
+    /// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// The trainable pair of one layer.
+#[derive(Debug)]
+pub struct Lora {
+    /// `(r, in)`
+    pub a: Var,
+    /// `(out, r)`
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Gradients computed inside checkpointed backward passes, not yet collected.
+    pending: Mutex<Option<(Tensor, Tensor)>>,
+    /// Whether forward passes build a graph to `A` and `B`. Off for inference, so generation
+    /// keeps no graph and runs its fused kernels.
+    training: AtomicBool,
+}
+
+impl Lora {
+    /// A fresh adapter: `A` Kaiming-uniform from `seed` (bound `1/sqrt(in)`), `B` zero.
+    pub fn init(
+        cfg: &LoraConfig,
+        in_features: usize,
+        out_features: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        let a: Vec<f32> = (0..cfg.r * in_features)
+            .map(|_| {
+                // SplitMix64: cheap, seeded, identical on every machine.
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) * bound) as f32
+            })
+            .collect();
+        let a = Tensor::from_vec(a, (cfg.r, in_features), &Device::Cpu)?;
+        let b = Tensor::zeros((out_features, cfg.r), DType::F32, &Device::Cpu)?;
+        Self::from_tensors(cfg, &a, &b)
+    }
+
+    /// An adapter from stored `A (r, in)` and `B (out, r)`.
+    pub fn from_tensors(cfg: &LoraConfig, a: &Tensor, b: &Tensor) -> Result<Self> {
+        let (r, _) = a.dims2()?;
+        let (_, rb) = b.dims2()?;
+        if r != cfg.r || rb != cfg.r {
+            return Err(crate::Error::Msg(format!(
+                "LoRA rank {} but A has {r} rows and B {rb} columns",
+                cfg.r
+            )));
+        }
+        Ok(Self {
+            a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+            b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+            pending: Mutex::new(None),
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// Training (the default): forward passes reach `A` and `B`. Off: they see constants.
+    pub fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.a.elem_count() + self.b.elem_count()
+    }
+
+    /// The update `scale * dropout(x) A^T B^T` for `x (rows, in)`; dropout only while the
+    /// input is part of a training graph.
+    pub fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.dropout > 0.0 && x.track_op() {
+            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+                .ge(self.dropout as f32)?
+                .to_dtype(x.dtype())?;
+            ((x * keep)? * (1.0 / (1.0 - self.dropout)))?
+        } else {
+            x.clone()
+        };
+        let (a, b) = if self.is_training() {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        } else {
+            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
+        };
+        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+        Ok((x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?)
+    }
+
+    /// `scale * B A`, the `(out, in)` change this adapter makes to the weight.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+
+    /// Gradients of `A` and `B` computed inside a checkpointed backward (added up).
+    pub fn add_pending_grads(&self, ga: Option<&Tensor>, gb: Option<&Tensor>) -> Result<()> {
+        let (Some(ga), Some(gb)) = (ga, gb) else {
+            return Ok(());
+        };
+        let mut p = self.pending.lock().expect("LoRA gradient lock poisoned");
+        *p = Some(match p.take() {
+            Some((a, b)) => ((a + ga)?, (b + gb)?),
+            None => (ga.clone(), gb.clone()),
+        });
+        Ok(())
+    }
+
+    /// This adapter's gradients from one backward pass: what `grads` holds for `A` and `B`
+    /// plus what checkpointed blocks computed on the side (which this call takes). None when
+    /// the pass did not reach the adapter.
+    pub fn grads(&self, grads: &GradStore) -> Result<Option<(Tensor, Tensor)>> {
+        let pending = self
+            .pending
+            .lock()
+            .expect("LoRA gradient lock poisoned")
+            .take();
+        let direct = match (grads.get(self.a.as_tensor()), grads.get(self.b.as_tensor())) {
+            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
+            _ => None,
+        };
+        Ok(match (direct, pending) {
+            (Some((a, b)), Some((pa, pb))) => Some(((a + pa)?, (b + pb)?)),
+            (d, p) => d.or(p),
+        })
+    }
+
+    /// Drops gradients a checkpointed backward left behind (after a failed step).
+    pub fn clear_pending(&self) {
+        *self.pending.lock().expect("LoRA gradient lock poisoned") = None;
+    }
+}
