@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::data::{basic_motions, digits, speech, video_shapes};
+use crate::data::{basic_motions, digits, speech, speech_instruct, video_shapes};
 use crate::recipe::expand_path;
 
 #[derive(clap::Args)]
@@ -22,6 +22,22 @@ pub enum DataCommand {
         #[arg(long, default_value = "{cache}/data/asterisk-en")]
         root: String,
         /// Folder for train.jsonl, valid.jsonl, test.jsonl.
+        #[arg(long, default_value = "{cache}/data/speech")]
+        out: String,
+    },
+    /// Instruction data from the speech corpus: for every clip, LLaVA-style records asking to
+    /// repeat it, whether it asks for a password, how many digits it mentions and whether it
+    /// says press/dial (answers from the transcript), plus a few two-turn records in train ->
+    /// instruct-{train,valid,test}.json, keeping the corpus's split.
+    SpeechInstruct {
+        /// Where `scripts/fetch-assets.sh speech` put the corpus (used when the speech
+        /// manifests are not built yet).
+        #[arg(long, default_value = "{cache}/data/asterisk-en")]
+        root: String,
+        /// Folder of the speech manifests (train.jsonl, ...), built there first if missing.
+        #[arg(long, default_value = "{cache}/data/speech")]
+        speech: String,
+        /// Folder for instruct-train.json, instruct-valid.json, instruct-test.json.
         #[arg(long, default_value = "{cache}/data/speech")]
         out: String,
     },
@@ -78,6 +94,33 @@ pub fn run(a: DataArgs) -> Result<()> {
                 r.valid,
                 r.test
             );
+        }
+        DataCommand::SpeechInstruct { root, speech, out } => {
+            let out: PathBuf = expand_path(&out);
+            let speech = expand_path(&speech);
+            let r = speech_instruct::build(&expand_path(&root), &speech, &out)?;
+            if r.built_manifests {
+                eprintln!("built the speech manifests in {} first", speech.display());
+            }
+            if !r.skipped.is_empty() {
+                eprintln!("{} clips skipped:", r.skipped.len());
+                for s in &r.skipped {
+                    eprintln!("  {s}");
+                }
+            }
+            let n: Vec<String> = r
+                .splits
+                .iter()
+                .map(|(_, s)| s.samples.to_string())
+                .collect();
+            println!(
+                "wrote {}/instruct-{{train,valid,test}}.json: {} samples",
+                out.display(),
+                n.join(" / ")
+            );
+            for l in r.summary() {
+                println!("{l}");
+            }
         }
         DataCommand::BasicMotions { root, out } => {
             let out: PathBuf = expand_path(&out);

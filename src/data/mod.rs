@@ -2,6 +2,8 @@
 
 pub mod basic_motions;
 pub mod digits;
+pub mod instruct;
 pub mod manifest;
 pub mod speech;
+pub mod speech_instruct;
 pub mod video_shapes;
