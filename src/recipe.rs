@@ -243,6 +243,163 @@ impl AlignRecipe {
     }
 }
 
+/// An instruction-tuning recipe (`anymal tune`): the frozen LLM, aligned projectors that go
+/// on training (or stay frozen), an optional LoRA, conversations as data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRecipe {
+    pub output_dir: String,
+    #[serde(default)]
+    pub description: String,
+    pub llm: LlmSection,
+    /// Aligned projectors (run folders of `anymal align`), one per modality in the data.
+    #[serde(default)]
+    pub projectors: Vec<TuneProjectorSection>,
+    /// Absent: only the projectors train.
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+    pub data: TuneDataSection,
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneProjectorSection {
+    /// A projector folder (`projector.json` + `projector.safetensors`).
+    pub from: String,
+    /// Keep training it (AnyMAL's second stage does); false freezes it.
+    #[serde(default = "yes")]
+    pub train: bool,
+    /// Its learning rate; 0 takes `train.lr`.
+    #[serde(default)]
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// A list of module names (`["q_proj", "v_proj"]`), a regex over full module paths, or
+    /// "all-linear" (AnyMAL's choice), as PEFT reads `target_modules`.
+    #[serde(default = "all_linear")]
+    pub target_modules: toml::Value,
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// The adapters' learning rate; 0 takes `train.lr`. LoRA usually wants a different one
+    /// from the projectors (AnyMAL: 1e-5 with a 70B LLM).
+    #[serde(default)]
+    pub lr: f64,
+    /// Start from a PEFT folder (same rank and targets) instead of a fresh adapter.
+    #[serde(default)]
+    pub init_from: String,
+}
+
+impl LoraSection {
+    pub fn spec(&self) -> Result<anymal_llm::LoraSpec> {
+        if self.r == 0 {
+            bail!("lora.r must be >= 1 (leave out [lora] to train the projectors only)");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("lora.dropout must be within [0, 1)");
+        }
+        let targets =
+            anymal_llm::TargetModules::from_json(&serde_json::to_value(&self.target_modules)?)
+                .context("lora.target_modules")?;
+        Ok(anymal_llm::LoraSpec {
+            cfg: anymal_quant::LoraConfig {
+                r: self.r,
+                alpha: self.alpha,
+                dropout: self.dropout,
+                use_rslora: self.use_rslora,
+            },
+            targets,
+        })
+    }
+}
+
+fn all_linear() -> toml::Value {
+    toml::Value::String("all-linear".into())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneDataSection {
+    /// LLaVA-style conversations (JSON array or JSONL), media paths relative to the file.
+    pub train: String,
+    pub valid: String,
+    #[serde(default = "yes")]
+    pub chat_template: bool,
+    /// Each assistant turn is cut to this many tokens.
+    #[serde(default = "default_max_answer_tokens")]
+    pub max_answer_tokens: usize,
+    /// Conversations longer than this (tokens, media slots included) are skipped.
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    #[serde(default = "default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
+}
+
+fn default_max_answer_tokens() -> usize {
+    128
+}
+fn default_max_seq_len() -> usize {
+    512
+}
+
+impl TuneRecipe {
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read recipe", path.display()))?;
+        Self::parse(&text, sets).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    pub fn parse(text: &str, sets: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        for s in sets {
+            apply_set(&mut table, s)?;
+        }
+        let r: TuneRecipe = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        let t = &r.train;
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            bail!("train.batch_size and train.grad_accum must be >= 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr must be a positive number, got {}", t.lr);
+        }
+        if !(0.0..=1.0).contains(&r.data.max_bad_fraction) {
+            bail!("data.max_bad_fraction must be within [0, 1]");
+        }
+        if let Some(l) = &r.lora {
+            l.spec()?;
+            if l.lr < 0.0 || !l.lr.is_finite() {
+                bail!("lora.lr must be >= 0 (0 takes train.lr)");
+            }
+        }
+        for (i, p) in r.projectors.iter().enumerate() {
+            if p.lr < 0.0 || !p.lr.is_finite() {
+                bail!("projectors[{i}].lr must be >= 0 (0 takes train.lr)");
+            }
+        }
+        if r.lora.is_none() && !r.projectors.iter().any(|p| p.train) {
+            bail!("nothing to train: no [lora] section and every projector has train = false");
+        }
+        Ok(r)
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        expand_path(&self.output_dir)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
 /// `a.b.c=value`: value parsed as a TOML literal (number, bool, quoted string, array), else
 /// taken as a bare string, so `--set data.train=my.jsonl` works without quotes.
 fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
@@ -257,21 +414,46 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
-    let mut cur = table;
-    for p in &parts[..parts.len() - 1] {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: '{p}' is not a table"))?;
-    }
-    let last = parts[parts.len() - 1];
-    if last.is_empty() {
+    if parts.iter().any(|p| p.is_empty()) {
         bail!("--set '{set}': empty key");
     }
-    cur.insert(last.to_string(), value);
-    Ok(())
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let res = set_path(&mut root, &parts, value, key);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    res
+}
+
+/// Put `value` at `parts` below `cur`, walking tables by name (creating missing ones) and
+/// lists by index (`projectors.0.from`).
+fn set_path(cur: &mut toml::Value, parts: &[&str], value: toml::Value, key: &str) -> Result<()> {
+    let (p, rest) = parts.split_first().expect("non-empty key");
+    let slot = match cur {
+        toml::Value::Table(t) if rest.is_empty() => {
+            t.insert(p.to_string(), value);
+            return Ok(());
+        }
+        toml::Value::Table(t) => t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+        toml::Value::Array(a) => {
+            let i: usize = p
+                .parse()
+                .with_context(|| format!("--set {key}: '{p}' indexes a list; expected a number"))?;
+            let n = a.len();
+            let slot = a.get_mut(i).with_context(|| {
+                format!("--set {key}: index {i} is past the list's {n} entries")
+            })?;
+            if rest.is_empty() {
+                *slot = value;
+                return Ok(());
+            }
+            slot
+        }
+        _ => bail!("--set {key}: '{p}' is below a value that is not a table"),
+    };
+    set_path(slot, rest, value, key)
 }
 
 /// Expand a leading `{cache}` and `~/`.
@@ -344,6 +526,45 @@ save_every = 50
         assert!(format!("{e:#}").contains("<audio>"), "{e:#}");
         let e = AlignRecipe::parse(MINIMAL, &["train.max_steps".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("key=value"), "{e:#}");
+    }
+
+    #[test]
+    fn overrides_reach_into_lists() -> Result<()> {
+        let text = r#"
+output_dir = "runs/t"
+[llm]
+model = "smollm2"
+[[projectors]]
+from = "runs/a"
+[lora]
+r = 8
+alpha = 16
+[data]
+train = "a.json"
+valid = "b.json"
+[train]
+max_steps = 10
+seed = 1
+batch_size = 2
+lr = 1e-4
+save_every = 5
+"#;
+        let r = TuneRecipe::parse(
+            text,
+            &[
+                "projectors.0.from=runs/b".into(),
+                "lora.target_modules=[\"q_proj\"]".into(),
+            ],
+        )?;
+        assert_eq!(r.projectors[0].from, "runs/b");
+        assert!(
+            matches!(r.lora.as_ref().unwrap().spec()?.targets, anymal_llm::TargetModules::Names(ref n) if n == &["q_proj"])
+        );
+        let e = TuneRecipe::parse(text, &["projectors.3.from=x".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("past the list"), "{e:#}");
+        let e = TuneRecipe::parse(text, &["lora.r=0".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("lora.r"), "{e:#}");
+        Ok(())
     }
 
     #[test]

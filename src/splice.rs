@@ -54,6 +54,8 @@ impl PromptTemplate {
 pub struct Example {
     pub input_ids: Vec<u32>,
     pub slots: Vec<usize>,
+    /// Tokens in each slot (modalities may differ).
+    pub slot_lens: Vec<usize>,
     pub labels: Vec<i64>,
 }
 
@@ -78,6 +80,7 @@ impl Example {
         }
         Self {
             input_ids,
+            slot_lens: vec![k; slots.len()],
             slots,
             labels,
         }
@@ -108,6 +111,24 @@ pub fn build_batch(
     examples: &[Example],
     modality_tokens: &[Tensor],
 ) -> Result<Batch> {
+    let groups = modality_tokens
+        .iter()
+        .map(|t| {
+            (0..t.dim(0)?)
+                .map(|g| t.get(g))
+                .collect::<candle_core::Result<Vec<_>>>()
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    build_batch_groups(llm, examples, &groups)
+}
+
+/// [`build_batch`] with one `(k_g, d)` tensor per slot of each example, so that slots of
+/// different modalities may hold different numbers of tokens.
+pub fn build_batch_groups(
+    llm: &anymal_llm::Llm,
+    examples: &[Example],
+    modality_tokens: &[Vec<Tensor>],
+) -> Result<Batch> {
     if examples.len() != modality_tokens.len() {
         bail!(
             "{} examples but modality tokens for {}",
@@ -126,7 +147,7 @@ pub fn build_batch(
     let mut positions = Vec::new();
     let mut targets = Vec::new();
     for (bi, (ex, toks)) in examples.iter().zip(modality_tokens).enumerate() {
-        let (n_groups, k, _) = toks.dims3()?;
+        let n_groups = toks.len();
         if n_groups != ex.slots.len() {
             bail!(
                 "the prompt has {} placeholder(s) but {n_groups} modality input(s) were given",
@@ -138,10 +159,17 @@ pub fn build_batch(
         let mut parts = Vec::new();
         let mut cur = 0;
         for (g, &s) in ex.slots.iter().enumerate() {
+            let k = toks[g].dim(0)?;
+            if ex.slot_lens.get(g) != Some(&k) {
+                bail!(
+                    "slot {g} holds {} tokens but {k} were given",
+                    ex.slot_lens.get(g).copied().unwrap_or(0)
+                );
+            }
             if s > cur {
                 parts.push(text.narrow(0, cur, s - cur)?);
             }
-            parts.push(toks.get(g)?.to_dtype(text.dtype())?);
+            parts.push(toks[g].to_dtype(text.dtype())?);
             cur = s + k;
         }
         let len = ex.input_ids.len();

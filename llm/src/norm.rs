@@ -17,6 +17,11 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
+    /// The weight as applied (Gemma's `1 + w`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `(.., d) -> (.., d)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if !xs.track_op() && xs.is_contiguous() && xs.dtype() != DType::F64 {

@@ -117,13 +117,22 @@ impl WeightStore {
         }
     }
 
-    /// The embedding table, quantized (dense HF tables go to Q8_0 where rows tile, else F16).
+    /// The embedding table, quantized (dense HF tables go to Q8_0 where rows tile, else F16),
+    /// unless loading asked for a dense type (`f32`, `f16`, `bf16`): then the table is that.
     pub fn embedding(&mut self, name: &str) -> Result<Arc<QTensor>> {
+        let dense_request = match self.quantize_to {
+            Some(QuantType::Ggml(t @ (GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))) => {
+                Some(t)
+            }
+            _ => None,
+        };
         Ok(Arc::new(match self.take(name)? {
             RawWeight::Quantized(q) => q,
             RawWeight::Dense(t) => {
                 let cols = t.dim(1)?;
-                let ty = if cols % 32 == 0 {
+                let ty = if let Some(t) = dense_request {
+                    t
+                } else if cols % 32 == 0 {
                     GgmlDType::Q8_0
                 } else {
                     GgmlDType::F16

@@ -18,9 +18,15 @@ pub struct GenerateArgs {
     /// A run folder (or any folder) with projector.json + projector.safetensors from `anymal align`.
     #[arg(long)]
     pub projector: Option<std::path::PathBuf>,
+    /// A run folder of `anymal tune` (model.json: LLM, LoRA, projectors).
+    #[arg(long, conflicts_with = "projector")]
+    pub run: Option<std::path::PathBuf>,
+    /// A LoRA (PEFT folder, from anymal or PEFT) to apply to the LLM.
+    #[arg(long)]
+    pub lora: Option<std::path::PathBuf>,
     /// Input file(s) for the prompt's placeholders (`<audio>`, `<image>`, ...), in order; of the
     /// modality the projector was trained on. `--audio`, `--image`, `--video`, `--imu` are
-    /// aliases.
+    /// aliases. With a tuned run of several modalities, name each: `--input image=photo.jpg`.
     #[arg(long = "input", visible_aliases = ["audio", "image", "video", "imu"])]
     pub inputs: Vec<std::path::PathBuf>,
     #[arg(long, default_value_t = 256)]
@@ -47,6 +53,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs, registry: &anymal_encoders::ModalityRegistry) -> anyhow::Result<()> {
+    if a.run.is_some() || a.lora.is_some() {
+        return run_with_assistant(a, registry);
+    }
     if a.projector.is_some() {
         return run_with_projector(a, registry);
     }
@@ -143,6 +152,98 @@ fn run_with_projector(
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (_, stats) = m.generate(&prompt, &files, a.max_tokens, &mut sampler, |id| {
+        if let Some(piece) = stream.push(id)? {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+        Ok(())
+    })?;
+    if let Some(rest) = stream.finish()? {
+        out.write_all(rest.as_bytes())?;
+    }
+    writeln!(out)?;
+    print_stats(&stats);
+    Ok(())
+}
+
+/// Generation with a tuned run or a LoRA (and any projectors): the conversation path.
+fn run_with_assistant(
+    a: GenerateArgs,
+    registry: &anymal_encoders::ModalityRegistry,
+) -> anyhow::Result<()> {
+    use crate::data::instruct::{MediaRef, Role, Turn};
+    let t0 = Instant::now();
+    let spec = crate::assistant::AssistantSpec {
+        run: a.run.clone(),
+        llm: a.llm.clone(),
+        projectors: a.projector.iter().cloned().collect(),
+        lora: a.lora.clone(),
+        requant: a.requant.clone(),
+        chat_template: a.raw.then_some(false),
+        feature_cache: None,
+    };
+    let m = crate::assistant::Assistant::load(registry, &spec)?;
+    eprintln!(
+        "loaded {} ({}{}) in {:.2}s",
+        m.model.path.display(),
+        if m.lora.is_some() { "LoRA, " } else { "" },
+        if m.adapters.is_empty() {
+            "text only".to_string()
+        } else {
+            m.adapters
+                .iter()
+                .map(|x| x.modality.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        },
+        t0.elapsed().as_secs_f64()
+    );
+    let mut media = Vec::new();
+    for inp in &a.inputs {
+        let text = inp.to_string_lossy();
+        let (modality, path) = match text.split_once('=') {
+            Some((k, v)) if m.adapters.iter().any(|x| x.modality == k) => (k.to_string(), v.into()),
+            _ => match m.adapters.as_slice() {
+                [one] => (one.modality.clone(), inp.clone()),
+                [] => anyhow::bail!("--input {text}: this model takes text only"),
+                _ => anyhow::bail!(
+                    "--input {text}: the model takes several modalities; name it, e.g. --input {}={text}",
+                    m.adapters[0].modality
+                ),
+            },
+        };
+        media.push(MediaRef { modality, path });
+    }
+    m.adapter_placeholders_check(&a.prompt, &media)?;
+    let mut prompt = a.prompt.clone();
+    if !m.adapters.iter().any(|x| prompt.contains(&x.placeholder)) && !media.is_empty() {
+        let phs: Vec<String> = media
+            .iter()
+            .map(|f| m.adapter(&f.modality).map(|x| x.placeholder.clone()))
+            .collect::<anyhow::Result<_>>()?;
+        prompt = format!("{}\n{prompt}", phs.join("\n"));
+    }
+    let mut turns = Vec::new();
+    if let Some(sys) = &a.system {
+        turns.push(Turn {
+            role: Role::System,
+            text: sys.clone(),
+        });
+    }
+    turns.push(Turn {
+        role: Role::User,
+        text: prompt,
+    });
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
+    let mut stream = TokenStream::new(&m.model.tokenizer);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let (_, stats) = m.generate(&turns, &media, a.max_tokens, &mut sampler, |id| {
         if let Some(piece) = stream.push(id)? {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();

@@ -2,5 +2,6 @@
 
 pub mod attribute;
 pub mod cider;
+pub mod instruct;
 pub mod run;
 pub mod wer;

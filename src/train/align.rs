@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::params::{fnv1a, SplitMix64};
 use anymal_adapters::{Projector, ProjectorConfig, ProjectorKind, Reduce};
 use anymal_llm::LoadedModel;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::checkpoint::{self, TrainerState};
+use super::data_order::DataOrder;
+use super::metrics::{read_history, rewrite_metrics};
 use super::optim::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use super::plot::write_loss_png;
 use super::progress::Progress;
@@ -592,85 +593,4 @@ fn eval_loss(
     } else {
         sum / count as f64
     })
-}
-
-/// Item order: epoch `e` is a Fisher-Yates shuffle seeded by `(seed, e)`; item `j` of the
-/// endless stream is position `j % n` of epoch `j / n`.
-struct DataOrder {
-    n: usize,
-    seed: u64,
-    cache: std::cell::RefCell<(usize, Vec<usize>)>,
-}
-
-impl DataOrder {
-    fn new(n: usize, seed: u64) -> Self {
-        Self {
-            n,
-            seed,
-            cache: std::cell::RefCell::new((usize::MAX, Vec::new())),
-        }
-    }
-
-    fn item(&self, j: usize) -> usize {
-        let epoch = j / self.n;
-        let mut c = self.cache.borrow_mut();
-        if c.0 != epoch {
-            let mut perm: Vec<usize> = (0..self.n).collect();
-            let mut rng = SplitMix64::new(self.seed ^ fnv1a(format!("epoch-{epoch}").as_bytes()));
-            for i in (1..self.n).rev() {
-                let k = (rng.next_u64() % (i as u64 + 1)) as usize;
-                perm.swap(i, k);
-            }
-            *c = (epoch, perm);
-        }
-        c.1[j % self.n]
-    }
-}
-
-/// Metrics lines of earlier runs up to `keep_until` (the resumed step): lines a killed run
-/// wrote after its last checkpoint describe steps that will be redone, so they go.
-fn read_history(path: &Path, keep_until: u64) -> Result<Vec<serde_json::Value>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v.get("step")
-                .and_then(|s| s.as_u64())
-                .is_some_and(|s| s <= keep_until)
-        })
-        .collect())
-}
-
-fn rewrite_metrics(path: &Path, history: &[serde_json::Value]) -> Result<()> {
-    let mut text = String::new();
-    for v in history {
-        text.push_str(&v.to_string());
-        text.push('\n');
-    }
-    anymal_adapters::projector::write_atomic(path, text.as_bytes())?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_order_is_a_seeded_permutation_per_epoch() {
-        let o = DataOrder::new(10, 3);
-        let e0: Vec<usize> = (0..10).map(|j| o.item(j)).collect();
-        let e1: Vec<usize> = (10..20).map(|j| o.item(j)).collect();
-        let mut s = e0.clone();
-        s.sort();
-        assert_eq!(s, (0..10).collect::<Vec<_>>());
-        assert_ne!(e0, e1);
-        let o2 = DataOrder::new(10, 3);
-        assert_eq!(
-            (0..20).map(|j| o2.item(j)).collect::<Vec<_>>(),
-            [e0, e1].concat()
-        );
-    }
 }

@@ -37,13 +37,26 @@ pub fn save(
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
+    save_with(run, opt, state, keep, |tmp| Ok(projector.save(tmp, store)?))
+}
+
+/// Write a checkpoint whose trainable parts `write` puts into the folder it is given, with the
+/// optimizer and trainer state beside them; atomically, as [`save`].
+pub fn save_with(
+    run: &Path,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let dir = checkpoint_dir(run, state.step);
     let tmp = run.join(format!(".checkpoint-{}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("{}: cannot clear", tmp.display()))?;
     }
-    projector.save(&tmp, store)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    write(&tmp)?;
     let opt_state: HashMap<String, candle_core::Tensor> = opt.state_tensors().into_iter().collect();
     candle_core::safetensors::save(&opt_state, tmp.join(OPTIMIZER_FILE))
         .with_context(|| format!("{}: cannot write optimizer state", tmp.display()))?;

@@ -20,6 +20,8 @@ pub struct AdamWConfig {
 pub struct AdamW {
     cfg: AdamWConfig,
     params: Vec<(String, Var)>,
+    /// Per-parameter multiplier on the step's learning rate (parameter groups).
+    lr_scale: Vec<f64>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     /// Optimizer steps taken (bias correction uses it).
@@ -35,11 +37,25 @@ impl AdamW {
         let v = m.clone();
         Ok(Self {
             cfg,
+            lr_scale: vec![1.0; params.len()],
             params,
             m,
             v,
             step: 0,
         })
+    }
+
+    /// Parameter groups: each group's parameters step with `lr * scale` (e.g. projector and
+    /// LoRA with their own learning rates under one schedule).
+    pub fn grouped(groups: Vec<(Vec<(String, Var)>, f64)>, cfg: AdamWConfig) -> Result<Self> {
+        let scales: Vec<f64> = groups
+            .iter()
+            .flat_map(|(p, s)| std::iter::repeat_n(*s, p.len()))
+            .collect();
+        let params = groups.into_iter().flat_map(|(p, _)| p).collect();
+        let mut opt = Self::new(params, cfg)?;
+        opt.lr_scale = scales;
+        Ok(opt)
     }
 
     /// One update with learning rate `lr` from the gradients in `grads`, already scaled (by
@@ -51,6 +67,7 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (name, p)) in self.params.iter().enumerate() {
+            let lr = lr * self.lr_scale[i];
             let g = grads
                 .get(name)
                 .with_context(|| format!("no gradient reached parameter '{name}'"))?;
