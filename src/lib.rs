@@ -5,11 +5,15 @@
 //! their on-disk cache), `splice` (placeholders -> modality tokens, answer-only loss),
 //! `train` (the alignment loop, AdamW, schedule, checkpoints), `eval` (WER, CIDEr-D).
 
+pub mod assistant;
 pub mod cli;
+pub mod conversation;
 pub mod data;
 pub mod eval;
 pub mod features;
 pub mod infer;
+pub mod merge;
 pub mod recipe;
+pub mod serve;
 pub mod splice;
 pub mod train;

@@ -1,10 +1,15 @@
 pub mod align;
+pub mod assistant_args;
 pub mod bench;
+pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod merge;
 pub mod recipes;
+pub mod serve;
+pub mod tune;
 
 use std::process::ExitCode;
 
@@ -31,6 +36,10 @@ enum Command {
     Inspect(self::inspect::InspectArgs),
     /// Train a projector that aligns a modality (audio, ...) to the frozen LLM.
     Align(self::align::AlignArgs),
+    /// Instruction-tune: LoRA on the frozen LLM together with the aligned projectors.
+    Tune(self::tune::TuneArgs),
+    /// Fold a LoRA into the LLM's weights: a GGUF (re-quantized) or f16 safetensors.
+    Merge(self::merge::MergeArgs),
     /// List and show the shipped recipes.
     Recipes(self::recipes::RecipesArgs),
     /// Score a trained projector on a manifest: WER and CIDEr-D of greedy generations.
@@ -39,6 +48,10 @@ enum Command {
     Data(self::data::DataArgs),
     /// Measure QLinear, the decoder's forward+backward and generation speed on this machine.
     Bench(self::bench::BenchArgs),
+    /// Talk to a model in the terminal: /audio, /image, ... attach files; answers stream.
+    Chat(self::chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (chat completions, streaming, media).
+    Serve(self::serve::ServeArgs),
 }
 
 /// Parse the command line and run it with the modalities of `registry`. The `anymal` binary
@@ -51,9 +64,13 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
         Command::Inspect(a) => self::inspect::run(a),
         Command::Bench(a) => self::bench::run(a),
         Command::Align(a) => self::align::run(a, &registry),
+        Command::Tune(a) => self::tune::run(a, &registry),
+        Command::Merge(a) => self::merge::run(a),
         Command::Recipes(a) => self::recipes::run(a),
         Command::Data(a) => self::data::run(a),
         Command::Eval(a) => self::eval::run(a, &registry),
+        Command::Chat(a) => self::chat::run(a, &registry),
+        Command::Serve(a) => self::serve::run(a, &registry),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

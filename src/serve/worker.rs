@@ -1,0 +1,308 @@
+//! The one thread that owns the [`Assistant`]: requests wait in a bounded queue and are
+//! answered one at a time, in the order they were queued. A CPU model answers one request at a
+//! full core count faster than two interleaved, and one owner needs no locking around the KV
+//! cache or the encoders.
+//!
+//! Each job carries a channel back to its HTTP handler. The worker sends text as it is
+//! generated; a send that fails means the client went away, and generation stops at the next
+//! token. A panic while answering one request becomes a 500 for that request; the worker goes
+//! on with the next.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anymal_llm::tokenizer::TokenStream;
+use anymal_llm::{Sampler, SamplingConfig};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::error::ApiError;
+use super::media::TempMedia;
+use super::stop::StopMatcher;
+use crate::assistant::Assistant;
+use crate::data::instruct::{MediaRef, Turn};
+
+/// How to generate one answer.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// Stop strings: the answer is cut before the first one found.
+    pub stop: Vec<String>,
+}
+
+/// A media file of a request, with the part it came from (for error messages).
+#[derive(Debug)]
+pub struct JobMedia {
+    pub modality: String,
+    /// `messages[1].content[0] (input_audio)`.
+    pub label: String,
+    pub file: TempMedia,
+}
+
+pub struct Job {
+    pub turns: Vec<Turn>,
+    /// In placeholder order.
+    pub media: Vec<JobMedia>,
+    pub params: GenParams,
+    pub events: UnboundedSender<Event>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What the worker tells a job's handler: text pieces, then `Done` or `Error`.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    Error(ApiError),
+}
+
+/// The HTTP side's handle on the worker.
+pub struct Worker {
+    tx: SyncSender<Job>,
+    alive: Arc<AtomicBool>,
+    queue: usize,
+}
+
+impl Worker {
+    /// Start the thread; at most `queue` jobs wait while one is being answered.
+    pub fn spawn(assistant: Assistant, queue: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = sync_channel(queue);
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        std::thread::Builder::new()
+            .name("anymal-worker".into())
+            .spawn(move || {
+                run(&assistant, rx);
+                flag.store(false, Ordering::SeqCst);
+            })?;
+        Ok(Self { tx, alive, queue })
+    }
+
+    /// Queue a job, or refuse it at once when the queue is full (the client can retry; a
+    /// request silently left hanging cannot).
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ApiError::unavailable(
+                "server_busy",
+                format!(
+                    "the server is busy: {} request(s) already waiting (--queue {}); try again later",
+                    self.queue, self.queue
+                ),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(ApiError::unavailable(
+                "worker_stopped",
+                "the model worker has stopped; restart the server",
+            )),
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+}
+
+fn run(assistant: &Assistant, rx: Receiver<Job>) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    while let Ok(job) = rx.recv() {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // The client left while its request waited: nothing to do.
+        if job.events.is_closed() {
+            eprintln!("request {n}: client went away while queued");
+            continue;
+        }
+        let events = job.events.clone();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(assistant, job, n))) {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            eprintln!("request {n}: panicked: {what}");
+            let _ = events.send(Event::Error(ApiError::internal(format!(
+                "internal error while answering this request: {what}"
+            ))));
+        }
+    }
+}
+
+/// Why generation was cut short from inside the token callback.
+enum Halt {
+    StopString,
+    ClientGone,
+}
+
+fn answer(assistant: &Assistant, job: Job, n: u64) {
+    let Job {
+        turns,
+        media,
+        params,
+        events,
+    } = job;
+    let t0 = Instant::now();
+    let result = generate(assistant, &turns, &media, &params, &events);
+    match result {
+        Ok(Some((finish_reason, usage))) => {
+            eprintln!(
+                "request {n}: {} prompt + {} completion tokens in {:.2}s ({})",
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                t0.elapsed().as_secs_f64(),
+                finish_reason.as_str()
+            );
+            let _ = events.send(Event::Done {
+                finish_reason,
+                usage,
+            });
+        }
+        Ok(None) => eprintln!(
+            "request {n}: client went away; generation stopped after {:.2}s",
+            t0.elapsed().as_secs_f64()
+        ),
+        Err(e) => {
+            eprintln!("request {n}: error {e}");
+            let _ = events.send(Event::Error(e));
+        }
+    }
+}
+
+/// Generate and stream one answer; `None` when the client went away.
+fn generate(
+    assistant: &Assistant,
+    turns: &[Turn],
+    media: &[JobMedia],
+    params: &GenParams,
+    events: &UnboundedSender<Event>,
+) -> Result<Option<(FinishReason, Usage)>, ApiError> {
+    // Rendering checks the conversation (a client error) and gives the prompt length.
+    let rendered = assistant.format().render(turns).map_err(|e| {
+        ApiError::invalid(
+            "invalid_conversation",
+            format!("the conversation cannot be formatted: {e:#}"),
+        )
+    })?;
+    let prompt_tokens = rendered.example.input_ids.len();
+    let context = assistant.model.llm.cfg.max_position_embeddings;
+    if prompt_tokens >= context {
+        return Err(ApiError::invalid(
+            "context_length_exceeded",
+            format!("the prompt is {prompt_tokens} tokens; this model's context is {context}"),
+        ));
+    }
+    let max_tokens = params.max_tokens.min(context - prompt_tokens);
+    let refs: Vec<MediaRef> = media
+        .iter()
+        .map(|m| MediaRef {
+            modality: m.modality.clone(),
+            path: m.file.path.clone(),
+        })
+        .collect();
+    let mut sampler = Sampler::new(params.sampling);
+    let mut stream = TokenStream::new(&assistant.model.tokenizer);
+    let mut stop = StopMatcher::new(params.stop.clone());
+    let mut completion_tokens = 0;
+    let mut halt = None;
+    let res = assistant.generate(turns, &refs, max_tokens, &mut sampler, |id| {
+        completion_tokens += 1;
+        if let Some(piece) = stream.push(id)? {
+            let (text, hit) = stop.push(&piece);
+            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
+                halt = Some(Halt::ClientGone);
+                return Err(anymal_llm::Error::Msg("the client went away".into()));
+            }
+            if hit {
+                halt = Some(Halt::StopString);
+                return Err(anymal_llm::Error::Msg("stop string".into()));
+            }
+        }
+        Ok(())
+    });
+    let usage = |completion_tokens| Usage {
+        prompt_tokens,
+        completion_tokens,
+    };
+    match (res, halt) {
+        (_, Some(Halt::ClientGone)) => Ok(None),
+        (_, Some(Halt::StopString)) => Ok(Some((FinishReason::Stop, usage(completion_tokens)))),
+        (Ok((ids, stats)), None) => {
+            let tail = stream
+                .finish()
+                .map_err(|e| ApiError::internal(format!("decoding the answer: {e}")))?;
+            let (mut text, hit) = stop.push(tail.as_deref().unwrap_or(""));
+            if !hit {
+                text.push_str(&stop.finish());
+            }
+            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
+                return Ok(None);
+            }
+            let reason = if hit || stats.stopped_at_eos || ids.len() < max_tokens {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            Ok(Some((
+                reason,
+                Usage {
+                    prompt_tokens: stats.prompt_tokens,
+                    completion_tokens: ids.len(),
+                },
+            )))
+        }
+        (Err(e), None) => Err(diagnose(assistant, media, completion_tokens, e)),
+    }
+}
+
+/// A failed generation: if a media file cannot be encoded on its own, the request is at
+/// fault (400 naming its part); else it is ours (500).
+fn diagnose(
+    assistant: &Assistant,
+    media: &[JobMedia],
+    generated: usize,
+    e: anyhow::Error,
+) -> ApiError {
+    if generated == 0 {
+        for m in media {
+            let Ok(adapter) = assistant.adapter(&m.modality) else {
+                continue;
+            };
+            if let Some(Err(err)) = adapter.source.get(&[m.file.path.as_path()]).pop() {
+                // The temporary path means nothing to the client.
+                let msg =
+                    format!("{err:#}").replace(&m.file.path.display().to_string(), "the file");
+                return ApiError::invalid(
+                    "invalid_media",
+                    format!("{}: cannot decode the {}: {msg}", m.label, m.modality),
+                );
+            }
+        }
+    }
+    ApiError::internal(format!("generation failed: {e:#}"))
+}
