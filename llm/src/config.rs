@@ -168,9 +168,18 @@ impl LlmConfig {
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
         let head_dim = hf.head_dim.unwrap_or(hidden / num_heads.max(1));
         let gemma = arch == Arch::Gemma3;
+        let params = |kind: &str| -> Option<&serde_json::Map<String, serde_json::Value>> {
+            let p = hf.rope_parameters.as_ref()?;
+            match p.get(kind) {
+                Some(serde_json::Value::Object(m)) => Some(m),
+                _ => Some(p),
+            }
+        };
+        let theta_of = |kind: &str| params(kind).and_then(|m| m.get("rope_theta")?.as_f64());
         let rope_scale = hf
             .rope_scaling
             .as_ref()
+            .or_else(|| params("full_attention"))
             .and_then(|r| {
                 let kind = r.get("rope_type").or_else(|| r.get("type"))?.as_str()?;
                 (kind == "linear")
@@ -188,8 +197,18 @@ impl LlmConfig {
             num_kv_heads: hf.num_key_value_heads.unwrap_or(num_heads),
             head_dim,
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
-            rope_local_theta: hf.rope_local_base_freq.unwrap_or(10_000.0),
+            rope_theta: hf
+                .rope_theta
+                .or_else(|| theta_of("full_attention"))
+                .unwrap_or(10_000.0),
+            rope_local_theta: hf
+                .rope_local_base_freq
+                .or_else(|| {
+                    hf.rope_parameters
+                        .as_ref()
+                        .and_then(|p| p.get("sliding_attention")?.get("rope_theta")?.as_f64())
+                })
+                .unwrap_or(10_000.0),
             rope_scale,
             rope_interleaved: false,
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
@@ -241,6 +260,9 @@ struct HfConfig {
     rope_theta: Option<f64>,
     rope_local_base_freq: Option<f64>,
     rope_scaling: Option<serde_json::Map<String, serde_json::Value>>,
+    /// transformers 5 moves `rope_theta` and the scaling here; Gemma 3 nests one per layer
+    /// type (`full_attention`, `sliding_attention`).
+    rope_parameters: Option<serde_json::Map<String, serde_json::Value>>,
     max_position_embeddings: Option<usize>,
     sliding_window: Option<usize>,
     sliding_window_pattern: Option<usize>,
@@ -277,4 +299,42 @@ fn opt_f64(md: &HashMap<String, Value>, k: &str) -> Option<f64> {
         Value::F64(x) => Some(*x),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> LlmConfig {
+        let p = std::env::temp_dir().join(format!(
+            "anymal-config-{}-{}.json",
+            std::process::id(),
+            json.len()
+        ));
+        std::fs::write(&p, json).unwrap();
+        let c = LlmConfig::from_hf_json(&p).unwrap();
+        std::fs::remove_file(&p).ok();
+        c
+    }
+
+    /// transformers 5 writes `rope_parameters` instead of `rope_theta` / `rope_scaling`.
+    #[test]
+    fn transformers5_rope_parameters_are_read() {
+        let c = parse(
+            r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2,
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "linear", "factor": 2.0}}"#,
+        );
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scale, 2.0);
+        let g = parse(
+            r#"{"model_type": "gemma3_text", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 4,
+            "rope_parameters": {"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                                "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}}"#,
+        );
+        assert_eq!(g.rope_theta, 1_000_000.0);
+        assert_eq!(g.rope_local_theta, 10_000.0);
+        assert_eq!(g.rope_scale, 1.0);
+    }
 }
