@@ -352,7 +352,7 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
                 seed: t.seed,
             };
             let dir = checkpoint::save_with(&out, &opt, &state, t.keep_checkpoints, |tmp| {
-                save_trainables(tmp, &adapters, lora.as_ref(), &recipe.llm.model)
+                save_trainables(tmp, &adapters, lora.as_ref(), recipe, false)
             })?;
             progress.message(&format!("saved {}", dir.display()));
         }
@@ -367,28 +367,13 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
     }
     progress.finish();
 
-    // The result: the trained parts and model.json naming them.
-    save_trainables(&out, &adapters, lora.as_ref(), &recipe.llm.model)?;
-    let mut projector_dirs = Vec::new();
-    for a in &adapters {
-        let name = projector_dir_name(&a.modality);
-        if !a.trainable {
-            // A frozen projector is copied as it was, so the run folder is self-contained.
-            a.projector.save(&out.join(&name), &a.store)?;
-        }
-        projector_dirs.push(name);
+    // The result: the trained parts and model.json naming them; frozen projectors are copied
+    // so that the run folder stands on its own.
+    for a in adapters.iter().filter(|a| !a.trainable) {
+        a.projector
+            .save(&out.join(projector_dir_name(&a.modality)), &a.store)?;
     }
-    let manifest = ModelManifest {
-        llm: recipe.llm.model.clone(),
-        requant: recipe.llm.requant.clone(),
-        projectors: projector_dirs,
-        lora: lora.as_ref().map(|_| LORA_DIR.to_string()),
-        chat_template: recipe.data.chat_template,
-    };
-    anymal_adapters::projector::write_atomic(
-        &out.join(MODEL_FILE),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
+    save_trainables(&out, &adapters, lora.as_ref(), recipe, true)?;
     let curve = |key: &str| -> Vec<(u64, f64)> {
         history
             .iter()
@@ -454,20 +439,43 @@ fn opt_param_names(proj: &[(String, Var)], lora: Option<&LoraSet>) -> Vec<String
     names
 }
 
-/// The trainable projectors and the LoRA into `dir` (a checkpoint or the run folder).
+/// The trainable projectors, the LoRA and a `model.json` naming them into `dir` (a checkpoint
+/// or the run folder), so that `--run DIR` loads either. Frozen projectors are named where
+/// they are (`frozen_copied`: they were copied into `dir`).
 fn save_trainables(
     dir: &Path,
     adapters: &[ModalityAdapter],
     lora: Option<&LoraSet>,
-    llm: &str,
+    recipe: &TuneRecipe,
+    frozen_copied: bool,
 ) -> Result<()> {
-    for a in adapters.iter().filter(|a| a.trainable) {
-        a.projector
-            .save(&dir.join(projector_dir_name(&a.modality)), &a.store)?;
+    let mut projectors = Vec::new();
+    for a in adapters {
+        let name = projector_dir_name(&a.modality);
+        if a.trainable {
+            a.projector.save(&dir.join(&name), &a.store)?;
+            projectors.push(name);
+        } else if frozen_copied {
+            projectors.push(name);
+        } else {
+            let abs = std::fs::canonicalize(&a.dir).unwrap_or_else(|_| a.dir.clone());
+            projectors.push(abs.to_string_lossy().to_string());
+        }
     }
     if let Some(set) = lora {
-        set.save_peft(&dir.join(LORA_DIR), llm)?;
+        set.save_peft(&dir.join(LORA_DIR), &recipe.llm.model)?;
     }
+    let manifest = ModelManifest {
+        llm: recipe.llm.model.clone(),
+        requant: recipe.llm.requant.clone(),
+        projectors,
+        lora: lora.map(|_| LORA_DIR.to_string()),
+        chat_template: recipe.data.chat_template,
+    };
+    anymal_adapters::projector::write_atomic(
+        &dir.join(MODEL_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
     Ok(())
 }
 
