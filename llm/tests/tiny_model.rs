@@ -681,6 +681,9 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
     let set = gguf
         .attach_lora(&lora_spec(3, TargetModules::AllLinear), 3)
         .unwrap();
+    // In inference mode, so both sides take the same (fused) kernels: training mode tracks a
+    // graph and runs the unfused ones, which round differently.
+    set.set_training(false);
     assert!(
         max_abs(&(&logits(&gguf) - &base).unwrap()) < 1e-6,
         "a fresh adapter must be a no-op"
@@ -723,7 +726,7 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
     let mut again = build(&c, &w, "f32", DType::F32);
     let loaded = again.load_lora(&dir).unwrap();
     loaded.set_training(false);
-    assert!(max_abs(&(&logits(&again) - &adapted).unwrap()) < 1e-6);
+    assert!(max_abs(&(&logits(&again) - &adapted).unwrap()) / max_abs(&adapted) < 1e-5);
 
     // HF-layout twin: q/k rows un-permuted, RoPE on halves.
     let mut hc = c.clone();
