@@ -18,9 +18,8 @@ use serde::Serialize;
 
 use super::checkpoint::{self, TrainerState};
 use super::data_order::DataOrder;
-use super::metrics::{read_history, rewrite_metrics};
-use super::optim::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
-use super::plot::write_loss_png;
+use super::metrics::{open_metrics, prepare_run_dir, write_curves};
+use super::optim::{accumulate, clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use super::progress::Progress;
 use super::schedule::lr_at;
 use crate::data::manifest::Manifest;
@@ -67,18 +66,7 @@ pub struct AlignOptions {
 pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let t_start = Instant::now();
     let out = recipe.output_dir();
-    let existing = checkpoint::latest(&out);
-    if existing.is_some() && !opts.resume {
-        bail!(
-            "{}: holds checkpoints of an earlier run; pass --resume to continue it or choose another output_dir",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    anymal_adapters::projector::write_atomic(
-        &out.join("recipe.toml"),
-        recipe.to_toml()?.as_bytes(),
-    )?;
+    let existing = prepare_run_dir(&out, opts.resume, &recipe.to_toml()?)?;
 
     // The frozen parts.
     let load_opts = crate::cli::load_options(
@@ -151,7 +139,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     )?;
     let mut elapsed_before = 0.0;
     let mut start_step = 0;
-    if let Some((step, dir)) = existing.filter(|_| opts.resume) {
+    if let Some((step, dir)) = existing {
         let state = checkpoint::read_state(&dir)?;
         if state.seed != recipe.train.seed {
             bail!(
@@ -186,14 +174,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         store.num_params()
     );
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut history = read_history(&metrics_path, start_step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+    let (mut history, mut metrics) = open_metrics(&out, start_step)?;
 
     let t = &recipe.train;
     let per_step = t.batch_size * t.grad_accum;
@@ -223,17 +204,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
             let loss = (nll / total_labels as f64)?;
             loss_value += loss.to_scalar::<f32>()? as f64;
             let grads = collect_grads(&params, &loss.backward()?)?;
-            acc = Some(match acc {
-                None => grads,
-                Some(mut a) => {
-                    for (k, g) in grads {
-                        if let Some(x) = a.get_mut(&k) {
-                            *x = (&*x + g)?;
-                        }
-                    }
-                    a
-                }
-            });
+            accumulate(&mut acc, grads)?;
         }
         let mut grads = acc.context("no micro-batches")?;
         let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
@@ -294,21 +265,11 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
 
     // The result.
     projector.save(&out, &store)?;
-    let train_curve: Vec<(u64, f64)> = history
-        .iter()
-        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
-        .collect();
-    let eval_curve: Vec<(u64, f64)> = history
-        .iter()
-        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("eval_loss")?.as_f64()?)))
-        .collect();
-    let title = format!("{} alignment: {}", recipe.modality, out.display());
-    if let Err(e) = write_loss_png(&out.join("loss.png"), &train_curve, &eval_curve, &title) {
-        eprintln!(
-            "warning: {}: cannot write loss curve: {e}",
-            out.join("loss.png").display()
-        );
-    }
+    write_curves(
+        &out,
+        &history,
+        &format!("{} alignment: {}", recipe.modality, out.display()),
+    );
     let loop_s = t_loop.elapsed().as_secs_f64();
     let summary = AlignSummary {
         steps: step,

@@ -145,6 +145,24 @@ pub fn collect_grads(
         .collect()
 }
 
+/// Add one micro-batch's gradients into the running sum of an accumulated step.
+pub fn accumulate(
+    acc: &mut Option<HashMap<String, Tensor>>,
+    grads: HashMap<String, Tensor>,
+) -> Result<()> {
+    match acc {
+        None => *acc = Some(grads),
+        Some(a) => {
+            for (k, g) in grads {
+                if let Some(x) = a.get_mut(&k) {
+                    *x = (&*x + g)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> Result<f64> {

@@ -21,9 +21,8 @@ use serde::Serialize;
 
 use super::checkpoint::{self, TrainerState};
 use super::data_order::DataOrder;
-use super::metrics::{read_history, rewrite_metrics};
-use super::optim::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
-use super::plot::write_loss_png;
+use super::metrics::{open_metrics, prepare_run_dir, write_curves};
+use super::optim::{accumulate, clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use super::progress::Progress;
 use super::schedule::lr_at;
 use crate::assistant::{
@@ -77,18 +76,7 @@ pub fn projector_dir_name(modality: &str) -> String {
 pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
     let t_start = Instant::now();
     let out = recipe.output_dir();
-    let existing = checkpoint::latest(&out);
-    if existing.is_some() && !opts.resume {
-        bail!(
-            "{}: holds checkpoints of an earlier run; pass --resume to continue it or choose another output_dir",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    anymal_adapters::projector::write_atomic(
-        &out.join("recipe.toml"),
-        recipe.to_toml()?.as_bytes(),
-    )?;
+    let existing = prepare_run_dir(&out, opts.resume, &recipe.to_toml()?)?;
     let t = &recipe.train;
 
     // The frozen LLM, its LoRA and the projectors.
@@ -223,7 +211,7 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
 
     let mut elapsed_before = 0.0;
     let mut start_step = 0;
-    if let Some((step, dir)) = existing.filter(|_| opts.resume) {
+    if let Some((step, dir)) = existing {
         let state = checkpoint::read_state(&dir)?;
         if state.seed != t.seed {
             bail!(
@@ -252,14 +240,7 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
         eprintln!("resuming from {} (step {step})", dir.display());
     }
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut history = read_history(&metrics_path, start_step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+    let (mut history, mut metrics) = open_metrics(&out, start_step)?;
 
     let per_step = t.batch_size * t.grad_accum;
     let order = DataOrder::new(train.items.len(), t.seed);
@@ -298,17 +279,7 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
             if let Some(missing) = all_params.iter().find(|n| !grads.contains_key(*n)) {
                 bail!("no gradient reached parameter '{missing}'");
             }
-            acc = Some(match acc {
-                None => grads,
-                Some(mut a) => {
-                    for (k, g) in grads {
-                        if let Some(x) = a.get_mut(&k) {
-                            *x = (&*x + g)?;
-                        }
-                    }
-                    a
-                }
-            });
+            accumulate(&mut acc, grads)?;
         }
         let mut grads = acc.context("no micro-batches")?;
         let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
@@ -374,24 +345,11 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
             .save(&out.join(projector_dir_name(&a.modality)), &a.store)?;
     }
     save_trainables(&out, &adapters, lora.as_ref(), recipe, true)?;
-    let curve = |key: &str| -> Vec<(u64, f64)> {
-        history
-            .iter()
-            .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get(key)?.as_f64()?)))
-            .collect()
-    };
-    let title = format!("instruction tuning: {}", out.display());
-    if let Err(e) = write_loss_png(
-        &out.join("loss.png"),
-        &curve("loss"),
-        &curve("eval_loss"),
-        &title,
-    ) {
-        eprintln!(
-            "warning: {}: cannot write loss curve: {e}",
-            out.join("loss.png").display()
-        );
-    }
+    write_curves(
+        &out,
+        &history,
+        &format!("instruction tuning: {}", out.display()),
+    );
     let loop_s = t_loop.elapsed().as_secs_f64();
     let summary = TuneSummary {
         steps: step,
