@@ -9,7 +9,8 @@ use anymal_encoders::ModalityRegistry;
 use anymal_llm::{generate, GenerationStats, LoadedModel, Sampler};
 use candle_core::{Device, Tensor};
 
-use crate::features::{load_encoder, FeatureSource};
+use crate::assistant::ModalityAdapter;
+use crate::features::FeatureSource;
 use crate::splice::{build_batch, Example, PromptTemplate};
 
 pub struct AlignedModel {
@@ -29,43 +30,21 @@ impl AlignedModel {
         llm: Option<&str>,
         requant: Option<&str>,
     ) -> Result<Self> {
-        let (projector, _) = Projector::load(run_dir, &Device::Cpu)
+        let cfg = anymal_adapters::projector::load_config(run_dir)
             .with_context(|| format!("loading projector from {}", run_dir.display()))?;
-        let cfg = &projector.cfg;
         let llm_ref = llm.unwrap_or(&cfg.llm);
         if llm_ref.is_empty() {
             bail!("{}: names no LLM; pass --llm", run_dir.display());
         }
         let model = anymal_llm::load_model(llm_ref, &crate::cli::load_options(requant)?)
             .with_context(|| format!("loading model '{llm_ref}'"))?;
-        if model.llm.cfg.hidden_size != cfg.d_llm {
-            bail!(
-                "{}: the projector was trained for an LLM of width {}, '{llm_ref}' has {}",
-                run_dir.display(),
-                cfg.d_llm,
-                model.llm.cfg.hidden_size
-            );
-        }
-        let placeholder = registry
-            .get(&cfg.modality)
-            .with_context(|| format!("{}: projector.json", run_dir.display()))?
-            .placeholder();
-        let encoder = load_encoder(registry, &cfg.modality, &cfg.encoder, &cfg.encoder_options)?;
-        if !cfg.encoder_id.is_empty() && encoder.id() != cfg.encoder_id {
-            eprintln!(
-                "warning: encoder '{}' has id {}, the projector was trained on {}",
-                cfg.encoder,
-                encoder.id(),
-                cfg.encoder_id
-            );
-        }
         // Inference reads features through the cache too: a clip seen before is not re-encoded.
-        let source = FeatureSource::new(encoder, true);
+        let a = ModalityAdapter::load(registry, run_dir, model.llm.cfg.hidden_size, true)?;
         Ok(Self {
             model,
-            projector,
-            source,
-            placeholder,
+            projector: a.projector,
+            source: a.source,
+            placeholder: a.placeholder,
         })
     }
 

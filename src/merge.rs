@@ -20,17 +20,8 @@ use serde::Serialize;
 
 /// The linear layer of the model that a GGUF weight name belongs to, if it has an adapter.
 fn adapted<'a>(model: &'a LoadedModel, gguf_name: &str) -> Option<&'a QLinear> {
-    let prefix = gguf_name.strip_suffix(".weight")?;
-    let path = gguf_to_hf_module(prefix)?;
-    let lin = if path == "lm_head" {
-        &model.llm.lm_head
-    } else {
-        let rest = path.strip_prefix("model.layers.")?;
-        let (i, name) = rest.split_once('.')?;
-        let block = model.llm.layers.get(i.parse::<usize>().ok()?)?;
-        block.linears().into_iter().find(|(n, _)| *n == name)?.1
-    };
-    lin.lora().is_some().then_some(lin)
+    let path = gguf_to_hf_module(gguf_name.strip_suffix(".weight")?)?;
+    model.llm.linear(&path).filter(|l| l.lora().is_some())
 }
 
 /// `merged weight` as a GGUF tensor of `ty` (a smaller block of the same family where `ty`'s
@@ -43,14 +34,11 @@ fn merged_qtensor(lin: &QLinear, ty: QuantType) -> Result<QTensor> {
     }
 }
 
-/// Write `model` (whose LoRA is attached) as a GGUF next to its source GGUF `src`: adapted
-/// weights merged and quantized to `ty` (None: each layer's own type), the rest copied.
-pub fn write_merged_gguf(
-    model: &LoadedModel,
-    src: &Path,
-    ty: Option<QuantType>,
-    out: &Path,
-) -> Result<usize> {
+/// Write `model` (whose LoRA is attached and which was loaded from a GGUF) as a GGUF: adapted
+/// weights merged and quantized to `ty` (None: each layer's own type), the rest copied from
+/// the source file.
+pub fn write_merged_gguf(model: &LoadedModel, ty: Option<QuantType>, out: &Path) -> Result<usize> {
+    let src = model.path.as_path();
     let (content, mut file) = anymal_llm::loader::read_gguf(src)?;
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(content.tensor_infos.len());
     let mut merged = 0;

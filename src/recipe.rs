@@ -189,34 +189,18 @@ fn default_keep() -> usize {
 impl AlignRecipe {
     /// Read `path`, apply `key=value` overrides, check.
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read recipe", path.display()))?;
-        Self::parse(&text, sets).with_context(|| format!("recipe {}", path.display()))
+        load_recipe(path, sets, Self::parse)
     }
 
     pub fn parse(text: &str, sets: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
-        for s in sets {
-            apply_set(&mut table, s)?;
-        }
-        let r: AlignRecipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        let r: AlignRecipe = parse_with_sets(text, sets)?;
         r.check()?;
         Ok(r)
     }
 
     fn check(&self) -> Result<()> {
-        let t = &self.train;
-        if t.batch_size == 0 || t.grad_accum == 0 {
-            bail!("train.batch_size and train.grad_accum must be >= 1");
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("train.lr must be a positive number, got {}", t.lr);
-        }
-        if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
-            bail!("data.max_bad_fraction must be within [0, 1]");
-        }
+        self.train.check()?;
+        check_bad_fraction(self.data.max_bad_fraction)?;
         if self.projector.num_tokens == 0 {
             bail!("projector.num_tokens must be >= 1");
         }
@@ -351,29 +335,13 @@ fn default_max_seq_len() -> usize {
 
 impl TuneRecipe {
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read recipe", path.display()))?;
-        Self::parse(&text, sets).with_context(|| format!("recipe {}", path.display()))
+        load_recipe(path, sets, Self::parse)
     }
 
     pub fn parse(text: &str, sets: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
-        for s in sets {
-            apply_set(&mut table, s)?;
-        }
-        let r: TuneRecipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
-        let t = &r.train;
-        if t.batch_size == 0 || t.grad_accum == 0 {
-            bail!("train.batch_size and train.grad_accum must be >= 1");
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("train.lr must be a positive number, got {}", t.lr);
-        }
-        if !(0.0..=1.0).contains(&r.data.max_bad_fraction) {
-            bail!("data.max_bad_fraction must be within [0, 1]");
-        }
+        let r: TuneRecipe = parse_with_sets(text, sets)?;
+        r.train.check()?;
+        check_bad_fraction(r.data.max_bad_fraction)?;
         if let Some(l) = &r.lora {
             l.spec()?;
             if l.lr < 0.0 || !l.lr.is_finite() {
@@ -398,6 +366,47 @@ impl TuneRecipe {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+impl TrainSection {
+    fn check(&self) -> Result<()> {
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("train.batch_size and train.grad_accum must be >= 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("train.lr must be a positive number, got {}", self.lr);
+        }
+        Ok(())
+    }
+}
+
+fn check_bad_fraction(f: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&f) {
+        bail!("data.max_bad_fraction must be within [0, 1]");
+    }
+    Ok(())
+}
+
+/// Read a recipe file and parse it with `parse`, errors naming the file.
+fn load_recipe<T>(
+    path: &Path,
+    sets: &[String],
+    parse: impl FnOnce(&str, &[String]) -> Result<T>,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read recipe", path.display()))?;
+    parse(&text, sets).with_context(|| format!("recipe {}", path.display()))
+}
+
+/// TOML text with `--set` overrides applied, deserialized (unknown fields are errors).
+fn parse_with_sets<T: serde::de::DeserializeOwned>(text: &str, sets: &[String]) -> Result<T> {
+    let mut table: toml::Table = toml::from_str(text).context("invalid TOML")?;
+    for s in sets {
+        apply_set(&mut table, s)?;
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
 }
 
 /// `a.b.c=value`: value parsed as a TOML literal (number, bool, quoted string, array), else

@@ -244,13 +244,8 @@ fn gguf_merge_at_f32_is_exact() {
     std::fs::create_dir_all(&dir).unwrap();
     set.save_peft(&dir.join("lora"), "smollm2").unwrap();
     let out = dir.join("merged.gguf");
-    let n = anymal::merge::write_merged_gguf(
-        &m,
-        &m.path.clone(),
-        Some(QuantType::parse("f32").unwrap()),
-        &out,
-    )
-    .unwrap();
+    let n =
+        anymal::merge::write_merged_gguf(&m, Some(QuantType::parse("f32").unwrap()), &out).unwrap();
     assert_eq!(n, 60);
     let mut exact = anymal_llm::load_model("smollm2", &f32_opts).unwrap();
     exact

@@ -138,6 +138,22 @@ impl Llm {
         }
     }
 
+    /// The linear layer at an HF module path (`model.layers.3.mlp.up_proj`, `lm_head`).
+    pub fn linear(&self, path: &str) -> Option<&anymal_quant::QLinear> {
+        if path == "lm_head" {
+            return Some(&self.lm_head);
+        }
+        let rest = path.strip_prefix("model.layers.")?;
+        let (idx, name) = rest.split_once('.')?;
+        let block = self.layers.get(idx.parse::<usize>().ok()?)?;
+        block
+            .linears()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| l)
+    }
+
+    /// Mutable access; clones the block when it is shared (copy-on-write).
     fn linear_mut(&mut self, path: &str) -> Option<&mut anymal_quant::QLinear> {
         if path == "lm_head" {
             return Some(&mut self.lm_head);
@@ -148,8 +164,8 @@ impl Llm {
         Arc::make_mut(block).linear_mut(name)
     }
 
-    fn linear_shape(&mut self, path: &str) -> Option<(usize, usize)> {
-        self.linear_mut(path).map(|l| l.shape())
+    fn linear_shape(&self, path: &str) -> Option<(usize, usize)> {
+        self.linear(path).map(|l| l.shape())
     }
 
     /// Paths `targets` selects: every block linear layer it matches, and the output head only
@@ -274,9 +290,10 @@ impl Llm {
 
     /// Remove every adapter.
     pub fn detach_lora(&mut self) {
+        // Only adapted layers are touched, so unadapted (shared) blocks are not copied.
         for p in self.linear_paths() {
-            if let Some(l) = self.linear_mut(&p) {
-                if l.lora().is_some() {
+            if self.linear(&p).is_some_and(|l| l.lora().is_some()) {
+                if let Some(l) = self.linear_mut(&p) {
                     *l = l.with_lora(None).expect("removing an adapter always fits");
                 }
             }

@@ -98,30 +98,19 @@ pub fn run(a: GenerateArgs, registry: &anymal_encoders::ModalityRegistry) -> any
         top_p: a.top_p,
         seed: a.seed,
     });
-    let mut stream = TokenStream::new(&model.tokenizer);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let (_, stats) = generate(
-        &model.llm,
-        &ids,
-        None,
-        a.max_tokens,
-        &mut sampler,
-        &model.eos_ids(),
-        |id| {
-            if let Some(piece) = stream.push(id)? {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-            }
-            Ok(())
-        },
-    )?;
-    if let Some(rest) = stream.finish()? {
-        out.write_all(rest.as_bytes())?;
-    }
-    writeln!(out)?;
-    print_stats(&stats);
-    Ok(())
+    stream_to_stdout(&model.tokenizer, |on_token| {
+        let eos = model.eos_ids();
+        Ok(generate(
+            &model.llm,
+            &ids,
+            None,
+            a.max_tokens,
+            &mut sampler,
+            &eos,
+            on_token,
+        )?
+        .1)
+    })
 }
 
 /// Generation with modality inputs through a trained projector.
@@ -148,22 +137,12 @@ fn run_with_projector(
         top_p: a.top_p,
         seed: a.seed,
     });
-    let mut stream = TokenStream::new(&m.model.tokenizer);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let (_, stats) = m.generate(&prompt, &files, a.max_tokens, &mut sampler, |id| {
-        if let Some(piece) = stream.push(id)? {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        }
-        Ok(())
-    })?;
-    if let Some(rest) = stream.finish()? {
-        out.write_all(rest.as_bytes())?;
-    }
-    writeln!(out)?;
-    print_stats(&stats);
-    Ok(())
+    stream_to_stdout(&m.model.tokenizer, |on_token| {
+        Ok(
+            m.generate(&prompt, &files, a.max_tokens, &mut sampler, on_token)?
+                .1,
+        )
+    })
 }
 
 /// Generation with a tuned run or a LoRA (and any projectors): the conversation path.
@@ -240,10 +219,26 @@ fn run_with_assistant(
         top_p: a.top_p,
         seed: a.seed,
     });
-    let mut stream = TokenStream::new(&m.model.tokenizer);
+    stream_to_stdout(&m.model.tokenizer, |on_token| {
+        Ok(
+            m.generate(&turns, &media, a.max_tokens, &mut sampler, on_token)?
+                .1,
+        )
+    })
+}
+
+/// Run `gen` with a callback that prints each decoded piece to stdout as it comes, then a
+/// newline and the speed on stderr.
+fn stream_to_stdout(
+    tokenizer: &anymal_llm::Tokenizer,
+    gen: impl FnOnce(
+        &mut dyn FnMut(u32) -> anymal_llm::Result<()>,
+    ) -> anyhow::Result<anymal_llm::GenerationStats>,
+) -> anyhow::Result<()> {
+    let mut stream = TokenStream::new(tokenizer);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let (_, stats) = m.generate(&turns, &media, a.max_tokens, &mut sampler, |id| {
+    let stats = gen(&mut |id| {
         if let Some(piece) = stream.push(id)? {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();

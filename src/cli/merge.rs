@@ -55,7 +55,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
                     model.path.display()
                 );
             }
-            write_merged_gguf(&model, &model.path.clone(), ty, &a.out)?
+            write_merged_gguf(&model, ty, &a.out)?
         }
         _ => write_merged_safetensors(&model, &a.out)?,
     };
