@@ -23,12 +23,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `xs (b, t, d)`, `mask` additive `(b, 1, t, t_total)`; returns `(b, t, d)`.
+    /// `xs (b, t, d)`, `mask` additive `(b, 1, t, t_total)` (None: nothing masked); returns
+    /// `(b, t, d)`.
     pub fn forward(
         &self,
         xs: &Tensor,
         rope: &RopeTables,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
@@ -51,29 +52,30 @@ impl Attention {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let k = repeat_kv(&k, h / kvh)?;
-        let v = repeat_kv(&v, h / kvh)?;
-        let scores =
-            (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
+        // Grouped-query attention without copying keys and values per query head: the `n`
+        // query heads sharing a kv head become `n * t` rows against that head's keys.
+        let n = h / kvh;
+        let t_total = k.dim(2)?;
+        let q = (q.reshape((b, kvh, n * t, hd))? * self.scale)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, kvh, n, t, t_total))?
+                .broadcast_add(&m.to_dtype(scores.dtype())?.unsqueeze(1)?)?
+                .reshape((b, kvh, n * t, t_total))?,
+            None => scores,
+        };
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             // Inference only: the fused softmax has no backward.
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
         Ok(self.o_proj.forward(&out)?)
     }
-}
-
-/// `(b, kv, t, d) -> (b, kv * n, t, d)`, each kv head repeated for its `n` query heads.
-fn repeat_kv(xs: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(xs.clone());
-    }
-    let (b, kv, t, d) = xs.dims4()?;
-    Ok(xs
-        .unsqueeze(2)?
-        .broadcast_as((b, kv, n, t, d))?
-        .reshape((b, kv * n, t, d))?)
 }

@@ -16,17 +16,17 @@ use crate::rope::RopeTables;
 pub(crate) struct CheckpointedBlock {
     block: Arc<Block>,
     rope: RopeTables,
-    mask: Tensor,
+    mask: Option<Tensor>,
 }
 
 impl CheckpointedBlock {
-    pub fn new(block: Arc<Block>, rope: RopeTables, mask: Tensor) -> Self {
+    pub fn new(block: Arc<Block>, rope: RopeTables, mask: Option<Tensor>) -> Self {
         Self { block, rope, mask }
     }
 
     fn run(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.block
-            .forward(xs, &self.rope, &self.mask, None)
+            .forward(xs, &self.rope, self.mask.as_ref(), None)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }

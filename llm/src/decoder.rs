@@ -68,7 +68,7 @@ impl Block {
         &self,
         xs: &Tensor,
         rope: &RopeTables,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let h = self
@@ -187,9 +187,9 @@ impl Llm {
         let checkpoint = self.gradient_checkpointing && cache.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
             let (rope, mask) = if layer.sliding {
-                (&rope_local, &mask_local)
+                (&rope_local, mask_local.as_ref())
             } else {
-                (&rope_global, &mask_global)
+                (&rope_global, mask_global.as_ref())
             };
             // Only a graph-tracking input records the checkpointing op (and with it the
             // block's backward): an untracked input (text-only LoRA tuning, layer 0) runs the
@@ -198,7 +198,7 @@ impl Llm {
                 xs.apply_op1(CheckpointedBlock::new(
                     layer.clone(),
                     rope.clone(),
-                    mask.clone(),
+                    mask.cloned(),
                 ))?
             } else {
                 layer.forward(&xs, rope, mask, cache.as_deref_mut().map(|c| (c, i)))?
@@ -238,6 +238,7 @@ impl Llm {
 /// Additive attention mask `(b, 1, t, offset + t)`: 0 where query `i` may attend key `j`, a
 /// large negative number elsewhere (future keys, keys outside the sliding window, padding).
 /// Finite rather than -inf so that a fully padded row gives uniform weights instead of NaN.
+/// None when nothing is masked (a decoding step without padding): attention then skips the add.
 pub fn build_mask(
     b: usize,
     t: usize,
@@ -245,7 +246,7 @@ pub fn build_mask(
     window: Option<usize>,
     attention_mask: Option<&Tensor>,
     device: &Device,
-) -> Result<Tensor> {
+) -> Result<Option<Tensor>> {
     const NEG: f32 = -1e30;
     let total = offset + t;
     let keep: Option<Vec<Vec<u32>>> = match attention_mask {
@@ -261,6 +262,7 @@ pub fn build_mask(
         None => None,
     };
     let mut data = Vec::with_capacity(b * t * total);
+    let mut any_masked = false;
     for bi in 0..b {
         for i in 0..t {
             let qpos = offset + i;
@@ -268,13 +270,14 @@ pub fn build_mask(
                 let causal = j <= qpos;
                 let in_window = window.is_none_or(|w| qpos - j.min(qpos) < w);
                 let real = keep.as_ref().is_none_or(|k| k[bi][j] != 0);
-                data.push(if causal && in_window && real {
-                    0.0
-                } else {
-                    NEG
-                });
+                let keep = causal && in_window && real;
+                any_masked |= !keep;
+                data.push(if keep { 0.0 } else { NEG });
             }
         }
     }
-    Ok(Tensor::from_vec(data, (b, 1, t, total), device)?)
+    if !any_masked {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(data, (b, 1, t, total), device)?))
 }

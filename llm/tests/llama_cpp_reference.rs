@@ -64,12 +64,18 @@ fn check_logits(m: &LoadedModel, fx: &Fixture, tol: f32) {
         for (pos, row) in logits.iter().enumerate() {
             let ours_top = anymal_llm::sampling::argmax(row);
             let ref_top = case.top_ids[pos][0];
-            // Where llama.cpp's first two candidates are within the tolerance, either is right.
-            let near_tie = (case.top_logits[pos][0] - case.top_logits[pos][1]).abs() < tol;
+            // A near tie on either side may break either way under rounding: where llama.cpp's
+            // first two candidates are within the tolerance, or where its choice scores within
+            // the tolerance of ours in our model, either is right.
+            let near_tie = (case.top_logits[pos][0] - case.top_logits[pos][1]).abs() < tol
+                || row[ours_top as usize] - row[ref_top as usize] < tol;
             assert!(
                 ours_top == ref_top || near_tie,
-                "{:?} position {pos}: top-1 {ours_top} vs llama.cpp {ref_top}",
-                case.prompt
+                "{:?} position {pos}: top-1 {ours_top} vs llama.cpp {ref_top} (ours {} vs {}; llama.cpp's top two {:?})",
+                case.prompt,
+                row[ours_top as usize],
+                row[ref_top as usize],
+                &case.top_logits[pos][..2]
             );
             // Raw logits differ by a shift common to the whole row at some positions (softmax
             // ignores it), so the tolerance is on probabilities: the softmax over llama.cpp's

@@ -8,6 +8,7 @@
 //! Two 4-bit families: the GGUF block types (Q4_0, Q4_1, Q4K, ...) run on candle's kernels, and
 //! [`Nf4Tensor`], QLoRA's NormalFloat-4 with optional double quantization of the scales.
 
+pub mod cpu_kernels;
 pub mod custom_op;
 mod error;
 mod lora;

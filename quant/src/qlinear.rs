@@ -285,6 +285,17 @@ impl CustomOp1 for QMatMulWithGrad {
                 let y = x.reshape(((), k))?.matmul(&wd.t()?)?;
                 crate::custom_op::into_cpu_storage(y.reshape(with_last(&lead, n))?)
             }
+            // Few rows on a type candle multiplies with scalar code: our SIMD kernels.
+            QWeight::Ggml(w) if crate::cpu_kernels::has_kernel(w.dtype()) => {
+                let x = crate::custom_op::cpu_tensor(storage, layout)?.to_dtype(DType::F32)?;
+                let (lead, _) = split_last(x.dims());
+                let m = rows(layout);
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                match crate::cpu_kernels::matmul(w, &xs, m)? {
+                    Some(y) => Ok((CpuStorage::F32(y), with_last(&lead, w.shape().dims2()?.0).into())),
+                    None => w.as_ref().cpu_fwd(storage, layout),
+                }
+            }
             QWeight::Ggml(w) => w.as_ref().cpu_fwd(storage, layout),
             QWeight::Nf4(w) => Nf4MatMul(w).cpu_fwd(storage, layout),
             QWeight::Dense(_) => candle_core::bail!("dense weights do not use the qlinear op"),
