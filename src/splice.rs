@@ -210,14 +210,7 @@ pub fn answer_loss_sum(llm: &anymal_llm::Llm, batch: &Batch) -> Result<(Tensor, 
     let picked = hidden
         .reshape((b * t, d))?
         .index_select(&batch.predict_positions, 0)?;
-    let logits = llm
-        .logits(&picked.unsqueeze(0)?)?
-        .squeeze(0)?
-        .to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-    let nll = logp
-        .gather(&batch.targets.unsqueeze(1)?, 1)?
-        .sum_all()?
-        .neg()?;
+    let targets = batch.targets.to_vec1::<u32>()?;
+    let nll = llm.label_nll(&picked.to_dtype(DType::F32)?, &targets)?.sum_all()?;
     Ok((nll, m))
 }

@@ -212,6 +212,13 @@ impl Llm {
         Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
     }
 
+    /// Negative log-likelihood of `targets` at each of the hidden states `(n, d)`, shape `(n,)`:
+    /// the head and cross-entropy fused over vocabulary slices (see [`crate::head_loss`]), so the
+    /// `(n, vocab)` logits are never held. Differentiable in `hidden`.
+    pub fn label_nll(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        crate::head_loss::head_nll(&self.lm_head, hidden, targets)
+    }
+
     /// Whether the output head shares the embedding table's storage.
     pub fn head_is_tied(&self) -> bool {
         matches!(self.lm_head.weight(), anymal_quant::QWeight::Ggml(w) if Arc::ptr_eq(w, &self.embed_tokens))

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 mod error;
 pub mod generate;
+pub mod head_loss;
 pub mod kv_cache;
 pub mod loader;
 pub mod lora;

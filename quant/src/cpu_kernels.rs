@@ -120,9 +120,32 @@ impl GgmlType for BlockQ4_1 {
     fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            return unsafe { avx2_dot_q4_1(n / QK, xs, ys) };
+            let [d] = unsafe {
+                if vnni() { vnni_q4_1(n / QK, [xs], ys) } else { avx2_q4_1(n / QK, [xs], ys) }
+            };
+            return d;
         }
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    fn vec_dot_4(
+        n: usize,
+        x0: &[Self],
+        x1: &[Self],
+        x2: &[Self],
+        x3: &[Self],
+        ys: &[BlockQ8s],
+    ) -> (f32, f32, f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            let xs = [x0, x1, x2, x3];
+            let [a, b, c, d] = unsafe {
+                if vnni() { vnni_q4_1(n / QK, xs, ys) } else { avx2_q4_1(n / QK, xs, ys) }
+            };
+            return (a, b, c, d);
+        }
+        let f = |x| Self::vec_dot_unopt(n, x, ys);
+        (f(x0), f(x1), f(x2), f(x3))
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
@@ -155,9 +178,32 @@ impl GgmlType for BlockQ5_0 {
     fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            return unsafe { avx2_dot_q5_0(n / QK, xs, ys) };
+            let [d] = unsafe {
+                if vnni() { vnni_q5_0(n / QK, [xs], ys) } else { avx2_q5_0(n / QK, [xs], ys) }
+            };
+            return d;
         }
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    fn vec_dot_4(
+        n: usize,
+        x0: &[Self],
+        x1: &[Self],
+        x2: &[Self],
+        x3: &[Self],
+        ys: &[BlockQ8s],
+    ) -> (f32, f32, f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            let xs = [x0, x1, x2, x3];
+            let [a, b, c, d] = unsafe {
+                if vnni() { vnni_q5_0(n / QK, xs, ys) } else { avx2_q5_0(n / QK, xs, ys) }
+            };
+            return (a, b, c, d);
+        }
+        let f = |x| Self::vec_dot_unopt(n, x, ys);
+        (f(x0), f(x1), f(x2), f(x3))
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
@@ -178,7 +224,15 @@ impl GgmlType for BlockQ5_0 {
 
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// AVX-512 VNNI's `vpdpbusd` does the u8 x i8 multiply-add in one instruction.
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -186,16 +240,20 @@ use std::arch::x86_64::*;
 
 /// Sum over 32 unsigned (0..32) times signed bytes, as 8 f32 lanes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
-    // u8 * i8 pairs summed to i16: at most 2 * 31 * 127, no saturation.
-    let p16 = _mm256_maddubs_epi16(x, y);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+#[inline(always)]
+unsafe fn dot_u8_i8<const VNNI: bool>(x: __m256i, y: __m256i) -> __m256 {
+    let p32 = if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
+    } else {
+        // u8 * i8 pairs summed to i16: at most 2 * 31 * 127, no saturation.
+        _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+    };
+    _mm256_cvtepi32_ps(p32)
 }
 
 /// The 32 nibbles of a block as bytes, elements 0..16 (low nibbles) then 16..32 (high).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
     let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
     let m4 = _mm_set1_epi8(0x0F);
@@ -204,8 +262,27 @@ unsafe fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// The fifth bits of a Q5_0 block as 0x10 bytes: byte j tests bit j of `qh`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
+unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let pick = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let spread = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(qh)), pick), bit);
+    _mm256_and_si256(_mm256_cmpeq_epi8(spread, bit), _mm256_set1_epi8(0x10))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -213,46 +290,75 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Dot products of `R` weight rows with one activation row: the activation block is loaded once
+/// per block for all rows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_q4_1(blocks: usize, xs: &[BlockQ4_1], ys: &[BlockQ8s]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (x, y) in xs.iter().zip(ys.iter()).take(blocks) {
-        let q = nibbles(&x.qs);
+#[inline(always)]
+unsafe fn rows_q4_1<const VNNI: bool, const R: usize>(
+    blocks: usize,
+    xs: [&[BlockQ4_1]; R],
+    ys: &[BlockQ8s],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [0f32; R];
+    for (b, y) in ys.iter().enumerate().take(blocks) {
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        let p = dot_u8_i8(q, yq);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(x.d.to_f32() * y.d), p, acc);
-        offset += x.m.to_f32() * y.d * y.sum as f32;
+        for r in 0..R {
+            let x = &xs[r][b];
+            let p = dot_u8_i8::<VNNI>(nibbles(&x.qs), yq);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x.d) * y.d), p, acc[r]);
+            offset[r] += f16_to_f32(x.m) * y.d * y.sum as f32;
+        }
     }
-    hsum(acc) + offset
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]) + offset[r];
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dot_q5_0(blocks: usize, xs: &[BlockQ5_0], ys: &[BlockQ8s]) -> f32 {
-    // Byte j of the spread mask tests bit (j % 8) of byte (j / 8) of qh.
-    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let pick = _mm256_setr_epi8(
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
-        3, 3,
-    );
-    let fifth = _mm256_set1_epi8(0x10);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (x, y) in xs.iter().zip(ys.iter()).take(blocks) {
-        let qh = _mm256_set1_epi32(i32::from_le_bytes(x.qh));
-        let spread = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bit);
-        let high = _mm256_and_si256(_mm256_cmpeq_epi8(spread, bit), fifth);
-        let q = _mm256_or_si256(nibbles(&x.qs), high);
+#[inline(always)]
+unsafe fn rows_q5_0<const VNNI: bool, const R: usize>(
+    blocks: usize,
+    xs: [&[BlockQ5_0]; R],
+    ys: &[BlockQ8s],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [0f32; R];
+    for (b, y) in ys.iter().enumerate().take(blocks) {
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        let p = dot_u8_i8(q, yq);
-        let dd = x.d.to_f32() * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), p, acc);
-        offset -= 16.0 * dd * y.sum as f32;
+        for r in 0..R {
+            let x = &xs[r][b];
+            let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
+            let p = dot_u8_i8::<VNNI>(q, yq);
+            let dd = f16_to_f32(x.d) * y.d;
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd), p, acc[r]);
+            // Q5_0 values are q - 16: the -16 part is one multiply by the activation sum.
+            offset[r] -= 16.0 * dd * y.sum as f32;
+        }
     }
-    hsum(acc) + offset
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]) + offset[r];
+    }
+    out
 }
+
+/// Instantiates the row kernels for one instruction set: `$name::<R>(...)`.
+macro_rules! simd_entry {
+    ($name:ident, $rows:ident, $block:ty, $vnni:literal, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(blocks: usize, xs: [&[$block]; R], ys: &[BlockQ8s]) -> [f32; R] {
+            $rows::<$vnni, R>(blocks, xs, ys)
+        }
+    };
+}
+simd_entry!(avx2_q4_1, rows_q4_1, BlockQ4_1, false, "avx2,fma,f16c");
+simd_entry!(vnni_q4_1, rows_q4_1, BlockQ4_1, true, "avx2,fma,f16c,avx512vnni,avx512vl");
+simd_entry!(avx2_q5_0, rows_q5_0, BlockQ5_0, false, "avx2,fma,f16c");
+simd_entry!(vnni_q5_0, rows_q5_0, BlockQ5_0, true, "avx2,fma,f16c,avx512vnni,avx512vl");
 
 /// `x (m, k) @ W^T` for a Q4_1 or Q5_0 weight `(n, k)` with the SIMD kernels above, on candle's
 /// thread pool. `None` for other types (candle's own kernels are used for those).
@@ -315,31 +421,57 @@ mod tests {
         }
     }
 
+    /// Every SIMD variant this CPU runs (AVX2, and VNNI where present; one row and four)
+    /// against the scalar code on the same quantized input.
     #[test]
     fn simd_equals_scalar() {
         let dev = Device::Cpu;
         let k = 640;
-        let w = Tensor::randn(0f32, 1.0, (2, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, k), &dev).unwrap();
         let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
         let mut y = vec![BlockQ8s { d: 0.0, sum: 0, qs: [0; QK] }; k / QK];
         BlockQ8s::from_float(&x, &mut y);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+        let nb = k / QK;
         for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
             let q = QTensor::quantize(&w, ty).unwrap();
             let data = q.data().unwrap();
-            let (simd, scalar) = match ty {
+            // (scalar per row, SIMD results from each available variant)
+            let (scalar, simd): (Vec<f32>, Vec<Vec<f32>>) = match ty {
                 GgmlDType::Q4_1 => {
                     let b = blocks::<BlockQ4_1>(&data);
-                    (BlockQ4_1::vec_dot(k, b, &y), BlockQ4_1::vec_dot_unopt(k, b, &y))
+                    let r: Vec<&[BlockQ4_1]> = b.chunks(nb).collect();
+                    let scalar = r.iter().map(|x| BlockQ4_1::vec_dot_unopt(k, x, &y)).collect();
+                    let mut v = vec![];
+                    let (a, b2, c, d) = BlockQ4_1::vec_dot_4(k, r[0], r[1], r[2], r[3], &y);
+                    v.push(vec![a, b2, c, d]);
+                    v.push(r.iter().map(|x| BlockQ4_1::vec_dot(k, x, &y)).collect());
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2() {
+                        v.push(unsafe { avx2_q4_1(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+                    }
+                    (scalar, v)
                 }
                 _ => {
                     let b = blocks::<BlockQ5_0>(&data);
-                    (BlockQ5_0::vec_dot(k, b, &y), BlockQ5_0::vec_dot_unopt(k, b, &y))
+                    let r: Vec<&[BlockQ5_0]> = b.chunks(nb).collect();
+                    let scalar = r.iter().map(|x| BlockQ5_0::vec_dot_unopt(k, x, &y)).collect();
+                    let mut v = vec![];
+                    let (a, b2, c, d) = BlockQ5_0::vec_dot_4(k, r[0], r[1], r[2], r[3], &y);
+                    v.push(vec![a, b2, c, d]);
+                    v.push(r.iter().map(|x| BlockQ5_0::vec_dot(k, x, &y)).collect());
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2() {
+                        v.push(unsafe { avx2_q5_0(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+                    }
+                    (scalar, v)
                 }
             };
-            assert!(
-                (simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
-                "{ty:?}: {simd} vs {scalar}"
-            );
+            for got in &simd {
+                for (g, w) in got.iter().zip(&scalar) {
+                    assert!(close(*g, *w), "{ty:?}: {got:?} vs {scalar:?}");
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod cpu_kernels;
 pub mod custom_op;
+pub mod dequant_rows;
 mod error;
 mod lora;
 mod nf4;

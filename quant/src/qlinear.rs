@@ -186,6 +186,20 @@ impl QLinear {
         })
     }
 
+    /// Output rows `rows` of the weight as an f32 tensor `(rows.len(), in)`, dequantizing only
+    /// those (CPU GGUF and dense weights; NF4 dequantizes the whole layer first).
+    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        let (r0, len) = (rows.start, rows.len());
+        Ok(match &self.weight {
+            QWeight::Ggml(w) if w.device().is_cpu() => {
+                let v = crate::dequant_rows::dequantize_rows(w, rows)?;
+                Tensor::from_vec(v, (len, self.in_features), &Device::Cpu)?
+            }
+            QWeight::Dense(w) => w.narrow(0, r0, len)?.to_dtype(DType::F32)?,
+            _ => self.dequantize()?.narrow(0, r0, len)?,
+        })
+    }
+
     /// `(.., in) -> (.., out)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = match &self.weight {

@@ -20,6 +20,16 @@ pub struct BenchArgs {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// align: also train a LoRA (r=8, alpha 16) on every q_proj and v_proj, as the peers'
+    /// "with LoRA" variant does.
+    #[arg(long)]
+    pub lora_qv: bool,
+    /// align: recompute each block in backward instead of keeping its activations.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Also print each align / generate result as one JSON line (for benches/peers/run.py).
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn wants(a: &BenchArgs, what: &str) -> bool {
@@ -33,15 +43,34 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(&a, "train") || wants(&a, "generate") || wants(&a, "align") {
         let opts = super::load_options(a.requant.as_deref())?;
-        let model = load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
+        let mut model =
+            load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
         if wants(&a, "train") {
             bench_train(&model, a.reps)?;
         }
         if wants(&a, "align") {
-            bench_align(&model, a.reps)?;
+            model.llm.gradient_checkpointing = a.gradient_checkpointing;
+            let r = bench_align(&mut model, a.reps, a.lora_qv)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tool": "anymal", "what": "align", "model": a.llm,
+                        "lora_qv": a.lora_qv, "gradient_checkpointing": a.gradient_checkpointing,
+                        "samples_per_s": r.0, "step_s": r.1,
+                        "peak_rss_mib": peak_rss_mib(), "machine": machine()})
+                );
+            }
         }
         if wants(&a, "generate") {
-            bench_generate(&model)?;
+            let (tg, pp) = bench_generate(&model)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tool": "anymal", "what": "generate", "model": a.llm,
+                        "tg128": tg, "pp512": pp, "peak_rss_mib": peak_rss_mib(),
+                        "machine": machine()})
+                );
+            }
         }
     }
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
@@ -144,10 +173,31 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
 }
 
 /// One alignment step as issue 6 defines it: batch 8, each 32 projected tokens + 32 text
-/// tokens, loss on the text tokens, projector Linear(384 -> d) trained, AdamW step.
-fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<()> {
+/// tokens, loss on the text tokens, projector Linear(384 -> d) trained, AdamW step; with
+/// `lora_qv` also a LoRA r=8 on q_proj and v_proj. Returns (samples/s, s/step).
+fn bench_align(
+    model: &mut anymal_llm::LoadedModel,
+    reps: usize,
+    lora_qv: bool,
+) -> anyhow::Result<(f64, f64)> {
     use crate::splice::{answer_loss_sum, build_batch, Example, PromptTemplate};
     use anymal_adapters::{Projector, ProjectorConfig, ProjectorKind, Reduce};
+    let lora = if lora_qv {
+        let spec = anymal_llm::LoraSpec {
+            cfg: anymal_quant::LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                use_rslora: false,
+            },
+            targets: anymal_llm::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        };
+        let set = model.llm.attach_lora(&spec, 7)?;
+        set.set_training(true);
+        Some(set)
+    } else {
+        None
+    };
     let llm = &model.llm;
     let (b, k, text) = (8usize, 32usize, 32usize);
     let cfg = ProjectorConfig {
@@ -167,7 +217,11 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         chat_template: false,
     };
     let (proj, store) = Projector::init(&cfg, 1, &Device::Cpu)?;
-    let params = store.vars();
+    let mut params = store.vars();
+    let proj_params = params.len();
+    if let Some(set) = &lora {
+        params.extend(set.vars());
+    }
     let mut opt = crate::train::optim::AdamW::new(
         params.clone(),
         crate::train::optim::AdamWConfig {
@@ -192,7 +246,10 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
     let feats: Vec<Tensor> = (0..b)
         .map(|i| Tensor::randn(0f32, 1.0, (100 + 10 * i, 384), &Device::Cpu))
         .collect::<candle_core::Result<_>>()?;
-    println!("\nAlignment step: batch {b} x ({k} projected + {text} text tokens), loss on text tokens, AdamW:");
+    println!(
+        "\nAlignment step: batch {b} x ({k} projected + {text} text tokens), loss on text tokens, AdamW{}:",
+        if lora_qv { ", LoRA r=8 on q,v" } else { "" }
+    );
     let (mut t_fwd, mut t_bwd, mut t_opt) = (vec![], vec![], vec![]);
     for _ in 0..reps.max(2) + 1 {
         let t0 = Instant::now();
@@ -205,7 +262,11 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         let loss = (nll / m as f64)?;
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let grads = crate::train::optim::collect_grads(&params, &loss.backward()?)?;
+        let store = loss.backward()?;
+        let mut grads = crate::train::optim::collect_grads(&params[..proj_params], &store)?;
+        if let Some(set) = &lora {
+            grads.extend(set.grads(&store)?);
+        }
         let t2 = Instant::now();
         opt.step(&grads, 1e-4)?;
         t_fwd.push((t1 - t0).as_secs_f64());
@@ -222,10 +283,11 @@ fn bench_align(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
         "  forward {:.2} s, backward {:.2} s, optimizer {:.3} s: {:.2} s/step, {:.2} samples/s, peak RSS so far {:.0} MiB",
         f, bw, o, f + bw + o, b as f64 / (f + bw + o), peak_rss_mib()
     );
-    Ok(())
+    Ok((b as f64 / (f + bw + o), f + bw + o))
 }
 
-fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<()> {
+/// Returns (tg128, pp512) in tokens/s.
+fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<(f64, f64)> {
     let ids = model
         .tokenizer
         .encode("The history of the printing press", true, false)?;
@@ -234,12 +296,12 @@ fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<()> {
     let (_, st) = generate(&model.llm, &ids, None, 128, &mut sampler, &[], |_| Ok(()))?;
     let long: Vec<u32> = (0..512u32).map(|i| 100 + (i * 7919) % 10_000).collect();
     let (_, pp) = generate(&model.llm, &long, None, 1, &mut sampler, &[], |_| Ok(()))?;
-    println!(
-        "\nGeneration: tg128 {:.1} tokens/s; prompt processing pp512 {:.1} tokens/s",
+    let (tg, pp) = (
         st.generated_tokens as f64 / st.generate_seconds,
-        pp.prompt_tokens as f64 / pp.prompt_seconds
+        pp.prompt_tokens as f64 / pp.prompt_seconds,
     );
-    Ok(())
+    println!("\nGeneration: tg128 {tg:.1} tokens/s; prompt processing pp512 {pp:.1} tokens/s");
+    Ok((tg, pp))
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`).

@@ -58,6 +58,7 @@ enum Command {
 /// passes the built-in ones; a program that adds its own modality (see
 /// `examples/custom_modality.rs`) passes a registry with it registered and gets the whole CLI.
 pub fn main_with(registry: ModalityRegistry) -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Generate(a) => self::generate::run(a, &registry),
@@ -91,4 +92,16 @@ pub fn load_options(requant: Option<&str>) -> anyhow::Result<LoadOptions> {
         quant,
         ..Default::default()
     })
+}
+
+/// glibc returns every freed block above 128 KiB to the OS and maps the next one fresh, so a
+/// training step, which allocates the same activation-sized tensors every step, spent ~15% of
+/// its time zeroing new pages (`clear_page_erms` in a profile). Blocks up to 32 MiB are kept
+/// for reuse instead, and the heap is trimmed only above 256 MiB free.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }

@@ -1,0 +1,250 @@
+//! The output head and cross-entropy in one pass over vocabulary slices, with the gradient
+//! for the hidden states computed on the way.
+//!
+//! Unfused, a training step materialises the logits, their softmax and several same-sized
+//! temporaries of the backward, plus the whole head dequantized to f32 (Gemma 3's 262k x 640 head
+//! is 671 MB as f32, and the logits of 256 label positions another 268 MB each). Here the head is
+//! dequantized a slice of rows at a time; a running max and sum (the online softmax) give each
+//! row's log-normaliser, and the same slice's probabilities are folded into
+//! `A = sum_v p_v W_v`, rescaled whenever the running max moves. At the end
+//! `d nll / d h = A / Z - W_target` exactly, so backward is one multiply by the incoming
+//! gradient. Memory: one slice of weights and logits, and two `(n, d)` matrices.
+
+use std::sync::Mutex;
+
+use anymal_quant::QLinear;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Bytes of f32 weights dequantized per slice.
+const SLICE_BYTES: usize = 8 << 20;
+
+/// Per-row negative log-likelihood of `targets (n,)` under `head` applied to `hidden (n, d)`:
+/// `logsumexp(h W^T + b) - (h W^T + b)[target]`, shape `(n,)`, f32. Differentiable in `hidden`
+/// (not in the head, which is frozen here; a head with a LoRA uses the unfused path).
+pub fn head_nll(head: &QLinear, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let d = hidden.dim(1)?;
+    head_nll_sliced(head, hidden, targets, (SLICE_BYTES / (4 * d.max(1))).max(256))
+}
+
+/// [`head_nll`] with `slice` vocabulary rows per slice.
+fn head_nll_sliced(head: &QLinear, hidden: &Tensor, targets: &[u32], slice: usize) -> Result<Tensor> {
+    let (n, d) = hidden.dims2()?;
+    let (vocab, din) = head.shape();
+    if d != din || targets.len() != n {
+        return Err(Error::Msg(format!(
+            "head_nll: hidden ({n}, {d}), {} targets, head ({vocab}, {din})",
+            targets.len()
+        )));
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Msg(format!("target id {t} is outside the vocabulary of {vocab}")));
+    }
+    let fused = hidden.device().is_cpu() && hidden.dtype() == DType::F32 && head.lora().is_none();
+    if !fused {
+        let logits = head.forward(hidden)?.to_dtype(DType::F32)?;
+        let t = Tensor::new(targets, hidden.device())?.unsqueeze(1)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        return Ok(logp.gather(&t, 1)?.squeeze(1)?.neg()?);
+    }
+    Ok(hidden.contiguous()?.apply_op1(HeadNll {
+        head: head.clone(),
+        targets: targets.to_vec(),
+        slice,
+        want_grad: hidden.track_op(),
+        grad: Mutex::new(None),
+    })?)
+}
+
+struct HeadNll {
+    head: QLinear,
+    targets: Vec<u32>,
+    /// Vocabulary rows per slice.
+    slice: usize,
+    /// False when nothing upstream trains (evaluation): the `A` accumulation is skipped.
+    want_grad: bool,
+    /// `d nll_i / d h_i`, filled by the forward for the backward.
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl HeadNll {
+    fn run(&self, h: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
+        let (n, d) = h.dims2()?;
+        let (vocab, _) = self.head.shape();
+        let slice = self.slice.max(1);
+        let mut max = vec![f32::NEG_INFINITY; n];
+        let mut sum = vec![0f32; n];
+        let mut target_logit = vec![0f32; n];
+        let mut acc: Option<Tensor> = None;
+        let mut target_rows = vec![0f32; if self.want_grad { n * d } else { 0 }];
+        let to_candle = |e: anymal_quant::Error| candle_core::Error::Msg(e.to_string());
+        let mut r0 = 0;
+        while r0 < vocab {
+            let r1 = (r0 + slice).min(vocab);
+            let w = self.head.dequantize_rows(r0..r1).map_err(to_candle)?;
+            let mut logits = h.matmul(&w.t()?)?;
+            if let Some(b) = self.head.bias() {
+                logits = logits.broadcast_add(&b.narrow(0, r0, r1 - r0)?.to_dtype(DType::F32)?)?;
+            }
+            let cols = r1 - r0;
+            let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+            // Per row: new running max, rescale factor of what was summed before, and the
+            // slice's exp(logit - max) in place (the probabilities up to 1/Z).
+            let rescale: Vec<f32> = p
+                .par_chunks_mut(cols)
+                .zip(max.par_iter_mut())
+                .zip(sum.par_iter_mut())
+                .zip(target_logit.par_iter_mut())
+                .enumerate()
+                .map(|(i, (((row, m), s), tl))| {
+                    let t = self.targets[i] as usize;
+                    if (r0..r1).contains(&t) {
+                        *tl = row[t - r0];
+                    }
+                    let new_m = row.iter().fold(*m, |a, &b| a.max(b));
+                    let alpha = (*m - new_m).exp();
+                    let mut part = 0f32;
+                    for v in row.iter_mut() {
+                        *v = (*v - new_m).exp();
+                        part += *v;
+                    }
+                    *s = *s * alpha + part;
+                    *m = new_m;
+                    alpha
+                })
+                .collect();
+            if self.want_grad {
+                let p = Tensor::from_vec(p, (n, cols), h.device())?;
+                let contrib = p.matmul(&w)?;
+                acc = Some(match acc {
+                    None => contrib,
+                    Some(a) => {
+                        let alpha = Tensor::from_vec(rescale, (n, 1), h.device())?;
+                        (a.broadcast_mul(&alpha)? + contrib)?
+                    }
+                });
+                let wv = w.flatten_all()?.to_vec1::<f32>()?;
+                for (i, &t) in self.targets.iter().enumerate() {
+                    let t = t as usize;
+                    if (r0..r1).contains(&t) {
+                        let src = &wv[(t - r0) * d..(t - r0 + 1) * d];
+                        target_rows[i * d..(i + 1) * d].copy_from_slice(src);
+                    }
+                }
+            }
+            r0 = r1;
+        }
+        let nll: Vec<f32> = (0..n)
+            .map(|i| max[i] + sum[i].ln() - target_logit[i])
+            .collect();
+        let grad = match acc {
+            Some(a) if self.want_grad => {
+                let inv_z: Vec<f32> = sum.iter().map(|s| 1.0 / s).collect();
+                let inv_z = Tensor::from_vec(inv_z, (n, 1), h.device())?;
+                let wt = Tensor::from_vec(target_rows, (n, d), h.device())?;
+                Some((a.broadcast_mul(&inv_z)? - wt)?)
+            }
+            _ => None,
+        };
+        Ok((nll, grad))
+    }
+}
+
+impl CustomOp1 for HeadNll {
+    fn name(&self) -> &'static str {
+        "head-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = anymal_quant::custom_op::cpu_tensor(storage, layout)?;
+        let (nll, grad) = self.run(&h)?;
+        let n = nll.len();
+        *self.grad.lock().expect("head-nll gradient lock") = grad;
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = self.grad.lock().expect("head-nll gradient lock").clone();
+        let Some(g) = g else {
+            candle_core::bail!("head-nll: backward without a gradient computed in forward")
+        };
+        Ok(Some(g.broadcast_mul(&grad_res.unsqueeze(1)?)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anymal_quant::{GgmlDType, QuantType};
+    use candle_core::{Device, Var};
+
+    /// Fused (several slices, so the running max is rescaled) against logits + log-softmax +
+    /// gather through candle's autograd: losses and gradients.
+    #[test]
+    fn matches_unfused_loss_and_gradient() {
+        let dev = Device::Cpu;
+        let (n, d, vocab) = (7, 64, 1000);
+        let w = (Tensor::randn(0f32, 1.0, (vocab, d), &dev).unwrap() * 0.3).unwrap();
+        let b = Tensor::randn(0f32, 1.0, vocab, &dev).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 337 + 5) % vocab as u32).collect();
+        for (ty, bias) in [
+            (QuantType::Ggml(GgmlDType::Q8_0), None),
+            (QuantType::Ggml(GgmlDType::F32), Some(b.clone())),
+        ] {
+            let head = QLinear::quantize(&w, bias, ty).unwrap();
+            let h0 = (Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap() * 2.0).unwrap();
+            let x = Var::from_tensor(&h0).unwrap();
+            let nll = head_nll_sliced(&head, x.as_tensor(), &targets, 96).unwrap();
+            let weights = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7.], &dev).unwrap();
+            let g = (&nll * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let got_g = g.get(x.as_tensor()).unwrap();
+
+            let y = Var::from_tensor(&h0).unwrap();
+            // The reference multiplies by the dequantized weights in f32 (the quantized kernel
+            // for few rows would also round the input to int8).
+            let wd = head.dequantize().unwrap();
+            let mut logits = y.as_tensor().matmul(&wd.t().unwrap()).unwrap();
+            if let Some(b) = head.bias() {
+                logits = logits.broadcast_add(b).unwrap();
+            }
+            let t = Tensor::new(targets.as_slice(), &dev).unwrap().unsqueeze(1).unwrap();
+            let want = candle_nn::ops::log_softmax(&logits, 1)
+                .unwrap()
+                .gather(&t, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .neg()
+                .unwrap();
+            let wg = (&want * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let want_g = wg.get(y.as_tensor()).unwrap();
+
+            let dl = (&nll - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let dg = (got_g - want_g).unwrap().abs().unwrap().max_all().unwrap();
+            let (dl, dg) = (dl.to_scalar::<f32>().unwrap(), dg.to_scalar::<f32>().unwrap());
+            assert!(dl < 1e-4, "{ty:?}: loss differs by {dl}");
+            assert!(dg < 1e-4, "{ty:?}: gradient differs by {dg}");
+        }
+    }
+
+    #[test]
+    fn bad_target_is_an_error() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (10, 32), &dev).unwrap();
+        let head = QLinear::quantize(&w, None, QuantType::Ggml(GgmlDType::F32)).unwrap();
+        let h = Tensor::randn(0f32, 1.0, (2, 32), &dev).unwrap();
+        let e = head_nll(&head, &h, &[1, 10]).unwrap_err().to_string();
+        assert!(e.contains("target id 10"), "{e}");
+    }
+}
