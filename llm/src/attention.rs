@@ -56,20 +56,32 @@ impl Attention {
         // query heads sharing a kv head become `n * t` rows against that head's keys.
         let n = h / kvh;
         let t_total = k.dim(2)?;
-        let q = (q.reshape((b, kvh, n * t, hd))? * self.scale)?;
+        let q = q.reshape((b, kvh, n * t, hd))?;
         let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b, kvh, n, t, t_total))?
-                .broadcast_add(&m.to_dtype(scores.dtype())?.unsqueeze(1)?)?
-                .reshape((b, kvh, n * t, t_total))?,
-            None => scores,
+        let mask = match mask {
+            Some(m) => Some(m.to_dtype(scores.dtype())?.unsqueeze(1)?), // (b, 1, 1, t, T)
+            None => None,
         };
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+        let probs = if scores.track_op() && scores.dtype() != candle_core::DType::F64 {
+            // Training: scale, mask and softmax in one op that keeps only the scores and the
+            // probabilities for backward.
+            crate::fused_ops::scaled_masked_softmax(&scores, self.scale, mask.as_ref(), n)?
         } else {
-            // Inference only: the fused softmax has no backward.
-            candle_nn::ops::softmax_last_dim(&scores)?
+            let s = (scores * self.scale)?;
+            let s = match &mask {
+                Some(m) => s
+                    .reshape((b, kvh, n, t, t_total))?
+                    .broadcast_add(m)?
+                    .reshape((b, kvh, n * t, t_total))?,
+                None => s,
+            };
+            if s.track_op() {
+                // The dense f64 gradient checks: plain autograd ops.
+                candle_nn::ops::softmax(&s, D::Minus1)?
+            } else {
+                // Inference only: the fused softmax has no backward.
+                candle_nn::ops::softmax_last_dim(&s)?
+            }
         };
         let out = probs
             .matmul(&v)?

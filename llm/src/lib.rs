@@ -11,6 +11,7 @@ pub mod chat;
 mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod fused_ops;
 mod error;
 pub mod generate;
 pub mod head_loss;

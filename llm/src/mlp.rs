@@ -1,7 +1,7 @@
 //! The gated feed-forward block: `down(act(gate(x)) * up(x))`.
 
 use anymal_quant::QLinear;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::Result;
 
@@ -25,11 +25,17 @@ impl Mlp {
     /// `(b, t, d) -> (b, t, d)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(xs)?;
-        let gate = match self.act {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
         let up = self.up_proj.forward(xs)?;
-        Ok(self.down_proj.forward(&(gate * up)?)?)
+        let h = if (gate.track_op() || up.track_op()) && gate.dtype() != DType::F64 {
+            // Training: one op that keeps only gate and up for its backward.
+            crate::fused_ops::gated(&gate, &up, self.act)?
+        } else {
+            let gate = match self.act {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            (gate * up)?
+        };
+        Ok(self.down_proj.forward(&h)?)
     }
 }

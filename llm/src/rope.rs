@@ -52,8 +52,13 @@ impl RopeTables {
 
     /// Rotates `(b, h, t, d)`.
     pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = xs.contiguous()?;
         let train = xs.track_op();
+        if train && xs.dtype() != DType::F64 {
+            // Training: fused forward, backward by the inverse rotation; a strided input is
+            // gathered inside the op rather than copied into a tensor the graph keeps.
+            return Ok(crate::fused_ops::rope(xs, &self.cos, &self.sin, self.interleaved)?);
+        }
+        let xs = xs.contiguous()?;
         // The fused kernels have no backward: use them only when nothing upstream trains.
         Ok(match (self.interleaved, train) {
             (true, true) => candle_nn::rotary_emb::rope_i_slow(&xs, &self.cos, &self.sin)?,

@@ -5,22 +5,73 @@ use candle_core::backend::BackendStorage;
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, Device, Layout, Shape, Storage, Tensor};
 
-/// A contiguous CPU tensor (no graph) over the bytes a custom op receives.
+/// A contiguous CPU tensor (no graph) over the bytes a custom op receives. A strided input
+/// (a transposed view) is gathered into a fresh buffer here, inside the op, so that the caller
+/// need not make a contiguous copy first, which the graph would keep alive until backward.
 pub fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
     let dims = layout.shape().dims().to_vec();
-    let n = layout.shape().elem_count();
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("custom op input must be contiguous, got {layout:?}")
-    };
-    debug_assert_eq!(end - start, n);
+    macro_rules! build {
+        ($v:expr) => {
+            match layout.contiguous_offsets() {
+                Some((start, end)) => Tensor::from_slice(&$v[start..end], dims, &Device::Cpu)?,
+                None => Tensor::from_vec(gather($v, layout), dims, &Device::Cpu)?,
+            }
+        };
+    }
     let t = match storage {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-        CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-        CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
-        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], dims, &Device::Cpu)?,
+        CpuStorage::F32(v) => build!(v),
+        CpuStorage::F16(v) => build!(v),
+        CpuStorage::BF16(v) => build!(v),
+        CpuStorage::F64(v) => build!(v),
         s => candle_core::bail!("custom op: unsupported input dtype {:?}", s.dtype()),
     };
     Ok(t)
+}
+
+/// The tensor itself on the CPU ([`cpu_tensor`] gathers strided input inside the op), a
+/// contiguous copy elsewhere (the CUDA helpers need offset-0 contiguous storage).
+pub fn contiguous_off_cpu(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if xs.device().is_cpu() {
+        Ok(xs.clone())
+    } else {
+        xs.contiguous()
+    }
+}
+
+/// The elements of a strided view in row-major order.
+fn gather<T: Copy>(v: &[T], layout: &Layout) -> Vec<T> {
+    let dims = layout.shape().dims();
+    let stride = layout.stride();
+    let n = layout.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let rank = dims.len();
+    let (last, last_stride) = (dims[rank - 1], stride[rank - 1]);
+    let mut idx = vec![0usize; rank.saturating_sub(1)];
+    loop {
+        let base = layout.start_offset()
+            + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+        if last_stride == 1 {
+            out.extend_from_slice(&v[base..base + last]);
+        } else {
+            out.extend((0..last).map(|j| v[base + j * last_stride]));
+        }
+        // Odometer over all but the last dimension.
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
 }
 
 /// Moves a freshly computed CPU tensor's storage out as a custom op's result.
@@ -70,4 +121,29 @@ pub fn into_cuda_storage(t: Tensor) -> candle_core::Result<(CudaStorage, Shape)>
         candle_core::bail!("custom op output must start at offset 0")
     }
     Ok((s.try_clone(layout)?, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_input_is_gathered_in_order() {
+        let t = Tensor::arange(0f32, 24., &Device::Cpu).unwrap().reshape((2, 3, 4)).unwrap();
+        for v in [
+            t.transpose(1, 2).unwrap(),
+            t.transpose(0, 2).unwrap(),
+            t.narrow(2, 1, 2).unwrap(),
+            t.clone(),
+        ] {
+            let (s, l) = v.storage_and_layout();
+            let Storage::Cpu(cpu) = &*s else { panic!() };
+            let got = cpu_tensor(cpu, l).unwrap();
+            let want = v.contiguous().unwrap();
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+    }
 }

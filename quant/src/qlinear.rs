@@ -209,7 +209,9 @@ impl QLinear {
                 let ys = xs.reshape(((), k))?.matmul(&w.t()?)?;
                 ys.reshape(with_last(&lead, self.out_features))?
             }
-            _ => xs.contiguous()?.apply_op1(QMatMulWithGrad {
+            // On the CPU a strided input (attention's transposed output) is gathered inside
+            // the op, so no contiguous copy is made for the graph to keep until backward.
+            _ => crate::custom_op::contiguous_off_cpu(xs)?.apply_op1(QMatMulWithGrad {
                 weight: self.weight.clone(),
             })?,
         };
@@ -285,6 +287,14 @@ impl CustomOp1 for QMatMulWithGrad {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if !layout.is_contiguous() {
+            let x = crate::custom_op::cpu_tensor(storage, layout)?;
+            let (s, l) = x.storage_and_layout();
+            let candle_core::Storage::Cpu(c) = &*s else {
+                candle_core::bail!("qlinear: expected CPU storage")
+            };
+            return self.cpu_fwd(c, l);
+        }
         match &self.weight {
             // Many rows (training batches, long prompts): candle's quantized CPU kernels take
             // one dot product per (row, column), while dequantizing this one layer and running
