@@ -12,6 +12,7 @@ pub mod data;
 pub mod eval;
 pub mod features;
 pub mod infer;
+pub mod memory_model;
 pub mod merge;
 pub mod recipe;
 pub mod serve;

@@ -79,6 +79,8 @@ def parse_args():
                    help="measurements to run (comma-separated)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     p.add_argument("--out", default=str(HERE / "results"), help="results folder")
+    p.add_argument("--from-jsonl", help="run nothing: summarize the raw results of an earlier "
+                   "(possibly interrupted) run into its table")
     return p.parse_args()
 
 
@@ -275,6 +277,14 @@ def main():
     if bad:
         sys.exit(f"unknown measurement(s) {bad}; known: {', '.join(METRICS)}")
 
+    if args.from_jsonl:
+        src = Path(args.from_jsonl)
+        records = [json.loads(l) for l in src.read_text().splitlines() if l.strip()]
+        rounds = max((r.get("round", 1) for r in records), default=0)
+        report(records, models, args, rounds, datetime.datetime.now().astimezone(), None,
+               src.with_suffix(".md"), src)
+        return
+
     if not args.skip_setup:
         env = dict(os.environ, PEERS_VENV=args.venv)
         if subprocess.run(["bash", str(HERE / "setup.sh")], env=env).returncode != 0:
@@ -327,6 +337,11 @@ def main():
                         jf.write(json.dumps(rec) + "\n")
                         jf.flush()
 
+    report(records, models, args, args.rounds, now, load0, md_path, jsonl_path)
+
+
+def report(records, models, args, rounds, now, load0, md_path, jsonl_path):
+    """Prints the medians and writes the markdown table."""
     summary = summarize(records)
     print("Medians over rounds (successful runs / runs):")
     for (key, meas, tool), s in sorted(summary.items()):
@@ -347,7 +362,7 @@ def main():
         "anymal uses all cores",
         f"- anymal {git_commit()}; "
         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in sorted(versions.items())),
-        f"- {args.rounds} round(s), median over rounds; align: batch 8 x (32 projected + 32 "
+        f"- {rounds} round(s), median over rounds; align: batch 8 x (32 projected + 32 "
         f"text tokens), {args.reps} timed steps per run; peers: PyTorch fp32 (GGUF dequantized "
         "by transformers, lm_head at label positions only), llama-cpp-python",
     ]
@@ -356,7 +371,6 @@ def main():
     print(md)
     md_path.write_text(md)
     log(f"raw results: {jsonl_path}\ntable: {md_path}")
-
 
 if __name__ == "__main__":
     main()
