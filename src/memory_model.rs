@@ -23,15 +23,20 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
-    /// Parameters of the decoder's linear layers and the embedding (head tied or not: counted
-    /// once, as the stored file does).
-    pub fn params(&self) -> usize {
-        let (d, f, q, kv) = (
+    /// (hidden, ffn, query width, key/value width).
+    fn widths(&self) -> (usize, usize, usize, usize) {
+        (
             self.hidden,
             self.ffn,
             self.heads * self.head_dim,
             self.kv_heads * self.head_dim,
-        );
+        )
+    }
+
+    /// Parameters of the decoder's linear layers and the embedding (head tied or not: counted
+    /// once, as the stored file does).
+    pub fn params(&self) -> usize {
+        let (d, f, q, kv) = self.widths();
         self.layers * (d * q + 2 * d * kv + q * d + 3 * d * f) + self.vocab * d
     }
 
@@ -132,8 +137,7 @@ const HEAD_SLICE_BYTES: usize = 8 << 20;
 /// rotated k and v's contiguous copy (4 kv); scores and probabilities (2 heads x T); gate, up
 /// and their gated product (3 ffn).
 fn per_token_layer_elems(m: &ModelShape, seq: usize) -> usize {
-    let q = m.heads * m.head_dim;
-    let kv = m.kv_heads * m.head_dim;
+    let (_, _, q, kv) = m.widths();
     let d_terms = if m.post_norms { 8 } else { 6 };
     d_terms * m.hidden + 4 * q + 4 * kv + 2 * m.heads * seq + 3 * m.ffn
 }
@@ -144,12 +148,7 @@ pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
     let lora_params = match s.lora {
         None => 0,
         Some((r, targets)) => {
-            let (d, f, q, kv) = (
-                m.hidden,
-                m.ffn,
-                m.heads * m.head_dim,
-                m.kv_heads * m.head_dim,
-            );
+            let (d, f, q, kv) = m.widths();
             // r * (in + out) per adapted layer.
             let per_block = match targets {
                 LoraTargets::QV => r * (d + q) + r * (d + kv),
@@ -165,12 +164,7 @@ pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
     // sum with the frozen output (3 out).
     let lora_acts = match s.lora {
         Some((r, targets)) => {
-            let (d, f, q, kv) = (
-                m.hidden,
-                m.ffn,
-                m.heads * m.head_dim,
-                m.kv_heads * m.head_dim,
-            );
+            let (d, f, q, kv) = m.widths();
             let outs: &[usize] = match targets {
                 LoraTargets::QV => &[q, kv],
                 LoraTargets::AllLinear => &[q, kv, kv, d, f, f, d],

@@ -104,51 +104,66 @@ fn mirror_mut<A, B>(xs: &mut [A]) -> &mut [B] {
     unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr() as *mut B, xs.len()) }
 }
 
-impl GgmlType for BlockQ4_1 {
-    const DTYPE: GgmlDType = GgmlDType::Q4_1;
-    const BLCK_SIZE: usize = QK;
-    type VecDotType = BlockQ8s;
+/// The trait candle's matmul drives, for one of our weight blocks: (de)quantization is
+/// candle's own on the mirrored layout, the dot products ours (SIMD where the CPU has it).
+macro_rules! weight_block {
+    ($block:ident, $candle:ident, $dtype:ident, $avx2:ident, $vnni:ident) => {
+        impl GgmlType for $block {
+            const DTYPE: GgmlDType = GgmlDType::$dtype;
+            const BLCK_SIZE: usize = QK;
+            type VecDotType = BlockQ8s;
 
-    fn to_float(xs: &[Self], ys: &mut [f32]) {
-        k_quants::BlockQ4_1::to_float(mirror(xs), ys)
-    }
+            fn to_float(xs: &[Self], ys: &mut [f32]) {
+                k_quants::$candle::to_float(mirror(xs), ys)
+            }
 
-    fn from_float(xs: &[f32], ys: &mut [Self]) {
-        k_quants::BlockQ4_1::from_float(xs, mirror_mut(ys))
-    }
+            fn from_float(xs: &[f32], ys: &mut [Self]) {
+                k_quants::$candle::from_float(xs, mirror_mut(ys))
+            }
 
-    fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            let [d] = unsafe {
-                if vnni() { vnni_q4_1(n / QK, [xs], ys) } else { avx2_q4_1(n / QK, [xs], ys) }
-            };
-            return d;
+            fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
+                #[cfg(target_arch = "x86_64")]
+                if avx2() {
+                    let [d] = unsafe {
+                        if vnni() { $vnni(n / QK, [xs], ys) } else { $avx2(n / QK, [xs], ys) }
+                    };
+                    return d;
+                }
+                Self::dot_scalar(n, xs, ys)
+            }
+
+            fn vec_dot_4(
+                n: usize,
+                x0: &[Self],
+                x1: &[Self],
+                x2: &[Self],
+                x3: &[Self],
+                ys: &[BlockQ8s],
+            ) -> (f32, f32, f32, f32) {
+                #[cfg(target_arch = "x86_64")]
+                if avx2() {
+                    let xs = [x0, x1, x2, x3];
+                    let [a, b, c, d] = unsafe {
+                        if vnni() { $vnni(n / QK, xs, ys) } else { $avx2(n / QK, xs, ys) }
+                    };
+                    return (a, b, c, d);
+                }
+                let f = |x| Self::dot_scalar(n, x, ys);
+                (f(x0), f(x1), f(x2), f(x3))
+            }
+
+            fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
+                Self::dot_scalar(n, xs, ys)
+            }
         }
-        Self::vec_dot_unopt(n, xs, ys)
-    }
+    };
+}
+weight_block!(BlockQ4_1, BlockQ4_1, Q4_1, avx2_q4_1, vnni_q4_1);
+weight_block!(BlockQ5_0, BlockQ5_0, Q5_0, avx2_q5_0, vnni_q5_0);
 
-    fn vec_dot_4(
-        n: usize,
-        x0: &[Self],
-        x1: &[Self],
-        x2: &[Self],
-        x3: &[Self],
-        ys: &[BlockQ8s],
-    ) -> (f32, f32, f32, f32) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            let xs = [x0, x1, x2, x3];
-            let [a, b, c, d] = unsafe {
-                if vnni() { vnni_q4_1(n / QK, xs, ys) } else { avx2_q4_1(n / QK, xs, ys) }
-            };
-            return (a, b, c, d);
-        }
-        let f = |x| Self::vec_dot_unopt(n, x, ys);
-        (f(x0), f(x1), f(x2), f(x3))
-    }
-
-    fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
+impl BlockQ4_1 {
+    /// The reference the SIMD kernels are tested against.
+    fn dot_scalar(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
         let mut sum = 0f32;
         for (x, y) in xs.iter().zip(ys.iter()).take(n / QK) {
             let mut s = 0i32;
@@ -162,51 +177,9 @@ impl GgmlType for BlockQ4_1 {
     }
 }
 
-impl GgmlType for BlockQ5_0 {
-    const DTYPE: GgmlDType = GgmlDType::Q5_0;
-    const BLCK_SIZE: usize = QK;
-    type VecDotType = BlockQ8s;
-
-    fn to_float(xs: &[Self], ys: &mut [f32]) {
-        k_quants::BlockQ5_0::to_float(mirror(xs), ys)
-    }
-
-    fn from_float(xs: &[f32], ys: &mut [Self]) {
-        k_quants::BlockQ5_0::from_float(xs, mirror_mut(ys))
-    }
-
-    fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            let [d] = unsafe {
-                if vnni() { vnni_q5_0(n / QK, [xs], ys) } else { avx2_q5_0(n / QK, [xs], ys) }
-            };
-            return d;
-        }
-        Self::vec_dot_unopt(n, xs, ys)
-    }
-
-    fn vec_dot_4(
-        n: usize,
-        x0: &[Self],
-        x1: &[Self],
-        x2: &[Self],
-        x3: &[Self],
-        ys: &[BlockQ8s],
-    ) -> (f32, f32, f32, f32) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            let xs = [x0, x1, x2, x3];
-            let [a, b, c, d] = unsafe {
-                if vnni() { vnni_q5_0(n / QK, xs, ys) } else { avx2_q5_0(n / QK, xs, ys) }
-            };
-            return (a, b, c, d);
-        }
-        let f = |x| Self::vec_dot_unopt(n, x, ys);
-        (f(x0), f(x1), f(x2), f(x3))
-    }
-
-    fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
+impl BlockQ5_0 {
+    /// The reference the SIMD kernels are tested against.
+    fn dot_scalar(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
         let mut sum = 0f32;
         for (x, y) in xs.iter().zip(ys.iter()).take(n / QK) {
             let qh = u32::from_le_bytes(x.qh);
@@ -431,46 +404,50 @@ mod tests {
         let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
         let mut y = vec![BlockQ8s { d: 0.0, sum: 0, qs: [0; QK] }; k / QK];
         BlockQ8s::from_float(&x, &mut y);
-        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
         let nb = k / QK;
-        for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
-            let q = QTensor::quantize(&w, ty).unwrap();
-            let data = q.data().unwrap();
-            // (scalar per row, SIMD results from each available variant)
-            let (scalar, simd): (Vec<f32>, Vec<Vec<f32>>) = match ty {
-                GgmlDType::Q4_1 => {
-                    let b = blocks::<BlockQ4_1>(&data);
-                    let r: Vec<&[BlockQ4_1]> = b.chunks(nb).collect();
-                    let scalar = r.iter().map(|x| BlockQ4_1::vec_dot_unopt(k, x, &y)).collect();
-                    let mut v = vec![];
-                    let (a, b2, c, d) = BlockQ4_1::vec_dot_4(k, r[0], r[1], r[2], r[3], &y);
-                    v.push(vec![a, b2, c, d]);
-                    v.push(r.iter().map(|x| BlockQ4_1::vec_dot(k, x, &y)).collect());
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2() {
-                        v.push(unsafe { avx2_q4_1(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
-                    }
-                    (scalar, v)
-                }
-                _ => {
-                    let b = blocks::<BlockQ5_0>(&data);
-                    let r: Vec<&[BlockQ5_0]> = b.chunks(nb).collect();
-                    let scalar = r.iter().map(|x| BlockQ5_0::vec_dot_unopt(k, x, &y)).collect();
-                    let mut v = vec![];
-                    let (a, b2, c, d) = BlockQ5_0::vec_dot_4(k, r[0], r[1], r[2], r[3], &y);
-                    v.push(vec![a, b2, c, d]);
-                    v.push(r.iter().map(|x| BlockQ5_0::vec_dot(k, x, &y)).collect());
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2() {
-                        v.push(unsafe { avx2_q5_0(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
-                    }
-                    (scalar, v)
-                }
-            };
-            for got in &simd {
-                for (g, w) in got.iter().zip(&scalar) {
-                    assert!(close(*g, *w), "{ty:?}: {got:?} vs {scalar:?}");
-                }
+
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let data = q.data().unwrap();
+        let r: Vec<&[BlockQ4_1]> = blocks::<BlockQ4_1>(&data).chunks(nb).collect();
+        #[allow(unused_mut)]
+        let mut extra = vec![];
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            extra.push(unsafe { avx2_q4_1(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+        }
+        check_variants(&r, k, &y, extra);
+
+        let q = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
+        let data = q.data().unwrap();
+        let r: Vec<&[BlockQ5_0]> = blocks::<BlockQ5_0>(&data).chunks(nb).collect();
+        #[allow(unused_mut)]
+        let mut extra = vec![];
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            extra.push(unsafe { avx2_q5_0(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+        }
+        check_variants(&r, k, &y, extra);
+    }
+
+    /// `vec_dot`, `vec_dot_4` and the `extra` results for four rows each equal the scalar
+    /// reference.
+    fn check_variants<B: GgmlType<VecDotType = BlockQ8s>>(
+        r: &[&[B]],
+        k: usize,
+        y: &[BlockQ8s],
+        extra: Vec<Vec<f32>>,
+    ) {
+        let scalar: Vec<f32> = r.iter().map(|x| B::vec_dot_unopt(k, x, y)).collect();
+        let (a, b, c, d) = B::vec_dot_4(k, r[0], r[1], r[2], r[3], y);
+        let mut variants = vec![vec![a, b, c, d], r.iter().map(|x| B::vec_dot(k, x, y)).collect()];
+        variants.extend(extra);
+        for got in &variants {
+            for (g, w) in got.iter().zip(&scalar) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{:?}: {got:?} vs {scalar:?}",
+                    B::DTYPE
+                );
             }
         }
     }
