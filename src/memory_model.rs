@@ -182,7 +182,8 @@ pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
         + tokens * m.hidden * s.act_bytes; // the spliced input embeddings
     let n_labels = s.batch * s.labels;
     let slice_rows = (HEAD_SLICE_BYTES / (4 * m.hidden)).max(256).min(m.vocab);
-    let head = slice_rows * m.hidden * 4 + 2 * n_labels * slice_rows * 4 + 3 * n_labels * m.hidden * 4;
+    let head =
+        slice_rows * m.hidden * 4 + 2 * n_labels * slice_rows * 4 + 3 * n_labels * m.hidden * 4;
     let largest_weight = (m.ffn * m.hidden).max(m.heads * m.head_dim * m.hidden);
     let backward_scratch = per_layer + largest_weight * s.act_bytes.max(4);
     MemoryEstimate {
@@ -228,8 +229,14 @@ mod tests {
     #[test]
     fn checkpointing_saves_activations_only() {
         let m = ModelShape::named("llama2-7b", 4.5).unwrap();
-        let (a, b) = (estimate(&m, &setup(4, 256, false)), estimate(&m, &setup(4, 256, true)));
+        let (a, b) = (
+            estimate(&m, &setup(4, 256, false)),
+            estimate(&m, &setup(4, 256, true)),
+        );
         assert!(b.activations * 10 < a.activations);
-        assert_eq!(a.weights + a.head + a.adapter_state, b.weights + b.head + b.adapter_state);
+        assert_eq!(
+            a.weights + a.head + a.adapter_state,
+            b.weights + b.head + b.adapter_state
+        );
     }
 }

@@ -211,6 +211,8 @@ pub fn answer_loss_sum(llm: &anymal_llm::Llm, batch: &Batch) -> Result<(Tensor, 
         .reshape((b * t, d))?
         .index_select(&batch.predict_positions, 0)?;
     let targets = batch.targets.to_vec1::<u32>()?;
-    let nll = llm.label_nll(&picked.to_dtype(DType::F32)?, &targets)?.sum_all()?;
+    let nll = llm
+        .label_nll(&picked.to_dtype(DType::F32)?, &targets)?
+        .sum_all()?;
     Ok((nll, m))
 }

@@ -89,7 +89,15 @@ fn inspect_describes_the_model() {
 #[test]
 fn inspect_plans_training_memory() {
     let (code, stdout, stderr) = anymal(&[
-        "inspect", "llama2-70b", "--batch", "4", "--seq", "256", "--cuda", "--bits", "4.13",
+        "inspect",
+        "llama2-70b",
+        "--batch",
+        "4",
+        "--seq",
+        "256",
+        "--cuda",
+        "--bits",
+        "4.13",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("68.7 B parameters"), "{stdout}");
@@ -101,8 +109,18 @@ fn inspect_plans_training_memory() {
     let (code, stdout, stderr) = anymal(&["inspect", "--recipe", &recipe]);
     assert_eq!(code, 0, "{stderr}");
     // The recipe's batch 8, 32 audio tokens + 64 text tokens.
-    assert!(stdout.contains("batch 8 x 96 tokens, 64 labelled"), "{stdout}");
-    let (code, _, stderr) = anymal(&["inspect", "smollm2", "--lora-r", "8", "--lora-targets", "qkv"]);
+    assert!(
+        stdout.contains("batch 8 x 96 tokens, 64 labelled"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = anymal(&[
+        "inspect",
+        "smollm2",
+        "--lora-r",
+        "8",
+        "--lora-targets",
+        "qkv",
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("--lora-targets: 'qkv'"), "{stderr}");
 }

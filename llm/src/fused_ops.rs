@@ -66,7 +66,10 @@ impl CustomOp1 for RmsNormOp {
         // dx = r (g w - x r^2 mean(g w x)), accumulated in f32.
         let dtype = x.dtype();
         let x = x.detach().to_dtype(DType::F32)?;
-        let gw = g.detach().to_dtype(DType::F32)?.broadcast_mul(&self.w.to_dtype(DType::F32)?)?;
+        let gw = g
+            .detach()
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&self.w.to_dtype(DType::F32)?)?;
         let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?
             .sqrt()?
             .recip()?;
@@ -227,7 +230,12 @@ impl CustomOp2 for Gated {
 
 /// Rotary embedding of `(b, h, t, d)` with tables `(t, d / 2)`; interleaved (GPT-J) or halves
 /// (NeoX) layout. Keeps nothing: the backward is the inverse rotation of the gradient.
-pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
+pub fn rope(
+    xs: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> candle_core::Result<Tensor> {
     contiguous_off_cpu(xs)?.apply_op1(RopeOp {
         cos: cos.clone(),
         sin: sin.clone(),
@@ -271,7 +279,9 @@ impl CustomOp1 for RopeOp {
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // Each pair is rotated by an orthogonal 2x2 matrix: its transpose, the rotation by
         // -angle (cos, -sin), maps the gradient back.
-        Ok(Some(self.rotate(&g.detach().contiguous()?, &self.sin.neg()?)?))
+        Ok(Some(
+            self.rotate(&g.detach().contiguous()?, &self.sin.neg()?)?,
+        ))
     }
 }
 
@@ -281,16 +291,19 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Value and gradient (for a random upstream gradient) of `fused` against `slow`, which is
     /// the same function through candle's autograd.
-    fn check(
-        shape: &[usize],
-        fused: impl Fn(&Tensor) -> Tensor,
-        slow: impl Fn(&Tensor) -> Tensor,
-    ) {
+    fn check(shape: &[usize], fused: impl Fn(&Tensor) -> Tensor, slow: impl Fn(&Tensor) -> Tensor) {
         let dev = Device::Cpu;
         let x0 = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
         let up = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
@@ -302,8 +315,16 @@ mod tests {
         };
         let (yf, gf) = run(&fused);
         let (ys, gs) = run(&slow);
-        assert!(max_diff(&yf, &ys) < 1e-5, "values differ by {}", max_diff(&yf, &ys));
-        assert!(max_diff(&gf, &gs) < 1e-4, "gradients differ by {}", max_diff(&gf, &gs));
+        assert!(
+            max_diff(&yf, &ys) < 1e-5,
+            "values differ by {}",
+            max_diff(&yf, &ys)
+        );
+        assert!(
+            max_diff(&gf, &gs) < 1e-4,
+            "gradients differ by {}",
+            max_diff(&gf, &gs)
+        );
     }
 
     #[test]
@@ -314,7 +335,10 @@ mod tests {
             |x| rms_norm(x, &w, 1e-6).unwrap(),
             |x| {
                 let r = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap();
-                x.broadcast_div(&r.sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap()
+                x.broadcast_div(&r.sqrt().unwrap())
+                    .unwrap()
+                    .broadcast_mul(&w)
+                    .unwrap()
             },
         );
     }
@@ -328,7 +352,11 @@ mod tests {
             |x| scaled_masked_softmax(x, 0.3, Some(&m), n).unwrap(),
             |x| {
                 let s = (x * 0.3).unwrap().reshape((b, kv, n, t, tt)).unwrap();
-                let s = s.broadcast_add(&m).unwrap().reshape((b, kv, n * t, tt)).unwrap();
+                let s = s
+                    .broadcast_add(&m)
+                    .unwrap()
+                    .reshape((b, kv, n * t, tt))
+                    .unwrap();
                 candle_nn::ops::softmax(&s, D::Minus1).unwrap()
             },
         );
@@ -344,7 +372,10 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
         for act in [Activation::Silu, Activation::GeluTanh] {
             let run = |fused: bool| {
-                let (g, u) = (Var::from_tensor(&g0).unwrap(), Var::from_tensor(&u0).unwrap());
+                let (g, u) = (
+                    Var::from_tensor(&g0).unwrap(),
+                    Var::from_tensor(&u0).unwrap(),
+                );
                 let y = if fused {
                     gated(g.as_tensor(), u.as_tensor(), act).unwrap()
                 } else {
@@ -362,7 +393,11 @@ mod tests {
             let (yf, gf, uf) = run(true);
             let (ys, gs, us) = run(false);
             assert!(max_diff(&yf, &ys) < 1e-5, "{act:?} values");
-            assert!(max_diff(&gf, &gs) < 1e-4, "{act:?} gate grad {}", max_diff(&gf, &gs));
+            assert!(
+                max_diff(&gf, &gs) < 1e-4,
+                "{act:?} gate grad {}",
+                max_diff(&gf, &gs)
+            );
             assert!(max_diff(&uf, &us) < 1e-5, "{act:?} up grad");
         }
     }

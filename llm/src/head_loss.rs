@@ -26,11 +26,21 @@ const SLICE_BYTES: usize = 8 << 20;
 /// (not in the head, which is frozen here; a head with a LoRA uses the unfused path).
 pub fn head_nll(head: &QLinear, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let d = hidden.dim(1)?;
-    head_nll_sliced(head, hidden, targets, (SLICE_BYTES / (4 * d.max(1))).max(256))
+    head_nll_sliced(
+        head,
+        hidden,
+        targets,
+        (SLICE_BYTES / (4 * d.max(1))).max(256),
+    )
 }
 
 /// [`head_nll`] with `slice` vocabulary rows per slice.
-fn head_nll_sliced(head: &QLinear, hidden: &Tensor, targets: &[u32], slice: usize) -> Result<Tensor> {
+fn head_nll_sliced(
+    head: &QLinear,
+    hidden: &Tensor,
+    targets: &[u32],
+    slice: usize,
+) -> Result<Tensor> {
     let (n, d) = hidden.dims2()?;
     let (vocab, din) = head.shape();
     if d != din || targets.len() != n {
@@ -40,7 +50,9 @@ fn head_nll_sliced(head: &QLinear, hidden: &Tensor, targets: &[u32], slice: usiz
         )));
     }
     if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Msg(format!("target id {t} is outside the vocabulary of {vocab}")));
+        return Err(Error::Msg(format!(
+            "target id {t} is outside the vocabulary of {vocab}"
+        )));
     }
     let fused = hidden.device().is_cpu() && hidden.dtype() == DType::F32 && head.lora().is_none();
     if !fused {
@@ -71,14 +83,16 @@ struct HeadNll {
 
 impl HeadNll {
     fn run(&self, h: &Tensor) -> candle_core::Result<(Vec<f32>, Option<Tensor>)> {
-        let (n, d) = h.dims2()?;
+        let (n, _) = h.dims2()?;
         let (vocab, _) = self.head.shape();
         let slice = self.slice.max(1);
         let mut max = vec![f32::NEG_INFINITY; n];
         let mut sum = vec![0f32; n];
         let mut target_logit = vec![0f32; n];
         let mut acc: Option<Tensor> = None;
-        let mut target_rows = vec![0f32; if self.want_grad { n * d } else { 0 }];
+        // W[target_i], copied out of whichever slice holds it (a row-sized copy: `copy()` would
+        // clone the whole slice's storage).
+        let mut target_rows: Vec<Option<Tensor>> = vec![None; if self.want_grad { n } else { 0 }];
         let to_candle = |e: anymal_quant::Error| candle_core::Error::Msg(e.to_string());
         let mut r0 = 0;
         while r0 < vocab {
@@ -125,12 +139,10 @@ impl HeadNll {
                         (a.broadcast_mul(&alpha)? + contrib)?
                     }
                 });
-                let wv = w.flatten_all()?.to_vec1::<f32>()?;
                 for (i, &t) in self.targets.iter().enumerate() {
                     let t = t as usize;
                     if (r0..r1).contains(&t) {
-                        let src = &wv[(t - r0) * d..(t - r0 + 1) * d];
-                        target_rows[i * d..(i + 1) * d].copy_from_slice(src);
+                        target_rows[i] = Some(w.get(t - r0)?.force_contiguous()?);
                     }
                 }
             }
@@ -143,7 +155,11 @@ impl HeadNll {
             Some(a) if self.want_grad => {
                 let inv_z: Vec<f32> = sum.iter().map(|s| 1.0 / s).collect();
                 let inv_z = Tensor::from_vec(inv_z, (n, 1), h.device())?;
-                let wt = Tensor::from_vec(target_rows, (n, d), h.device())?;
+                let wt = target_rows
+                    .into_iter()
+                    .map(|r| r.expect("every target id is below the vocabulary size (checked)"))
+                    .collect::<Vec<_>>();
+                let wt = Tensor::stack(&wt, 0)?;
                 Some((a.broadcast_mul(&inv_z)? - wt)?)
             }
             _ => None,
@@ -197,7 +213,9 @@ mod tests {
         let (n, d, vocab) = (7, 64, 1000);
         let w = (Tensor::randn(0f32, 1.0, (vocab, d), &dev).unwrap() * 0.3).unwrap();
         let b = Tensor::randn(0f32, 1.0, vocab, &dev).unwrap();
-        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 337 + 5) % vocab as u32).collect();
+        let targets: Vec<u32> = (0..n as u32)
+            .map(|i| (i * 337 + 5) % vocab as u32)
+            .collect();
         for (ty, bias) in [
             (QuantType::Ggml(GgmlDType::Q8_0), None),
             (QuantType::Ggml(GgmlDType::F32), Some(b.clone())),
@@ -207,7 +225,12 @@ mod tests {
             let x = Var::from_tensor(&h0).unwrap();
             let nll = head_nll_sliced(&head, x.as_tensor(), &targets, 96).unwrap();
             let weights = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7.], &dev).unwrap();
-            let g = (&nll * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (&nll * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let got_g = g.get(x.as_tensor()).unwrap();
 
             let y = Var::from_tensor(&h0).unwrap();
@@ -218,7 +241,10 @@ mod tests {
             if let Some(b) = head.bias() {
                 logits = logits.broadcast_add(b).unwrap();
             }
-            let t = Tensor::new(targets.as_slice(), &dev).unwrap().unsqueeze(1).unwrap();
+            let t = Tensor::new(targets.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap();
             let want = candle_nn::ops::log_softmax(&logits, 1)
                 .unwrap()
                 .gather(&t, 1)
@@ -227,12 +253,20 @@ mod tests {
                 .unwrap()
                 .neg()
                 .unwrap();
-            let wg = (&want * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let wg = (&want * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let want_g = wg.get(y.as_tensor()).unwrap();
 
             let dl = (&nll - &want).unwrap().abs().unwrap().max_all().unwrap();
             let dg = (got_g - want_g).unwrap().abs().unwrap().max_all().unwrap();
-            let (dl, dg) = (dl.to_scalar::<f32>().unwrap(), dg.to_scalar::<f32>().unwrap());
+            let (dl, dg) = (
+                dl.to_scalar::<f32>().unwrap(),
+                dg.to_scalar::<f32>().unwrap(),
+            );
             assert!(dl < 1e-4, "{ty:?}: loss differs by {dl}");
             assert!(dg < 1e-4, "{ty:?}: gradient differs by {dg}");
         }

@@ -31,7 +31,11 @@ impl RmsNorm {
         }
         if xs.dtype() != DType::F64 {
             // Training: the fused kernel with a hand-written backward that keeps only `xs`.
-            return Ok(crate::fused_ops::rms_norm(xs, &self.weight, self.eps as f32)?);
+            return Ok(crate::fused_ops::rms_norm(
+                xs,
+                &self.weight,
+                self.eps as f32,
+            )?);
         }
         // f64 (the dense gradient checks): plain autograd ops.
         let dtype = xs.dtype();

@@ -56,7 +56,12 @@ impl RopeTables {
         if train && xs.dtype() != DType::F64 {
             // Training: fused forward, backward by the inverse rotation; a strided input is
             // gathered inside the op rather than copied into a tensor the graph keeps.
-            return Ok(crate::fused_ops::rope(xs, &self.cos, &self.sin, self.interleaved)?);
+            return Ok(crate::fused_ops::rope(
+                xs,
+                &self.cos,
+                &self.sin,
+                self.interleaved,
+            )?);
         }
         let xs = xs.contiguous()?;
         // The fused kernels have no backward: use them only when nothing upstream trains.

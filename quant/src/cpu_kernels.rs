@@ -83,7 +83,11 @@ impl GgmlType for BlockQ8s {
             .zip(ys.iter())
             .take(n / QK)
             .map(|(x, y)| {
-                let s: i32 = x.qs.iter().zip(y.qs.iter()).map(|(&a, &b)| a as i32 * b as i32).sum();
+                let s: i32 =
+                    x.qs.iter()
+                        .zip(y.qs.iter())
+                        .map(|(&a, &b)| a as i32 * b as i32)
+                        .sum();
                 s as f32 * x.d * y.d
             })
             .sum()
@@ -125,7 +129,11 @@ macro_rules! weight_block {
                 #[cfg(target_arch = "x86_64")]
                 if avx2() {
                     let [d] = unsafe {
-                        if vnni() { $vnni(n / QK, [xs], ys) } else { $avx2(n / QK, [xs], ys) }
+                        if vnni() {
+                            $vnni(n / QK, [xs], ys)
+                        } else {
+                            $avx2(n / QK, [xs], ys)
+                        }
                     };
                     return d;
                 }
@@ -144,7 +152,11 @@ macro_rules! weight_block {
                 if avx2() {
                     let xs = [x0, x1, x2, x3];
                     let [a, b, c, d] = unsafe {
-                        if vnni() { $vnni(n / QK, xs, ys) } else { $avx2(n / QK, xs, ys) }
+                        if vnni() {
+                            $vnni(n / QK, xs, ys)
+                        } else {
+                            $avx2(n / QK, xs, ys)
+                        }
                     };
                     return (a, b, c, d);
                 }
@@ -244,7 +256,10 @@ unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
         3, 3,
     );
-    let spread = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(qh)), pick), bit);
+    let spread = _mm256_and_si256(
+        _mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(qh)), pick),
+        bit,
+    );
     _mm256_and_si256(_mm256_cmpeq_epi8(spread, bit), _mm256_set1_epi8(0x10))
 }
 
@@ -263,13 +278,55 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// What the row kernel needs of a weight block: its 32 values as unsigned bytes, its scale, and
+/// the constant part of its dot product with an activation block (Q4_1's minimum, Q5_0's -16),
+/// which the activation's sum turns into one multiply.
+#[cfg(target_arch = "x86_64")]
+trait SimdBlock {
+    unsafe fn quants(&self) -> __m256i;
+    fn scale(&self) -> f16;
+    unsafe fn offset(&self, y: &BlockQ8s) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl SimdBlock for BlockQ4_1 {
+    #[inline(always)]
+    unsafe fn quants(&self) -> __m256i {
+        nibbles(&self.qs)
+    }
+    #[inline(always)]
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    unsafe fn offset(&self, y: &BlockQ8s) -> f32 {
+        f16_to_f32(self.m) * y.d * y.sum as f32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl SimdBlock for BlockQ5_0 {
+    #[inline(always)]
+    unsafe fn quants(&self) -> __m256i {
+        _mm256_or_si256(nibbles(&self.qs), fifth_bits(self.qh))
+    }
+    #[inline(always)]
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    unsafe fn offset(&self, y: &BlockQ8s) -> f32 {
+        -16.0 * f16_to_f32(self.d) * y.d * y.sum as f32
+    }
+}
+
 /// Dot products of `R` weight rows with one activation row: the activation block is loaded once
 /// per block for all rows.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn rows_q4_1<const VNNI: bool, const R: usize>(
+unsafe fn rows<B: SimdBlock, const VNNI: bool, const R: usize>(
     blocks: usize,
-    xs: [&[BlockQ4_1]; R],
+    xs: [&[B]; R],
     ys: &[BlockQ8s],
 ) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
@@ -278,37 +335,9 @@ unsafe fn rows_q4_1<const VNNI: bool, const R: usize>(
         let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         for r in 0..R {
             let x = &xs[r][b];
-            let p = dot_u8_i8::<VNNI>(nibbles(&x.qs), yq);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x.d) * y.d), p, acc[r]);
-            offset[r] += f16_to_f32(x.m) * y.d * y.sum as f32;
-        }
-    }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]) + offset[r];
-    }
-    out
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn rows_q5_0<const VNNI: bool, const R: usize>(
-    blocks: usize,
-    xs: [&[BlockQ5_0]; R],
-    ys: &[BlockQ8s],
-) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut offset = [0f32; R];
-    for (b, y) in ys.iter().enumerate().take(blocks) {
-        let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        for r in 0..R {
-            let x = &xs[r][b];
-            let q = _mm256_or_si256(nibbles(&x.qs), fifth_bits(x.qh));
-            let p = dot_u8_i8::<VNNI>(q, yq);
-            let dd = f16_to_f32(x.d) * y.d;
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd), p, acc[r]);
-            // Q5_0 values are q - 16: the -16 part is one multiply by the activation sum.
-            offset[r] -= 16.0 * dd * y.sum as f32;
+            let p = dot_u8_i8::<VNNI>(x.quants(), yq);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x.scale()) * y.d), p, acc[r]);
+            offset[r] += x.offset(y);
         }
     }
     let mut out = [0f32; R];
@@ -320,18 +349,32 @@ unsafe fn rows_q5_0<const VNNI: bool, const R: usize>(
 
 /// Instantiates the row kernels for one instruction set: `$name::<R>(...)`.
 macro_rules! simd_entry {
-    ($name:ident, $rows:ident, $block:ty, $vnni:literal, $features:literal) => {
+    ($name:ident, $block:ty, $vnni:literal, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const R: usize>(blocks: usize, xs: [&[$block]; R], ys: &[BlockQ8s]) -> [f32; R] {
-            $rows::<$vnni, R>(blocks, xs, ys)
+        unsafe fn $name<const R: usize>(
+            blocks: usize,
+            xs: [&[$block]; R],
+            ys: &[BlockQ8s],
+        ) -> [f32; R] {
+            rows::<$block, $vnni, R>(blocks, xs, ys)
         }
     };
 }
-simd_entry!(avx2_q4_1, rows_q4_1, BlockQ4_1, false, "avx2,fma,f16c");
-simd_entry!(vnni_q4_1, rows_q4_1, BlockQ4_1, true, "avx2,fma,f16c,avx512vnni,avx512vl");
-simd_entry!(avx2_q5_0, rows_q5_0, BlockQ5_0, false, "avx2,fma,f16c");
-simd_entry!(vnni_q5_0, rows_q5_0, BlockQ5_0, true, "avx2,fma,f16c,avx512vnni,avx512vl");
+simd_entry!(avx2_q4_1, BlockQ4_1, false, "avx2,fma,f16c");
+simd_entry!(
+    vnni_q4_1,
+    BlockQ4_1,
+    true,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+simd_entry!(avx2_q5_0, BlockQ5_0, false, "avx2,fma,f16c");
+simd_entry!(
+    vnni_q5_0,
+    BlockQ5_0,
+    true,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
 
 /// `x (m, k) @ W^T` for a Q4_1 or Q5_0 weight `(n, k)` with the SIMD kernels above, on candle's
 /// thread pool. `None` for other types (candle's own kernels are used for those).
@@ -387,7 +430,11 @@ mod tests {
                 for (g, w) in got.iter().zip(want.iter()) {
                     assert!((g - w).abs() < 0.03 * scale, "{ty:?} m={m}: {g} vs {w}");
                 }
-                let err: f32 = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).sum::<f32>()
+                let err: f32 = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .sum::<f32>()
                     / got.len() as f32;
                 assert!(err < 0.01 * scale, "{ty:?}: mean error {err}");
             }
@@ -401,8 +448,17 @@ mod tests {
         let dev = Device::Cpu;
         let k = 640;
         let w = Tensor::randn(0f32, 1.0, (4, k), &dev).unwrap();
-        let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-        let mut y = vec![BlockQ8s { d: 0.0, sum: 0, qs: [0; QK] }; k / QK];
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let mut y = vec![
+            BlockQ8s {
+                d: 0.0,
+                sum: 0,
+                qs: [0; QK]
+            };
+            k / QK
+        ];
         BlockQ8s::from_float(&x, &mut y);
         let nb = k / QK;
 
@@ -439,7 +495,10 @@ mod tests {
     ) {
         let scalar: Vec<f32> = r.iter().map(|x| B::vec_dot_unopt(k, x, y)).collect();
         let (a, b, c, d) = B::vec_dot_4(k, r[0], r[1], r[2], r[3], y);
-        let mut variants = vec![vec![a, b, c, d], r.iter().map(|x| B::vec_dot(k, x, y)).collect()];
+        let mut variants = vec![
+            vec![a, b, c, d],
+            r.iter().map(|x| B::vec_dot(k, x, y)).collect(),
+        ];
         variants.extend(extra);
         for got in &variants {
             for (g, w) in got.iter().zip(&scalar) {

@@ -51,8 +51,8 @@ fn gather<T: Copy>(v: &[T], layout: &Layout) -> Vec<T> {
     let (last, last_stride) = (dims[rank - 1], stride[rank - 1]);
     let mut idx = vec![0usize; rank.saturating_sub(1)];
     loop {
-        let base = layout.start_offset()
-            + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+        let base =
+            layout.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
         if last_stride == 1 {
             out.extend_from_slice(&v[base..base + last]);
         } else {
@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn strided_input_is_gathered_in_order() {
-        let t = Tensor::arange(0f32, 24., &Device::Cpu).unwrap().reshape((2, 3, 4)).unwrap();
+        let t = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
         for v in [
             t.transpose(1, 2).unwrap(),
             t.transpose(0, 2).unwrap(),

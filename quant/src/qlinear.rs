@@ -310,13 +310,19 @@ impl CustomOp1 for QMatMulWithGrad {
                 crate::custom_op::into_cpu_storage(y.reshape(with_last(&lead, n))?)
             }
             // Few rows on a type candle multiplies with scalar code: our SIMD kernels.
+            // The input is contiguous here (see above): its f32 slice is read in place.
             QWeight::Ggml(w) if crate::cpu_kernels::has_kernel(w.dtype()) => {
-                let x = crate::custom_op::cpu_tensor(storage, layout)?.to_dtype(DType::F32)?;
-                let (lead, _) = split_last(x.dims());
-                let m = rows(layout);
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                match crate::cpu_kernels::matmul(w, &xs, m)? {
-                    Some(y) => Ok((CpuStorage::F32(y), with_last(&lead, w.shape().dims2()?.0).into())),
+                let (CpuStorage::F32(v), Some((start, end))) =
+                    (storage, layout.contiguous_offsets())
+                else {
+                    return w.as_ref().cpu_fwd(storage, layout);
+                };
+                let (lead, _) = split_last(layout.shape().dims());
+                match crate::cpu_kernels::matmul(w, &v[start..end], rows(layout))? {
+                    Some(y) => Ok((
+                        CpuStorage::F32(y),
+                        with_last(&lead, w.shape().dims2()?.0).into(),
+                    )),
                     None => w.as_ref().cpu_fwd(storage, layout),
                 }
             }

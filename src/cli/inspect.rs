@@ -119,13 +119,24 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     );
     println!("  activations kept        {:9.1} MiB", mib(m.activations));
     println!("  fused head + loss       {:9.1} MiB", mib(m.head));
-    println!("  backward scratch        {:9.1} MiB  (one layer's gradients, one dequantized weight)", mib(m.backward_scratch));
+    println!(
+        "  backward scratch        {:9.1} MiB  (one layer's gradients, one dequantized weight)",
+        mib(m.backward_scratch)
+    );
     println!(
         "  runtime                 {:9.1} MiB  ({})",
         mib(m.runtime),
-        if a.cuda { "CUDA context, cuBLAS workspace" } else { "process, tokenizer" }
+        if a.cuda {
+            "CUDA context, cuBLAS workspace"
+        } else {
+            "process, tokenizer"
+        }
     );
-    println!("  total                   {:9.1} MiB  ({:.1} GiB)", mib(m.total()), m.total() as f64 / (1u64 << 30) as f64);
+    println!(
+        "  total                   {:9.1} MiB  ({:.1} GiB)",
+        mib(m.total()),
+        m.total() as f64 / (1u64 << 30) as f64
+    );
     if !setup.gradient_checkpointing {
         let mut c = setup.clone();
         c.gradient_checkpointing = true;

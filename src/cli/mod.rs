@@ -63,7 +63,9 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
     let cli = Cli::parse();
     let training = match &cli.command {
         Command::Align(_) | Command::Tune(_) => true,
-        Command::Bench(b) => !b.only.is_empty() && b.only.iter().all(|o| o == "align" || o == "train"),
+        Command::Bench(b) => {
+            !b.only.is_empty() && b.only.iter().all(|o| o == "align" || o == "train")
+        }
         _ => false,
     };
     if training {
