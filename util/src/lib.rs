@@ -1,0 +1,13 @@
+//! anymal-util: the helpers every anymal crate shares, each written once.
+//!
+//! - [`fs`]: files written atomically (temporary file, then rename), the anymal cache folder,
+//!   paths made relative to a folder;
+//! - [`rng`]: SplitMix64 and FNV-1a, a seeded generator and a stable hash whose streams never
+//!   change with a dependency's version (weights, data orders and synthetic data depend on them);
+//! - [`testing`]: comparing tensors in tests.
+//!
+//! It depends on nothing of anymal's, so every crate of the workspace can use it.
+
+pub mod fs;
+pub mod rng;
+pub mod testing;
