@@ -53,6 +53,10 @@ impl Modality for EmbeddingModality {
         "embedding"
     }
 
+    fn default_extension(&self) -> Option<&str> {
+        Some("npy")
+    }
+
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         let opts: EmbeddingOptions = ctx.parse_options("embedding")?;
         if opts.dim == 0 {

@@ -7,7 +7,7 @@
 //! is not exactly the base with its adapter. [`logit_drift`] measures by how much.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use anymal_llm::config::Arch;
@@ -63,19 +63,15 @@ pub fn write_merged_gguf(model: &LoadedModel, ty: Option<QuantType>, out: &Path)
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     md.sort_by_key(|(k, _)| *k);
-    let tmp = out.with_extension("gguf.tmp");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp)
-                .with_context(|| format!("{}: cannot create", tmp.display()))?,
-        );
+    anymal_util::fs::write_atomic_with(out, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
         let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        gguf_file::write(&mut f, &md, &refs)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        gguf_file::write(&mut f, &md, &refs)?;
         use std::io::Write;
         f.flush()?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+        Ok::<(), anyhow::Error>(())
+    })
+    .with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(merged)
 }
 
@@ -138,10 +134,10 @@ pub fn write_merged_safetensors(model: &LoadedModel, out: &Path) -> Result<usize
             bail!("internal: '{k}' has no GGUF counterpart");
         }
     }
-    let tmp = out.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&t, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    anymal_util::fs::write_atomic_with(out, |tmp| {
+        candle_core::safetensors::save(&t, tmp).map_err(anyhow::Error::from)
+    })
+    .with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(merged)
 }
 
@@ -220,13 +216,4 @@ pub fn describe(set: &LoraSet) -> String {
         },
         set.modules.len()
     )
-}
-
-/// A LoRA folder given directly, or a tuning run's `lora/`.
-pub fn lora_dir(arg: &Path) -> PathBuf {
-    if arg.join(anymal_llm::lora::ADAPTER_CONFIG_FILE).is_file() {
-        arg.to_path_buf()
-    } else {
-        arg.join(crate::train::tune::LORA_DIR)
-    }
 }

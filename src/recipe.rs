@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::imu_encoder::ImuEncoderConfig;
-use anymal_adapters::PerceiverConfig;
+use anymal_adapters::front::deserialize_front;
+use anymal_adapters::{FrontStageConfig, PerceiverConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,10 +79,16 @@ pub struct ProjectorSection {
     pub stride: usize,
     #[serde(default)]
     pub perceiver: Option<PerceiverConfig>,
-    /// A trainable IMU encoder (1-D convolutions + transformer) in front of the projection,
-    /// trained with it; its `channels` are the features' width.
-    #[serde(default)]
-    pub imu_encoder: Option<ImuEncoderConfig>,
+    /// A trainable stage in front of the projection, trained with it, e.g.
+    /// `[projector.front.imu_encoder]` (1-D convolutions + transformer); its input width is the
+    /// features' (`[projector.imu_encoder]` is read as well).
+    #[serde(
+        default,
+        alias = "imu_encoder",
+        deserialize_with = "deserialize_front",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub front: Option<FrontStageConfig>,
     /// Start from these weights (a `projector.safetensors` of an earlier run, or any
     /// safetensors with the same parameter names, e.g. a pretrained `imu_encoder.*`): every
     /// parameter found there is loaded, the rest keep their fresh initialization.

@@ -1,52 +1,13 @@
-//! Splicing modality tokens into the LLM's input: a prompt with placeholders (`<audio>`)
-//! becomes token ids with `k` empty slots per placeholder; the slots are then filled with the
-//! projector's output in embedding space. Labels mark the answer tokens only.
+//! Splicing modality tokens into the LLM's input: a rendered conversation (see
+//! [`crate::conversation`]) holds `k` empty slots per placeholder; they are filled with the
+//! projectors' output in embedding space, rows are padded into a batch, and the loss is taken
+//! on the answer tokens only.
 
-use anyhow::{bail, Context, Result};
-use anymal_llm::{LoadedModel, Message};
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 /// Label value for positions that carry no loss (prompt, modality slots, padding).
 pub const IGNORE_INDEX: i64 = -100;
-
-/// A prompt cut at its placeholders and tokenized: `pieces[0] <slots> pieces[1] <slots> ...`.
-#[derive(Debug, Clone)]
-pub struct PromptTemplate {
-    pub pieces: Vec<Vec<u32>>,
-    /// Token ending the answer (end of turn for chat models, EOS otherwise).
-    pub end_id: u32,
-}
-
-impl PromptTemplate {
-    /// Render `prompt` (the user turn, with placeholders) through the chat template when
-    /// `chat` is set and the model has one, then split at `placeholder`.
-    pub fn new(model: &LoadedModel, prompt: &str, placeholder: &str, chat: bool) -> Result<Self> {
-        let tok = &model.tokenizer;
-        let (text, templated) = match (&model.chat_template, chat) {
-            (Some(t), true) => (t.render(&[Message::new("user", prompt)], true)?, true),
-            _ => (prompt.to_string(), false),
-        };
-        // A rendered template carries its own BOS when the model wants one.
-        let bos_text = tok.bos_id.and_then(|b| tok.id_to_token(b)).unwrap_or("");
-        let add_bos =
-            tok.add_bos && !(templated && !bos_text.is_empty() && text.starts_with(bos_text));
-        let mut pieces = Vec::new();
-        for (i, part) in text.split(placeholder).enumerate() {
-            pieces.push(tok.encode(part, add_bos && i == 0, true)?);
-        }
-        let end_id = if templated {
-            model.stop_ids.first().copied().or(tok.eos_id)
-        } else {
-            tok.eos_id
-        }
-        .context("the model has no end-of-sequence token to end answers with")?;
-        Ok(Self { pieces, end_id })
-    }
-
-    pub fn num_placeholders(&self) -> usize {
-        self.pieces.len() - 1
-    }
-}
 
 /// One sequence: ids (slots hold a dummy id), where each modality item's `k` slots start, and
 /// a label per position (`IGNORE_INDEX` except on answer tokens).
@@ -60,32 +21,6 @@ pub struct Example {
 }
 
 impl Example {
-    /// Prompt with `k` slots per placeholder, then `answer` (+ end token) when given.
-    pub fn new(tpl: &PromptTemplate, k: usize, answer: Option<&[u32]>) -> Self {
-        let mut input_ids = Vec::new();
-        let mut slots = Vec::new();
-        for (i, piece) in tpl.pieces.iter().enumerate() {
-            if i > 0 {
-                slots.push(input_ids.len());
-                input_ids.extend(std::iter::repeat_n(0u32, k));
-            }
-            input_ids.extend_from_slice(piece);
-        }
-        let mut labels = vec![IGNORE_INDEX; input_ids.len()];
-        if let Some(ans) = answer {
-            for &t in ans.iter().chain(std::iter::once(&tpl.end_id)) {
-                input_ids.push(t);
-                labels.push(t as i64);
-            }
-        }
-        Self {
-            input_ids,
-            slot_lens: vec![k; slots.len()],
-            slots,
-            labels,
-        }
-    }
-
     pub fn num_labels(&self) -> usize {
         self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
@@ -103,28 +38,11 @@ pub struct Batch {
     pub targets: Tensor,
 }
 
-/// Embed `examples`, fill their slots from `modality_tokens[i]` (`(slots_i, k, d)` for example
-/// `i`), right-pad to the longest. The number of token groups must equal each example's
-/// placeholder count: a mismatch is an error rather than a silently shifted prompt.
+/// Embed `examples`, fill their slots from `modality_tokens[i]` (one `(k, d)` tensor per slot
+/// of example `i`: slots of different modalities may hold different numbers of tokens), and
+/// right-pad to the longest. The number of token groups must equal each example's slot count:
+/// a mismatch is an error rather than a silently shifted prompt.
 pub fn build_batch(
-    llm: &anymal_llm::Llm,
-    examples: &[Example],
-    modality_tokens: &[Tensor],
-) -> Result<Batch> {
-    let groups = modality_tokens
-        .iter()
-        .map(|t| {
-            (0..t.dim(0)?)
-                .map(|g| t.get(g))
-                .collect::<candle_core::Result<Vec<_>>>()
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    build_batch_groups(llm, examples, &groups)
-}
-
-/// [`build_batch`] with one `(k_g, d)` tensor per slot of each example, so that slots of
-/// different modalities may hold different numbers of tokens.
-pub fn build_batch_groups(
     llm: &anymal_llm::Llm,
     examples: &[Example],
     modality_tokens: &[Vec<Tensor>],

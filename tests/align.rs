@@ -328,24 +328,25 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
 
 #[test]
 fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
-    use anymal::splice::{answer_loss_sum, build_batch, Example, PromptTemplate, IGNORE_INDEX};
+    use anymal::conversation::{ConversationFormat, Role, Turn};
+    use anymal::splice::{answer_loss_sum, build_batch, IGNORE_INDEX};
     use candle_core::{Device, Tensor};
     let model =
         anymal_llm::load_model("smollm2", &Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let d = model.llm.cfg.hidden_size;
-    let tpl = PromptTemplate::new(
-        &model,
-        "<audio> then <audio>\nTranscript:",
-        "<audio>",
-        false,
-    )
-    .unwrap();
-    assert_eq!(tpl.num_placeholders(), 2);
+    let format = ConversationFormat::new(&model, false, vec![("<audio>".into(), 3)]);
+    let turns = [
+        Turn::new(Role::User, "<audio> then <audio>\nTranscript:"),
+        Turn::new(Role::Assistant, "hello there"),
+    ];
+    let rendered = format.render(&turns).unwrap();
+    assert_eq!(rendered.slot_placeholders.len(), 2);
     let answer = model
         .tokenizer
         .encode(" hello there", false, false)
         .unwrap();
-    let ex = Example::new(&tpl, 3, Some(&answer));
+    let ex = rendered.example;
+    let end_id = model.tokenizer.eos_id.unwrap();
     // Labels: the answer and the end token, nothing else.
     let labelled: Vec<i64> = ex
         .labels
@@ -354,7 +355,7 @@ fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
         .filter(|&l| l != IGNORE_INDEX)
         .collect();
     let mut want: Vec<i64> = answer.iter().map(|&t| t as i64).collect();
-    want.push(tpl.end_id as i64);
+    want.push(end_id as i64);
     assert_eq!(labelled, want);
     assert_eq!(ex.slots.len(), 2);
     // Slot contents land exactly where the slots are.
@@ -362,12 +363,8 @@ fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
         .unwrap()
         .reshape((2, 3, d))
         .unwrap();
-    let batch = build_batch(
-        &model.llm,
-        std::slice::from_ref(&ex),
-        std::slice::from_ref(&toks),
-    )
-    .unwrap();
+    let groups = vec![toks.get(0).unwrap(), toks.get(1).unwrap()];
+    let batch = build_batch(&model.llm, std::slice::from_ref(&ex), &[groups]).unwrap();
     let row = batch.inputs_embeds.get(0).unwrap();
     let got = row.narrow(0, ex.slots[1], 3).unwrap();
     let diff = (got - toks.get(1).unwrap())
@@ -383,7 +380,7 @@ fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
     assert_eq!(m, want.len());
     assert!(nll.to_scalar::<f32>().unwrap().is_finite());
     // One group of tokens for two placeholders: an error, not a shifted prompt.
-    let err = build_batch(&model.llm, &[ex], &[toks.narrow(0, 0, 1).unwrap()])
+    let err = build_batch(&model.llm, &[ex], &[vec![toks.get(0).unwrap()]])
         .err()
         .unwrap()
         .to_string();

@@ -4,7 +4,7 @@
 //! token for token what training fed it before that turn's answer.
 
 use anymal::conversation::ConversationFormat;
-use anymal::data::instruct::{Role, Turn};
+use anymal::conversation::{Role, Turn};
 use anymal::splice::IGNORE_INDEX;
 
 fn turn(role: Role, text: &str) -> Turn {

@@ -2,11 +2,13 @@
 //! "precomputed embeddings" modality and runs the whole CLI with it. Here it aligns the real
 //! SmolLM2 to features read from `.npy` and `.safetensors` files -- the rows of
 //! scikit-learn's handwritten digits, 8 tokens of 8 pixels each -- for a few steps, skipping
-//! and counting the bad files, and then evaluates and generates from the run.
+//! and counting the bad files, and then evaluates, generates and serves from the run (an
+//! `input_embedding` content part over the OpenAI API).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::Engine;
 use candle_core::{Device, Tensor};
 
 /// The example binary: cargo builds examples next to the test binaries' `deps/` folder.
@@ -195,4 +197,108 @@ fn a_modality_added_outside_the_crates_aligns_evaluates_and_generates() {
     ]));
     assert_eq!(code, 0, "generate failed:\n{err}");
     assert!(!out.trim().is_empty(), "no text generated");
+
+    // Served: the modality's content part is `input_embedding`, its format defaults to the
+    // modality's own (npy).
+    let server = Served::start(&dir, &["--projector", "run", "--max-tokens", "6"]);
+    let npy = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("feats/0020.npy")).unwrap());
+    for part in [
+        serde_json::json!({"type": "input_embedding", "input_embedding": {"data": npy, "format": "npy"}}),
+        serde_json::json!({"type": "input_embedding", "input_embedding": {"data": npy}}),
+    ] {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            part, {"type": "text", "text": "Caption:"}]}]});
+        let (status, reply) = server.post(&body.to_string());
+        assert_eq!(status, 200, "{reply}\n{}", server.log());
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(!text.trim().is_empty(), "{reply}");
+        assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 8, "{reply}");
+    }
+    // A modality the model has no projector for is named.
+    let audio = serde_json::json!({"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": npy}}]}]});
+    let (status, reply) = server.post(&audio.to_string());
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply.contains("audio") && reply.contains("embedding"),
+        "{reply}"
+    );
+}
+
+/// The example binary serving on a free port; killed on drop.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(example_bin())
+            .current_dir(dir)
+            .arg("serve")
+            .args(args)
+            .args(["--port", "0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(a) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(std::time::Duration::from_secs(180)) else {
+            let _ = child.kill();
+            panic!("serve did not start:\n{}", log.lock().unwrap());
+        };
+        Self { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// POST a chat completion: (status, body).
+    fn post(&self, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let status = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

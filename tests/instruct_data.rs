@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
-use anymal::data::instruct::{InstructData, Placeholders, Role};
+use anymal::conversation::Role;
+use anymal::data::instruct::{InstructData, Placeholders};
 use anymal::data::speech_instruct::{answer, question, TASKS};
 
 fn cache() -> PathBuf {

@@ -115,25 +115,42 @@ impl Default for ImuEncoderConfig {
 
 impl ImuEncoderConfig {
     fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Msg(format!("imu encoder: {m}")));
+        let bad = |field: &str, m: String| {
+            Err(Error::config(
+                format!("imu_encoder.{field}"),
+                format!("imu encoder: {m}"),
+            ))
+        };
         if self.channels == 0 || self.d_model == 0 || self.heads == 0 || self.ff_mult == 0 {
-            return bad("channels, d_model, heads and ff_mult must be at least 1".into());
+            return bad(
+                "channels",
+                "channels, d_model, heads and ff_mult must be at least 1".into(),
+            );
         }
         if !self.d_model.is_multiple_of(self.heads) {
-            return bad(format!(
-                "d_model {} is not divisible by heads {}",
-                self.d_model, self.heads
-            ));
+            return bad(
+                "heads",
+                format!(
+                    "d_model {} is not divisible by heads {}",
+                    self.d_model, self.heads
+                ),
+            );
         }
         if self
             .conv_layers
             .iter()
             .any(|c| c.kernel == 0 || c.stride == 0)
         {
-            return bad("conv kernel and stride must be at least 1".into());
+            return bad(
+                "conv_layers",
+                "conv kernel and stride must be at least 1".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+            return bad(
+                "dropout",
+                format!("dropout {} is not in [0, 1)", self.dropout),
+            );
         }
         Ok(())
     }
@@ -347,13 +364,13 @@ impl ImuEncoder {
     ) -> Result<(Tensor, Vec<usize>)> {
         let (b, t, c) = xs.dims3()?;
         if c != self.cfg.channels {
-            return Err(Error::Msg(format!(
+            return Err(Error::Shape(format!(
                 "imu encoder: input has {c} channels, the encoder was built for {}",
                 self.cfg.channels
             )));
         }
         if lengths.len() != b {
-            return Err(Error::Msg(format!(
+            return Err(Error::Shape(format!(
                 "imu encoder: {} lengths for a batch of {b}",
                 lengths.len()
             )));

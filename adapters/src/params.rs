@@ -15,6 +15,8 @@ use candle_nn::init::{FanInOut, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use anymal_util::rng::{fnv1a, SplitMix64};
+
 use crate::{Error, Result};
 
 /// Named trainable tensors. Cloning shares the same storage.
@@ -69,7 +71,7 @@ impl ParamStore {
             match vars.get(&name) {
                 Some(v) => {
                     if v.shape() != t.shape() {
-                        return Err(Error::Msg(format!(
+                        return Err(Error::Parameter(format!(
                             "parameter '{name}' has shape {:?}, the stored value has {:?}",
                             v.shape(),
                             t.shape()
@@ -169,49 +171,6 @@ impl SimpleBackend for ParamStore {
     }
 }
 
-/// 64-bit FNV-1a, a stable hash (std's `DefaultHasher` may change between Rust releases).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// A small, fast, well-mixed generator; enough for weight initialisation.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn uniform(&mut self, lo: f64, up: f64) -> f64 {
-        lo + (up - lo) * self.next_f64()
-    }
-
-    /// Box-Muller; draws two uniforms per value for simplicity.
-    pub fn normal(&mut self, mean: f64, std: f64) -> f64 {
-        let u1 = self.next_f64().max(f64::MIN_POSITIVE);
-        let u2 = self.next_f64();
-        mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,16 +195,6 @@ mod tests {
         let x1 = a.var_builder().get((4, 3), "x")?;
         assert!((x1 - x3)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0);
         Ok(())
-    }
-
-    #[test]
-    fn normal_draws_have_the_requested_moments() {
-        let mut r = SplitMix64::new(1);
-        let xs: Vec<f64> = (0..20000).map(|_| r.normal(0.5, 2.0)).collect();
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!((mean - 0.5).abs() < 0.05, "{mean}");
-        assert!((var.sqrt() - 2.0).abs() < 0.05, "{var}");
     }
 
     #[test]

@@ -164,8 +164,9 @@ impl PerceiverResampler {
         )?;
         let positions = match cfg.positions {
             Some(0) => {
-                return Err(crate::Error::Msg(
-                    "perceiver.positions must be >= 1 when set".into(),
+                return Err(crate::Error::config(
+                    "perceiver.positions",
+                    "perceiver.positions must be >= 1 when set",
                 ))
             }
             Some(p) => Some(vb.get_with_hints(
@@ -204,7 +205,7 @@ impl PerceiverResampler {
         if let Some(pos) = &self.positions {
             let max = pos.dim(0)?;
             if n > max {
-                return Err(crate::Error::Msg(format!(
+                return Err(crate::Error::Shape(format!(
                     "{n} input frames but the perceiver has positions for {max} (perceiver.positions)"
                 )));
             }

@@ -57,7 +57,7 @@ pub fn pooling_matrix(
     dev: &Device,
 ) -> Result<Tensor> {
     if lengths.len() != b {
-        return Err(crate::Error::Msg(format!(
+        return Err(crate::Error::Shape(format!(
             "{} lengths for a batch of {b}",
             lengths.len()
         )));

@@ -2,14 +2,13 @@
 //! `(b, k, d_llm)`, by name as in LLaVA's builder (`linear`, `mlp2x_gelu`, `perceiver`).
 //! Saved as `projector.safetensors` + `projector.json`, loadable without the run that made it.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::imu_encoder::{ImuEncoder, ImuEncoderConfig};
+use crate::front::{deserialize_front, FrontStage, FrontStageConfig};
 use crate::params::ParamStore;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
 use crate::pool::Reduce;
@@ -36,9 +35,11 @@ impl ProjectorKind {
             "linear" => Ok(Self::Linear),
             "mlp2x_gelu" | "mlp" => Ok(Self::Mlp2xGelu),
             "perceiver" => Ok(Self::Perceiver),
-            other => Err(Error::Msg(format!(
-                "unknown projector kind '{other}' (known: linear, mlp2x_gelu, perceiver)"
-            ))),
+            other => Err(Error::UnknownKind {
+                what: "projector kind",
+                kind: other.to_string(),
+                known: "linear, mlp2x_gelu, perceiver".into(),
+            }),
         }
     }
 }
@@ -60,10 +61,15 @@ pub struct ProjectorConfig {
     pub reduce: Reduce,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perceiver: Option<PerceiverConfig>,
-    /// A trainable encoder in front of the projection, trained with it: for IMU signals, whose
-    /// pretrained encoders (IMU2CLIP) do not ship here. Its input width is `d_enc`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imu_encoder: Option<ImuEncoderConfig>,
+    /// A trainable stage in front of the projection, trained with it (see [`crate::front`]);
+    /// its input width is `d_enc`. Read also from the `imu_encoder` key of older files.
+    #[serde(
+        default,
+        alias = "imu_encoder",
+        deserialize_with = "deserialize_front",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub front: Option<FrontStageConfig>,
     /// Modality name, e.g. `audio`; its placeholder is `<audio>`.
     #[serde(default)]
     pub modality: String,
@@ -105,7 +111,7 @@ enum Body {
 #[derive(Debug, Clone)]
 pub struct Projector {
     pub cfg: ProjectorConfig,
-    front: Option<ImuEncoder>,
+    front: Option<FrontStage>,
     body: Body,
 }
 
@@ -113,23 +119,34 @@ impl Projector {
     /// Build from a config, taking (or creating) parameters from `vb`.
     pub fn new(cfg: &ProjectorConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.num_tokens == 0 || cfg.d_enc == 0 || cfg.d_llm == 0 {
-            return Err(Error::Msg(format!(
-                "projector needs num_tokens, d_enc and d_llm > 0 (got {}, {}, {})",
-                cfg.num_tokens, cfg.d_enc, cfg.d_llm
-            )));
+            return Err(Error::config(
+                "num_tokens",
+                format!(
+                    "projector needs num_tokens, d_enc and d_llm > 0 (got {}, {}, {})",
+                    cfg.num_tokens, cfg.d_enc, cfg.d_llm
+                ),
+            ));
         }
         if let Reduce::Concat { stride: 0 } = cfg.reduce {
-            return Err(Error::Msg("projector reduce stride must be >= 1".into()));
+            return Err(Error::config(
+                "stride",
+                "projector reduce stride must be >= 1",
+            ));
         }
-        let (front, d_feat) = match &cfg.imu_encoder {
-            Some(ic) => {
-                if ic.channels != cfg.d_enc {
-                    return Err(Error::Msg(format!(
-                        "imu_encoder.channels is {}, the features have width {}",
-                        ic.channels, cfg.d_enc
-                    )));
+        let (front, d_feat) = match &cfg.front {
+            Some(fc) => {
+                if fc.input_width() != cfg.d_enc {
+                    return Err(Error::config(
+                        fc.name(),
+                        format!(
+                            "the {} reads features of width {}, the encoder's have width {}",
+                            fc.name(),
+                            fc.input_width(),
+                            cfg.d_enc
+                        ),
+                    ));
                 }
-                (Some(ImuEncoder::new(ic, vb.pp("imu_encoder"))?), ic.d_model)
+                (Some(FrontStage::new(fc, vb.clone())?), fc.output_width())
             }
             None => (None, cfg.d_enc),
         };
@@ -161,13 +178,13 @@ impl Projector {
     pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let (b, _, d) = xs.dims3()?;
         if d != self.cfg.d_enc {
-            return Err(Error::Msg(format!(
+            return Err(Error::Shape(format!(
                 "encoder features have width {d}, the projector expects {}",
                 self.cfg.d_enc
             )));
         }
         if lengths.len() != b {
-            return Err(Error::Msg(format!(
+            return Err(Error::Shape(format!(
                 "{} lengths for a batch of {b}",
                 lengths.len()
             )));
@@ -217,7 +234,7 @@ impl Projector {
             let (_, v) = vars
                 .iter()
                 .find(|(n, _)| n == name)
-                .ok_or_else(|| Error::Msg(format!("projector has no parameter '{name}'")))?;
+                .ok_or_else(|| Error::Parameter(format!("projector has no parameter '{name}'")))?;
             v.set(&(v.as_tensor() * factor)?)?;
         }
         Ok(())
@@ -263,10 +280,18 @@ impl Projector {
     /// Write the config and parameters into `dir` (each file written then renamed).
     pub fn save(&self, dir: &Path, store: &ParamStore) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-        save_tensors_atomic(&dir.join(WEIGHTS_FILE), &store.tensors())?;
-        let json =
-            serde_json::to_string_pretty(&self.cfg).map_err(|e| Error::Msg(e.to_string()))?;
-        write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+        let weights = dir.join(WEIGHTS_FILE);
+        let tensors: std::collections::HashMap<String, Tensor> =
+            store.tensors().into_iter().collect();
+        anymal_util::fs::write_atomic_with(&weights, |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(|e| Error::file(tmp, e))
+        })?;
+        let json = serde_json::to_string_pretty(&self.cfg)
+            .map_err(|e| Error::file(dir.join(CONFIG_FILE), e))?;
+        Ok(anymal_util::fs::write_atomic(
+            &dir.join(CONFIG_FILE),
+            json.as_bytes(),
+        )?)
     }
 }
 
@@ -282,7 +307,7 @@ pub fn load_config(dir: &Path) -> Result<ProjectorConfig> {
 /// Stack `(n_i, d)` items into `(b, max n, d)` with zero padding, and their lengths.
 pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
     if items.is_empty() {
-        return Err(Error::Msg("no items to project".into()));
+        return Err(Error::Shape("no items to project".into()));
     }
     let lengths: Vec<usize> = items
         .iter()
@@ -301,32 +326,4 @@ pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((Tensor::stack(&padded, 0)?, lengths))
-}
-
-/// Write bytes to `path` through a temporary file and a rename, so that a reader (or a resumed
-/// run after a kill) never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
-}
-
-/// Save tensors as safetensors atomically.
-pub fn save_tensors_atomic(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let tmp = tmp_path(path);
-    let map: std::collections::HashMap<&str, Tensor> = tensors
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
-}
-
-fn tmp_path(path: &Path) -> std::path::PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
 }

@@ -33,7 +33,7 @@ fn small() -> ImuEncoderConfig {
 
 /// Deterministic pseudo-random data (candle's CPU randn cannot be seeded).
 fn data(shape: &[usize], salt: u64, dtype: DType) -> Tensor {
-    let mut r = anymal_adapters::params::SplitMix64::new(salt);
+    let mut r = anymal_util::rng::SplitMix64::new(salt);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| r.normal(0.0, 1.0)).collect();
     Tensor::from_vec(v, shape, &Device::Cpu)
@@ -227,7 +227,13 @@ fn saves_and_loads_with_the_param_store() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("anymal-imu-enc-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("projector.safetensors");
-    anymal_adapters::projector::save_tensors_atomic(&path, &store.tensors())?;
+    candle_core::safetensors::save(
+        &store
+            .tensors()
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        &path,
+    )?;
     let loaded = ParamStore::new(99, &Device::Cpu);
     loaded.load_safetensors(&path)?;
     let enc2 = ImuEncoder::new(&cfg, loaded.var_builder().pp("imu_encoder"))?;

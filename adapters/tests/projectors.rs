@@ -40,7 +40,7 @@ fn all_kinds() -> Vec<ProjectorConfig> {
 
 /// Deterministic pseudo-random data (candle's CPU randn cannot be seeded).
 fn data(shape: &[usize], salt: u64) -> Tensor {
-    let mut r = anymal_adapters::params::SplitMix64::new(salt);
+    let mut r = anymal_util::rng::SplitMix64::new(salt);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| r.normal(0.0, 1.0) as f32).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

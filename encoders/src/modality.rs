@@ -97,6 +97,12 @@ pub trait Modality: Clone + Send + Sync + 'static {
         format!("<{}>", self.name())
     }
 
+    /// The extension a file of this modality gets when it arrives inline without one (the
+    /// server's `input_<name>` content parts); `None`: the sender must name the format.
+    fn default_extension(&self) -> Option<&str> {
+        None
+    }
+
     /// This modality set up with the recipe's `[encoder.options]` (`ctx.options`): image size,
     /// frames per video, IMU rate... Parse them into your own `deny_unknown_fields` struct with
     /// [`EncoderContext::parse_options`] so a misspelt key is an error. The default accepts
@@ -146,6 +152,7 @@ pub trait Encoder<I>: Send + Sync {
 pub trait AnyModality: Send + Sync {
     fn name(&self) -> &str;
     fn placeholder(&self) -> String;
+    fn default_extension(&self) -> Option<&str>;
     /// The frozen encoder behind a files-in, features-out interface.
     fn file_encoder(&self, reference: &str, ctx: &EncoderContext) -> Result<Box<dyn FileEncoder>>;
 }
@@ -164,6 +171,10 @@ impl<M: Modality> AnyModality for M {
 
     fn placeholder(&self) -> String {
         Modality::placeholder(self)
+    }
+
+    fn default_extension(&self) -> Option<&str> {
+        Modality::default_extension(self)
     }
 
     fn file_encoder(&self, reference: &str, ctx: &EncoderContext) -> Result<Box<dyn FileEncoder>> {

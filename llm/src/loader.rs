@@ -138,6 +138,22 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// The defaults with the linear layers re-quantized to `requant` (a type name such as
+    /// `q4k` or `f32`, as the `--requant` flag and recipes' `llm.requant` give it; None or empty
+    /// keeps the file's types).
+    pub fn requantized(requant: Option<&str>) -> Result<Self> {
+        let quant = requant
+            .filter(|r| !r.is_empty())
+            .map(QuantType::parse)
+            .transpose()?;
+        Ok(Self {
+            quant,
+            ..Default::default()
+        })
+    }
+}
+
 /// A model ready to run: the decoder, its tokenizer, its chat template when it has one.
 pub struct LoadedModel {
     pub llm: Llm,

@@ -37,12 +37,12 @@ fn wants(a: &BenchArgs, what: &str) -> bool {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    println!("machine: {}", machine());
+    println!("machine: {}", crate::system::machine());
     if wants(&a, "qlinear") {
         bench_qlinear(a.reps)?;
     }
     if wants(&a, "train") || wants(&a, "generate") || wants(&a, "align") {
-        let opts = super::load_options(a.requant.as_deref())?;
+        let opts = anymal_llm::LoadOptions::requantized(a.requant.as_deref())?;
         let mut model =
             load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
         if wants(&a, "train") {
@@ -57,7 +57,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     serde_json::json!({"tool": "anymal", "what": "align", "model": a.llm,
                         "lora_qv": a.lora_qv, "gradient_checkpointing": a.gradient_checkpointing,
                         "samples_per_s": r.0, "step_s": r.1,
-                        "peak_rss_mib": peak_rss_mib(), "machine": machine()})
+                        "peak_rss_mib": crate::system::peak_rss_mib(), "machine": crate::system::machine()})
                 );
             }
         }
@@ -67,13 +67,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"tool": "anymal", "what": "generate", "model": a.llm,
-                        "tg128": tg, "pp512": pp, "peak_rss_mib": peak_rss_mib(),
-                        "machine": machine()})
+                        "tg128": tg, "pp512": pp, "peak_rss_mib": crate::system::peak_rss_mib(),
+                        "machine": crate::system::machine()})
                 );
             }
         }
     }
-    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    println!("peak RSS: {:.0} MiB", crate::system::peak_rss_mib());
     Ok(())
 }
 
@@ -166,7 +166,7 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
             if ckpt { "on " } else { "off" },
             s,
             (b * t) as f64 / s,
-            peak_rss_mib()
+            crate::system::peak_rss_mib()
         );
     }
     Ok(())
@@ -180,7 +180,7 @@ fn bench_align(
     reps: usize,
     lora_qv: bool,
 ) -> anyhow::Result<(f64, f64)> {
-    use crate::splice::{answer_loss_sum, build_batch, Example, PromptTemplate};
+    use crate::splice::{answer_loss_sum, build_batch, Example, IGNORE_INDEX};
     use anymal_adapters::{Projector, ProjectorConfig, ProjectorKind, Reduce};
     let lora = if lora_qv {
         let spec = anymal_llm::LoraSpec {
@@ -207,7 +207,7 @@ fn bench_align(
         num_tokens: k,
         reduce: Reduce::Pool,
         perceiver: None,
-        imu_encoder: None,
+        front: None,
         modality: "audio".into(),
         encoder: String::new(),
         encoder_id: String::new(),
@@ -231,16 +231,25 @@ fn bench_align(
             weight_decay: 0.0,
         },
     )?;
-    let tpl = PromptTemplate {
-        pieces: vec![vec![], vec![]],
-        end_id: 2,
-    };
+    // Each item: its k projected tokens, then `text` answer tokens (the last an end id).
     let examples: Vec<Example> = (0..b)
         .map(|i| {
-            let ans: Vec<u32> = (0..text as u32 - 1)
+            let answer: Vec<u32> = (0..text as u32 - 1)
                 .map(|j| 100 + (j * 7919 + i as u32 * 31) % 10_000)
+                .chain([2])
                 .collect();
-            Example::new(&tpl, k, Some(&ans))
+            let input_ids: Vec<u32> = std::iter::repeat_n(0, k)
+                .chain(answer.iter().copied())
+                .collect();
+            let labels = std::iter::repeat_n(IGNORE_INDEX, k)
+                .chain(answer.iter().map(|&t| t as i64))
+                .collect();
+            Example {
+                input_ids,
+                slots: vec![0],
+                slot_lens: vec![k],
+                labels,
+            }
         })
         .collect();
     let feats: Vec<Tensor> = (0..b)
@@ -254,8 +263,8 @@ fn bench_align(
     for _ in 0..reps.max(2) + 1 {
         let t0 = Instant::now();
         let toks = proj.forward_items(&feats)?;
-        let groups: Vec<Tensor> = (0..b)
-            .map(|i| toks.narrow(0, i, 1))
+        let groups: Vec<Vec<Tensor>> = (0..b)
+            .map(|i| Ok(vec![toks.get(i)?]))
             .collect::<candle_core::Result<_>>()?;
         let batch = build_batch(llm, &examples, &groups)?;
         let (nll, m) = answer_loss_sum(llm, &batch)?;
@@ -281,7 +290,7 @@ fn bench_align(
     );
     println!(
         "  forward {:.2} s, backward {:.2} s, optimizer {:.3} s: {:.2} s/step, {:.2} samples/s, peak RSS so far {:.0} MiB",
-        f, bw, o, f + bw + o, b as f64 / (f + bw + o), peak_rss_mib()
+        f, bw, o, f + bw + o, b as f64 / (f + bw + o), crate::system::peak_rss_mib()
     );
     Ok((b as f64 / (f + bw + o), f + bw + o))
 }
@@ -302,33 +311,4 @@ fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<(f64, f64)>
     );
     println!("\nGeneration: tg128 {tg:.1} tokens/s; prompt processing pp512 {pp:.1} tokens/s");
     Ok((tg, pp))
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cpu}, {threads} threads")
 }

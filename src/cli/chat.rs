@@ -12,9 +12,9 @@ use anyhow::Result;
 use anymal_llm::tokenizer::TokenStream;
 use anymal_llm::Sampler;
 
-use super::assistant_args::{AnswerArgs, ModelArgs};
-use crate::assistant::Assistant;
-use crate::data::instruct::{MediaRef, Role, Turn};
+use super::model_args::{AnswerArgs, ModelArgs};
+use crate::conversation::{MediaRef, Role, Turn};
+use crate::multimodal::MultimodalModel;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -26,9 +26,9 @@ pub struct ChatArgs {
 
 pub fn run(a: ChatArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<()> {
     let sampling = a.answer.sampling()?;
-    let assistant = a.model.load(registry, true)?;
+    let model = a.model.load(registry, true)?;
     let mut chat = Chat {
-        assistant: &assistant,
+        model: &model,
         system: a.answer.system.clone(),
         max_tokens: a.answer.max_tokens,
         sampling,
@@ -40,8 +40,8 @@ pub fn run(a: ChatArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<
     };
     eprintln!(
         "chatting with {} (takes {}); /help lists the commands",
-        assistant.name,
-        crate::serve::openai::takes(&assistant.modalities())
+        model.name,
+        model.takes()
     );
     let interactive = std::io::stdin().is_terminal();
     let mut input = std::io::stdin().lock();
@@ -75,7 +75,7 @@ enum Flow {
 }
 
 struct Chat<'a> {
-    assistant: &'a Assistant,
+    model: &'a MultimodalModel,
     system: Option<String>,
     max_tokens: usize,
     sampling: anymal_llm::SamplingConfig,
@@ -126,7 +126,7 @@ impl Chat<'_> {
     }
 
     fn help(&self) {
-        let mods = self.assistant.modalities();
+        let mods = self.model.modalities();
         eprintln!("Type a message and press Enter; the answer streams back. Commands:");
         for (m, _) in &mods {
             eprintln!("  /{m} PATH    attach a {m} file to the next message");
@@ -142,10 +142,10 @@ impl Chat<'_> {
 
     /// `/<modality> PATH`.
     fn attach(&mut self, name: &str, arg: &str) {
-        let mods = self.assistant.modalities();
+        let mods = self.model.modalities();
         if !mods.iter().any(|(m, _)| m == name) {
             // A modality the program knows but this model has no projector for is named as such.
-            match self.assistant.adapter(name) {
+            match self.model.adapter(name) {
                 Err(e) if self.known.iter().any(|k| k == name) => {
                     eprintln!("error: /{name}: {e:#}")
                 }
@@ -182,7 +182,7 @@ impl Chat<'_> {
 
     /// Send a user message with the attachments and stream the answer.
     fn say(&mut self, text: &str) {
-        let mods = self.assistant.modalities();
+        let mods = self.model.modalities();
         if let Some((m, ph)) = mods.iter().find(|(_, ph)| text.contains(ph.as_str())) {
             eprintln!("error: the message holds {ph}, which stands for a {m} file; attach files with /{m} PATH");
             return;
@@ -244,23 +244,17 @@ impl Chat<'_> {
 
     /// Stream one answer to stdout; its text.
     fn answer(&mut self, turns: &[Turn], media: &[MediaRef]) -> Result<String> {
-        let prompt = self
-            .assistant
-            .format()
-            .render(turns)?
-            .example
-            .input_ids
-            .len();
-        let context = self.assistant.model.llm.cfg.max_position_embeddings;
+        let prompt = self.model.format().render(turns)?.example.input_ids.len();
+        let context = self.model.model.llm.cfg.max_position_embeddings;
         if prompt >= context {
             anyhow::bail!("the conversation is {prompt} tokens, this model's context is {context}; /reset to start over");
         }
         let t0 = Instant::now();
-        let mut stream = TokenStream::new(&self.assistant.model.tokenizer);
+        let mut stream = TokenStream::new(&self.model.model.tokenizer);
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut printed = false;
-        let res = self.assistant.generate(
+        let res = self.model.generate(
             turns,
             media,
             self.max_tokens.min(context - prompt),
@@ -294,7 +288,7 @@ impl Chat<'_> {
                 ", cut at --max-tokens"
             }
         );
-        Ok(self.assistant.model.tokenizer.decode(&ids)?)
+        Ok(self.model.model.tokenizer.decode(&ids)?)
     }
 }
 

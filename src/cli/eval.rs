@@ -1,12 +1,15 @@
-//! `anymal eval`: score a trained projector on a manifest (WER, CIDEr-D), or an
-//! instruction-tuned model on held-out conversations (accuracy per task).
+//! `anymal eval`: score a model on held-out data. A manifest (`--manifest`) scores
+//! transcriptions or captions (WER, CIDEr-D, attribute accuracy); instruction data (`--data`)
+//! scores answers per task. Either kind of run folder works with either kind of data.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
+use anymal_encoders::ModalityRegistry;
 
-use crate::eval::run::evaluate;
-use crate::infer::AlignedModel;
+use super::model_args::load_model;
+use crate::multimodal::ModelSpec;
+use crate::run_dir::{write_json, RunDir};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -24,7 +27,7 @@ pub struct EvalArgs {
     /// Record field that groups instruction scores.
     #[arg(long, default_value = "task")]
     pub group_by: String,
-    /// LLM override (default: the one in projector.json).
+    /// LLM override (default: the one the run names).
     #[arg(long)]
     pub llm: Option<String>,
     #[arg(long)]
@@ -40,65 +43,49 @@ pub struct EvalArgs {
     pub attributes: Vec<String>,
 }
 
-pub fn run(a: EvalArgs, registry: &anymal_encoders::ModalityRegistry) -> Result<()> {
-    if let Some(data) = &a.data {
-        return run_instruct(&a, data, registry);
-    }
-    let manifest = a.manifest.clone().unwrap_or_default();
-    let m = AlignedModel::load(registry, &a.run, a.llm.as_deref(), a.requant.as_deref())?;
-    let stem = manifest
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "manifest".into());
-    let preds = a.run.join(format!("predictions-{stem}.jsonl"));
-    let report = evaluate(&m, &manifest, a.max_tokens, a.limit, &a.attributes, &preds)?;
-    let json = serde_json::to_string_pretty(&report)?;
-    anymal_adapters::projector::write_atomic(
-        &a.run.join(format!("eval-{stem}.json")),
-        json.as_bytes(),
-    )?;
-    eprintln!("predictions in {}", preds.display());
-    println!("{json}");
-    print!("{}", report.markdown());
-    Ok(())
-}
-
-/// `--data`: an instruction-tuned run (or an aligned projector used as a chat model).
-fn run_instruct(
-    a: &EvalArgs,
-    data: &std::path::Path,
-    registry: &anymal_encoders::ModalityRegistry,
-) -> Result<()> {
-    let tuned = a.run.join(crate::assistant::MODEL_FILE).is_file();
-    let spec = crate::assistant::AssistantSpec {
-        run: tuned.then(|| a.run.clone()),
-        projectors: if tuned { vec![] } else { vec![a.run.clone()] },
-        llm: a.llm.clone(),
-        requant: a.requant.clone(),
-        ..Default::default()
-    };
-    let m = crate::assistant::Assistant::load(registry, &spec)?;
-    let stem = data
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "data".into());
-    let preds = a.run.join(format!("predictions-{stem}.jsonl"));
-    let report = crate::eval::instruct::evaluate_instruct(
-        &m,
+pub fn run(a: EvalArgs, registry: &ModalityRegistry) -> Result<()> {
+    let model = load_model(
         registry,
-        data,
-        &a.group_by,
-        a.max_tokens,
-        a.limit,
-        &preds,
+        &ModelSpec {
+            run: Some(a.run.clone()),
+            llm: a.llm.clone(),
+            requant: a.requant.clone(),
+            ..Default::default()
+        },
     )?;
-    let json = serde_json::to_string_pretty(&report)?;
-    anymal_adapters::projector::write_atomic(
-        &a.run.join(format!("eval-{stem}.json")),
-        json.as_bytes(),
-    )?;
-    eprintln!("predictions in {}", preds.display());
-    println!("{json}");
-    print!("{}", report.markdown());
+    let run = RunDir::new(&a.run);
+    let (report_json, markdown, predictions) = match (&a.data, &a.manifest) {
+        (Some(data), _) => {
+            let (preds, report_path) = run.eval_outputs(data);
+            let r = crate::eval::instruct::evaluate_instruct(
+                &model,
+                registry,
+                data,
+                &a.group_by,
+                a.max_tokens,
+                a.limit,
+                &preds,
+            )?;
+            write_json(&report_path, &r)?;
+            (serde_json::to_string_pretty(&r)?, r.markdown(), preds)
+        }
+        (None, manifest) => {
+            let manifest = manifest.clone().unwrap_or_default();
+            let (preds, report_path) = run.eval_outputs(&manifest);
+            let r = crate::eval::run::evaluate(
+                &model,
+                &manifest,
+                a.max_tokens,
+                a.limit,
+                &a.attributes,
+                &preds,
+            )?;
+            write_json(&report_path, &r)?;
+            (serde_json::to_string_pretty(&r)?, r.markdown(), preds)
+        }
+    };
+    eprintln!("predictions in {}", predictions.display());
+    println!("{report_json}");
+    print!("{markdown}");
     Ok(())
 }

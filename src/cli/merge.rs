@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use anymal_quant::QuantType;
 
 use crate::merge::{
-    describe, logit_drift, lora_dir, output_kind, write_merged_gguf, write_merged_safetensors,
+    describe, logit_drift, output_kind, write_merged_gguf, write_merged_safetensors,
 };
+use crate::run_dir::lora_folder;
 
 #[derive(clap::Args)]
 pub struct MergeArgs {
@@ -39,7 +40,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
             .context("--type")?;
     let mut model = anymal_llm::load_model(&a.llm, &Default::default())
         .with_context(|| format!("--llm '{}'", a.llm))?;
-    let dir = lora_dir(&a.lora);
+    let dir = lora_folder(&a.lora);
     let set = model
         .llm
         .load_lora(&dir)
@@ -74,7 +75,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         // the drift is what re-quantizing the merged weights costs, not the difference
         // between candle's quantized kernels and a dense GEMM.
         drop(model);
-        let f32_opts = crate::cli::load_options(Some("f32"))?;
+        let f32_opts = anymal_llm::LoadOptions::requantized(Some("f32"))?;
         let mut exact = anymal_llm::load_model(&a.llm, &f32_opts)?;
         exact.llm.load_lora(&dir)?.set_training(false);
         let reloaded = anymal_llm::load_model(&a.out.to_string_lossy(), &f32_opts)

@@ -1,5 +1,4 @@
 pub mod align;
-pub mod assistant_args;
 pub mod bench;
 pub mod chat;
 pub mod data;
@@ -7,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod model_args;
 pub mod recipes;
 pub mod serve;
 pub mod tune;
@@ -14,7 +14,6 @@ pub mod tune;
 use std::process::ExitCode;
 
 use anymal_encoders::ModalityRegistry;
-use anymal_llm::LoadOptions;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,8 +57,6 @@ enum Command {
 /// passes the built-in ones; a program that adds its own modality (see
 /// `examples/custom_modality.rs`) passes a registry with it registered and gets the whole CLI.
 pub fn main_with(registry: ModalityRegistry) -> ExitCode {
-    keep_freed_memory();
-    pin_thread_count();
     let cli = Cli::parse();
     let training = match &cli.command {
         Command::Align(_) | Command::Tune(_) => true,
@@ -68,9 +65,7 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
         }
         _ => false,
     };
-    if training {
-        no_spinning_workers();
-    }
+    crate::system::configure_process(training);
     let res = match cli.command {
         Command::Generate(a) => self::generate::run(a, &registry),
         Command::Inspect(a) => self::inspect::run(a),
@@ -91,48 +86,5 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
-    }
-}
-
-use anymal_quant::QuantType;
-
-/// Load options from the shared `--requant` flag.
-pub fn load_options(requant: Option<&str>) -> anyhow::Result<LoadOptions> {
-    let quant = requant.map(QuantType::parse).transpose()?;
-    Ok(LoadOptions {
-        quant,
-        ..Default::default()
-    })
-}
-
-/// glibc returns every freed block above 128 KiB to the OS and maps the next one fresh, so a
-/// training step, which allocates the same activation-sized tensors every step, spent ~15% of
-/// its time zeroing new pages (`clear_page_erms` in a profile). Blocks up to 32 MiB are kept
-/// for reuse instead, and the heap is trimmed only above 256 MiB free.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
-/// candle asks for its thread count on every matmul, and without `RAYON_NUM_THREADS` that
-/// re-reads `/proc/cpuinfo` each time (~3% of a decoding step in a profile). Its answer is
-/// computed once here and pinned in the variable, before any thread starts.
-fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
-/// candle's quantized-matmul and elementwise thread pool spins after each task (25k rounds) for
-/// the next one, which suits decoding (hundreds of small ops per token) but in training steals
-/// a core from the f32 GEMM's own threads: 11% of a step's samples were that spinning, and the
-/// step ran ~10% faster without it. Only when the user has not chosen a value.
-fn no_spinning_workers() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
 }

@@ -124,3 +124,33 @@ pub fn run(a: RecipesArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The flags of the training commands: which recipe, what to override, where to write.
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// Recipe TOML file, or a recipe name from `anymal recipes list`.
+    #[arg(long)]
+    pub recipe: String,
+    /// Override a recipe key, e.g. `--set train.max_steps=20 --set data.train=my.jsonl`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run folder (overrides the recipe's `output_dir`).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Continue from the latest checkpoint in the run folder.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl RecipeArgs {
+    /// The recipe file and the `--set` overrides, `--output` among them.
+    pub fn resolve(&self) -> Result<(PathBuf, Vec<String>)> {
+        let path = resolve(&self.recipe)?;
+        let mut sets = self.sets.clone();
+        if let Some(o) = &self.output {
+            let literal = toml::Value::String(o.to_string_lossy().to_string());
+            sets.push(format!("output_dir={literal}"));
+        }
+        Ok((path, sets))
+    }
+}

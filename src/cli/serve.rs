@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::assistant_args::{AnswerArgs, ModelArgs};
+use super::model_args::{AnswerArgs, ModelArgs};
 use crate::serve::http::{router, AppState};
 use crate::serve::media::MediaStore;
-use crate::serve::openai::Defaults;
+use crate::serve::openai::{takes, Defaults, ServedModality};
 use crate::serve::worker::Worker;
 
 /// How long open requests may run on after Ctrl-C or SIGTERM.
@@ -47,16 +47,21 @@ pub fn run(a: ServeArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
         .max_body_mb
         .checked_mul(1 << 20)
         .context("--max-body-mb is too large")?;
-    let assistant = a.model.load(registry, false)?;
-    let model_id = a
-        .model_name
-        .clone()
-        .unwrap_or_else(|| assistant.name.clone());
+    let model = a.model.load(registry, false)?;
+    let model_id = a.model_name.clone().unwrap_or_else(|| model.name.clone());
     if model_id.is_empty() {
         bail!("--model-name must not be empty");
     }
-    let modalities = assistant.modalities();
-    let worker = Worker::spawn(assistant, a.queue).context("starting the model worker")?;
+    let modalities = model
+        .adapters
+        .iter()
+        .map(|a| ServedModality {
+            name: a.modality.clone(),
+            placeholder: a.placeholder.clone(),
+            default_format: a.default_extension.clone(),
+        })
+        .collect();
+    let worker = Worker::spawn(model, a.queue).context("starting the model worker")?;
     let state = Arc::new(AppState {
         worker,
         model_id: model_id.clone(),
@@ -83,10 +88,7 @@ pub fn run(a: ServeArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
             .await
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
-        eprintln!(
-            "serving '{model_id}' (takes {})",
-            crate::serve::openai::takes(&state.modalities)
-        );
+        eprintln!("serving '{model_id}' (takes {})", takes(&state.modalities));
         eprintln!("listening on http://{addr}");
         // On a signal, open requests get a few seconds to finish; a long answer streaming to
         // a slow client does not hold the shutdown up for longer.

@@ -119,7 +119,7 @@ pub fn build(cache: &Path, out_dir: &Path) -> Result<Summary> {
                 }
                 csv.push('\n');
             }
-            anymal_adapters::projector::write_atomic(&out_dir.join(&rel), csv.as_bytes())?;
+            anymal_util::fs::write_atomic(&out_dir.join(&rel), csv.as_bytes())?;
 
             let line = serde_json::json!({"imu": rel, "text": text, "label": label});
             let m = manifests.entry(split).or_default();
@@ -144,10 +144,7 @@ pub fn build(cache: &Path, out_dir: &Path) -> Result<Summary> {
     }
     for split in ["train", "valid", "test"] {
         let text = manifests.get(split).cloned().unwrap_or_default();
-        anymal_adapters::projector::write_atomic(
-            &out_dir.join(format!("{split}.jsonl")),
-            text.as_bytes(),
-        )?;
+        anymal_util::fs::write_atomic(&out_dir.join(format!("{split}.jsonl")), text.as_bytes())?;
     }
     Ok(summary)
 }

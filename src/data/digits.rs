@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::params::fnv1a;
+use anymal_util::rng::fnv1a;
 
 pub const DIGIT_WORDS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -102,7 +102,6 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
     let img_dir = out.join("images");
     std::fs::create_dir_all(&img_dir)
         .with_context(|| format!("{}: cannot create", img_dir.display()))?;
-    let mut res = DigitsSplits::default();
     let mut files = super::manifest::SplitManifests::default();
     for d in &digits {
         let rel = PathBuf::from("images").join(format!("{:04}.png", d.index));
@@ -113,12 +112,12 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
             .map(|&v| 255 - ((v as u32 * 255 + 8) / 16) as u8)
             .collect();
         let img = image::GrayImage::from_raw(8, 8, gray).context("8x8 image buffer")?;
-        // Write beside, then rename: a killed build never leaves a truncated PNG behind.
-        let tmp = path.with_extension("png.tmp");
-        img.save_with_format(&tmp, image::ImageFormat::Png)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        // A killed build never leaves a truncated PNG behind.
+        anymal_util::fs::write_atomic_with(&path, |tmp| {
+            img.save_with_format(tmp, image::ImageFormat::Png)
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("{}: cannot write", path.display()))?;
         let split = split_of(d.index);
         let line = serde_json::json!({
             "image": rel.to_string_lossy(),
@@ -126,12 +125,11 @@ pub fn write_dataset(csv_gz: &Path, out: &Path) -> Result<DigitsSplits> {
             "label": DIGIT_WORDS[d.label as usize],
         });
         files.push(split, &line);
-        match split {
-            "train" => res.train += 1,
-            "valid" => res.valid += 1,
-            _ => res.test += 1,
-        }
     }
     files.write(out)?;
-    Ok(res)
+    Ok(DigitsSplits {
+        train: files.count("train"),
+        valid: files.count("valid"),
+        test: files.count("test"),
+    })
 }

@@ -13,8 +13,10 @@
 //! `human`/`user`, `gpt`/`assistant`; OpenAI-style `"messages": [{"role", "content"}]` is read
 //! as well. Other string fields (`task`, ...) are kept for evaluation.
 //!
-//! As with [`Manifest`](super::manifest::Manifest), a bad record is skipped and reported as
-//! `"<file>: record N (line L): <problem>"` rather than stopping a long run;
+//! A record is read in two steps: serde reads its shape ([`RecordShape`]: the turns, the id),
+//! then [`validate`] checks its meaning (turn order, placeholders against files, files on
+//! disk). As with [`Manifest`](super::manifest::Manifest), a bad record is skipped and reported
+//! as `"<file>: record N (line L): <problem>"` rather than stopping a long run;
 //! [`InstructData::check_bad_fraction`] turns too many of them into an error. A file that is
 //! not JSON at all, or holds no record, is an error.
 
@@ -22,7 +24,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::conversation::{MediaRef, Role, Turn};
 
 /// `(modality name, placeholder)` pairs, e.g. `("audio", "<audio>")`: the media keys a record
 /// may have and the text that stands for each file in the turns. Text that looks like a
@@ -79,58 +84,6 @@ impl Placeholders {
     }
 }
 
-/// Who speaks a turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    /// `system`, `human`/`user`, `gpt`/`assistant` (case-insensitive).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "system" => Some(Self::System),
-            "human" | "user" => Some(Self::User),
-            "gpt" | "assistant" => Some(Self::Assistant),
-            _ => None,
-        }
-    }
-
-    /// The LLaVA name (`system`, `human`, `gpt`), what the writers of this crate use.
-    pub fn llava_name(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "human",
-            Self::Assistant => "gpt",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "human/user",
-            Self::Assistant => "gpt/assistant",
-        }
-    }
-}
-
-/// One turn; `text` keeps its placeholders.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Turn {
-    pub role: Role,
-    pub text: String,
-}
-
-/// One media file of a sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MediaRef {
-    pub modality: String,
-    /// Resolved against the data file's folder (absolute paths are kept).
-    pub path: PathBuf,
-}
-
 /// One usable record.
 #[derive(Debug, Clone)]
 pub struct InstructSample {
@@ -169,7 +122,7 @@ impl InstructData {
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let base = path.parent().unwrap_or(Path::new("."));
         // (record, line, parsed value or why not)
-        let mut raw: Vec<(usize, Option<usize>, Result<Value, String>)> = Vec::new();
+        let mut raw: Vec<(usize, Option<usize>, Result<Value, RecordError>)> = Vec::new();
         let trimmed = text.trim_start();
         if trimmed.is_empty() {
             bail!(
@@ -195,8 +148,8 @@ impl InstructData {
                 if l.trim().is_empty() {
                     continue;
                 }
-                let parsed =
-                    serde_json::from_str::<Value>(l).map_err(|e| format!("not JSON ({e})"));
+                let parsed = serde_json::from_str::<Value>(l)
+                    .map_err(|e| RecordError::NotJson(e.to_string()));
                 raw.push((raw.len() + 1, Some(i + 1), parsed));
             }
             if raw.iter().all(|(_, _, r)| r.is_err()) {
@@ -310,15 +263,126 @@ fn record_id(v: &Value) -> Option<String> {
     }
 }
 
+/// Why a record is skipped. Each message names the field, turn or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The line is not JSON at all.
+    #[error("not JSON ({0})")]
+    NotJson(String),
+    /// A field is missing or of the wrong type.
+    #[error("{0}")]
+    Shape(String),
+    /// The turns are out of order, empty, or hold placeholders where none may stand.
+    #[error("{0}")]
+    Conversation(String),
+    /// The files under a modality key do not match the placeholders of the turns.
+    #[error("{0}")]
+    MediaCount(String),
+    /// A media file that is not there (or not a file).
+    #[error("{}: {what}", path.display())]
+    MediaFile { path: PathBuf, what: String },
+}
+
+/// The shape of a record, as serde reads it. Media keys and other fields depend on the
+/// modalities known, so they are read from the record's map beside it.
+#[derive(Deserialize)]
+struct RecordShape {
+    #[serde(default)]
+    #[allow(dead_code)] // read for its type check; the id is taken from the raw value
+    id: Option<RecordId>,
+    conversations: Option<Vec<TurnShape>>,
+    messages: Option<Vec<TurnShape>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RecordId {
+    Text(#[allow(dead_code)] String),
+    Number(#[allow(dead_code)] serde_json::Number),
+}
+
+/// `{"from": ..., "value": ...}` or OpenAI's `{"role": ..., "content": ...}`.
+#[derive(Deserialize)]
+struct TurnShape {
+    #[serde(alias = "role")]
+    from: RoleName,
+    #[serde(alias = "content")]
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct RoleName(Role);
+
+impl TryFrom<String> for RoleName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Role::parse(&s).map(RoleName).ok_or_else(|| {
+            format!("unknown role {s:?} (expected system, human/user or gpt/assistant)")
+        })
+    }
+}
+
+/// One path or a list of paths under a modality key.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MediaPaths {
+    One(String),
+    Many(Vec<String>),
+}
+
 type Parsed = (Vec<Turn>, Vec<MediaRef>, BTreeMap<String, String>);
 
-fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, String> {
-    let obj = v.as_object().ok_or("not a JSON object")?;
-    match obj.get("id") {
-        None | Some(Value::String(_)) | Some(Value::Number(_)) => {}
-        Some(_) => return Err("\"id\" is not a string".into()),
+/// Read a record's shape with serde, then [`validate`] it.
+fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, RecordError> {
+    // serde would also read a struct from a list of its fields: records are objects.
+    let obj = v
+        .as_object()
+        .ok_or_else(|| RecordError::Shape("not a JSON object".into()))?;
+    let shape: RecordShape =
+        serde_path_to_error::deserialize(v).map_err(|e| RecordError::Shape(shape_problem(&e)))?;
+    validate(shape, obj, base, ph)
+}
+
+/// A serde error in a record, said in the record's own terms: `turn 2: "value" is not a
+/// string` rather than `conversations[1].value: invalid type: integer`.
+fn shape_problem(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    use serde_path_to_error::Segment;
+    let inner = e.inner().to_string();
+    let wrong_type =
+        inner.starts_with("invalid type") || inner.contains("did not match any variant");
+    let segments: Vec<&Segment> = e.path().iter().collect();
+    match segments.as_slice() {
+        [Segment::Map { key }] if key == "id" => "\"id\" is not a string".into(),
+        [Segment::Map { key }] => format!("\"{key}\" is not a list"),
+        [Segment::Map { .. }, Segment::Seq { index }] => {
+            let missing = |field: &str| inner.contains(&format!("missing field `{field}`"));
+            let what = if missing("from") {
+                "no \"from\" (or \"role\")".to_string()
+            } else if missing("value") {
+                "no \"value\" (or \"content\")".to_string()
+            } else {
+                "not a JSON object".to_string()
+            };
+            format!("turn {}: {what}", index + 1)
+        }
+        [Segment::Map { .. }, Segment::Seq { index }, Segment::Map { key }] if wrong_type => {
+            format!("turn {}: \"{key}\" is not a string", index + 1)
+        }
+        [Segment::Map { .. }, Segment::Seq { index }, _] => format!("turn {}: {inner}", index + 1),
+        _ => format!("{}: {inner}", e.path()),
     }
-    let turns = parse_turns(obj)?;
+}
+
+/// The meaning of a well-shaped record: turn order, placeholders against files, files on disk.
+fn validate(
+    shape: RecordShape,
+    obj: &Map<String, Value>,
+    base: &Path,
+    ph: &Placeholders,
+) -> Result<Parsed, RecordError> {
+    let turns = validate_turns(shape)?;
 
     // Placeholders: only in user and system turns; their modality indices in text order.
     let mut order = Vec::new();
@@ -326,12 +390,12 @@ fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, Str
         let found = ph.scan(&turn.text);
         if turn.role == Role::Assistant {
             if let Some(&k) = found.first() {
-                return Err(format!(
+                return Err(RecordError::Conversation(format!(
                     "turn {} ({}): has {}; placeholders may only be in human/user or system turns",
                     t + 1,
                     turn.role.describe(),
                     ph.0[k].1
-                ));
+                )));
             }
         }
         order.extend(found);
@@ -342,21 +406,22 @@ fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, Str
     for (k, (name, p)) in ph.0.iter().enumerate() {
         let given = media_paths(obj, name)?;
         let n_ph = order.iter().filter(|&&o| o == k).count();
+        let count = |msg: String| Err(RecordError::MediaCount(msg));
         match (given, n_ph) {
             (None, 0) => paths.push(Vec::new()),
             (None, n) => {
-                return Err(format!(
+                return count(format!(
                     "the turns have {n} {p} but there is no \"{name}\" key"
                 ))
             }
             (Some(g), 0) => {
-                return Err(format!(
+                return count(format!(
                     "\"{name}\" gives {} file(s) but no turn has {p}",
                     g.len()
                 ))
             }
             (Some(g), n) if g.len() != n => {
-                return Err(format!(
+                return count(format!(
                     "\"{name}\" gives {} file(s) but the turns have {n} {p}",
                     g.len()
                 ))
@@ -373,8 +438,18 @@ fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, Str
         let path = base.join(rel);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => {}
-            Ok(_) => return Err(format!("{}: not a file", path.display())),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(_) => {
+                return Err(RecordError::MediaFile {
+                    path,
+                    what: "not a file".into(),
+                })
+            }
+            Err(e) => {
+                return Err(RecordError::MediaFile {
+                    path,
+                    what: e.to_string(),
+                })
+            }
         }
         media.push(MediaRef {
             modality: ph.0[k].0.clone(),
@@ -394,75 +469,72 @@ fn parse_record(v: &Value, base: &Path, ph: &Placeholders) -> Result<Parsed, Str
 }
 
 /// The paths under modality key `name`: absent (or null), one string, or a list of strings.
-fn media_paths(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<PathBuf>>, String> {
-    let check = |s: &str, what: String| -> Result<PathBuf, String> {
-        if s.trim().is_empty() {
-            Err(format!("{what} is an empty path"))
-        } else {
-            Ok(PathBuf::from(s))
-        }
+fn media_paths(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<PathBuf>>, RecordError> {
+    let shape = |msg: String| RecordError::Shape(msg);
+    let paths = match obj.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => match MediaPaths::deserialize(v) {
+            Ok(MediaPaths::One(p)) => vec![(format!("\"{name}\""), p)],
+            Ok(MediaPaths::Many(list)) if list.is_empty() => {
+                return Err(shape(format!("\"{name}\" is an empty list")))
+            }
+            Ok(MediaPaths::Many(list)) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (format!("\"{name}\" item {}", i + 1), p))
+                .collect(),
+            Err(_) => {
+                // A list with something else than a path in it, or neither a path nor a list.
+                let bad_item = v
+                    .as_array()
+                    .and_then(|a| a.iter().position(|x| !x.is_string()));
+                return Err(shape(match bad_item {
+                    Some(i) => format!("\"{name}\" item {} is not a string", i + 1),
+                    None => format!("\"{name}\" must be a path or a list of paths"),
+                }));
+            }
+        },
     };
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(vec![check(s, format!("\"{name}\""))?])),
-        Some(Value::Array(a)) if a.is_empty() => Err(format!("\"{name}\" is an empty list")),
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => check(s, format!("\"{name}\" item {}", i + 1)),
-                _ => Err(format!("\"{name}\" item {} is not a string", i + 1)),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(format!("\"{name}\" must be a path or a list of paths")),
-    }
+    paths
+        .into_iter()
+        .map(|(what, p)| {
+            if p.trim().is_empty() {
+                Err(shape(format!("{what} is an empty path")))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// `conversations` (`from`/`value`) or `messages` (`role`/`content`), checked for order.
-fn parse_turns(obj: &Map<String, Value>) -> Result<Vec<Turn>, String> {
-    let (key, list) = match (obj.get("conversations"), obj.get("messages")) {
+fn validate_turns(shape: RecordShape) -> Result<Vec<Turn>, RecordError> {
+    let conversation = |msg: String| Err(RecordError::Conversation(msg));
+    let (key, list) = match (shape.conversations, shape.messages) {
         (Some(_), Some(_)) => {
-            return Err("has both \"conversations\" and \"messages\"; give one".into())
+            return Err(RecordError::Shape(
+                "has both \"conversations\" and \"messages\"; give one".into(),
+            ))
         }
         (Some(c), None) => ("conversations", c),
         (None, Some(m)) => ("messages", m),
-        (None, None) => return Err("no \"conversations\" (or \"messages\") list".into()),
+        (None, None) => {
+            return Err(RecordError::Shape(
+                "no \"conversations\" (or \"messages\") list".into(),
+            ))
+        }
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| format!("\"{key}\" is not a list"))?;
     if list.is_empty() {
-        return Err(format!("\"{key}\" is empty"));
+        return conversation(format!("\"{key}\" is empty"));
     }
     let mut turns = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let n = i + 1;
-        let t = t
-            .as_object()
-            .ok_or_else(|| format!("turn {n}: not a JSON object"))?;
-        let (rk, role) = field2(t, "from", "role")
-            .ok_or_else(|| format!("turn {n}: no \"from\" (or \"role\")"))?;
-        let role = role
-            .as_str()
-            .ok_or_else(|| format!("turn {n}: \"{rk}\" is not a string"))?;
-        let role = Role::parse(role).ok_or_else(|| {
-            format!(
-                "turn {n}: unknown role {role:?} (expected system, human/user or gpt/assistant)"
-            )
-        })?;
-        let (tk, text) = field2(t, "value", "content")
-            .ok_or_else(|| format!("turn {n}: no \"value\" (or \"content\")"))?;
-        let text = text
-            .as_str()
-            .ok_or_else(|| format!("turn {n}: \"{tk}\" is not a string"))?;
-        if text.trim().is_empty() {
-            return Err(format!("turn {n} ({}): empty text", role.describe()));
+    for (i, t) in list.into_iter().enumerate() {
+        let role = t.from.0;
+        if t.value.trim().is_empty() {
+            return conversation(format!("turn {} ({}): empty text", i + 1, role.describe()));
         }
-        turns.push(Turn {
-            role,
-            text: text.to_string(),
-        });
+        turns.push(Turn::new(role, t.value));
     }
     // Order: [system] user assistant user assistant ...
     let start = usize::from(turns[0].role == Role::System);
@@ -473,9 +545,9 @@ fn parse_turns(obj: &Map<String, Value>) -> Result<Vec<Turn>, String> {
             Role::Assistant
         };
         if t.role == Role::System {
-            return Err(format!("turn {}: a system turn may only come first", i + 1));
+            return conversation(format!("turn {}: a system turn may only come first", i + 1));
         } else if t.role != expected {
-            return Err(format!(
+            return conversation(format!(
                 "turn {}: expected a {} turn, found {}",
                 i + 1,
                 expected.describe(),
@@ -485,23 +557,12 @@ fn parse_turns(obj: &Map<String, Value>) -> Result<Vec<Turn>, String> {
     }
     match turns.last().map(|t| t.role) {
         Some(Role::Assistant) => Ok(turns),
-        Some(Role::System) => Err("only a system turn; no human/user turn".into()),
-        _ => Err(format!(
+        Some(Role::System) => conversation("only a system turn; no human/user turn".into()),
+        _ => conversation(format!(
             "the last turn (turn {}) is human/user; the conversation must end with a gpt/assistant answer",
             turns.len()
         )),
     }
-}
-
-/// The first of two synonymous keys present.
-fn field2<'a>(
-    t: &'a Map<String, Value>,
-    a: &'static str,
-    b: &'static str,
-) -> Option<(&'static str, &'a Value)> {
-    t.get(a)
-        .map(|v| (a, v))
-        .or_else(|| t.get(b).map(|v| (b, v)))
 }
 
 #[cfg(test)]

@@ -111,14 +111,16 @@ impl SplitManifests {
         f.push('\n');
     }
 
+    /// Lines pushed to `split` so far.
+    pub fn count(&self, split: &str) -> usize {
+        self.lines.get(split).map_or(0, |f| f.lines().count())
+    }
+
     /// Write `out/{train,valid,test}.jsonl` (empty ones included).
     pub fn write(&self, out: &Path) -> Result<()> {
         for split in ["train", "valid", "test"] {
             let text = self.lines.get(split).map(|s| s.as_str()).unwrap_or("");
-            anymal_adapters::projector::write_atomic(
-                &out.join(format!("{split}.jsonl")),
-                text.as_bytes(),
-            )?;
+            anymal_util::fs::write_atomic(&out.join(format!("{split}.jsonl")), text.as_bytes())?;
         }
         Ok(())
     }

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::params::fnv1a;
+use anymal_util::rng::fnv1a;
 
 /// One clip of the corpus.
 #[derive(Debug, Clone)]
@@ -146,45 +146,23 @@ pub fn clips(root: &Path) -> Result<(Vec<Clip>, Vec<String>)> {
 pub fn write_manifests(root: &Path, out: &Path) -> Result<SpeechSplits> {
     let (clips, skipped) = clips(root)?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let out_abs = absolute(out)?;
+    let out_abs = anymal_util::fs::absolute_normalized(out)?;
     let mut files = super::manifest::SplitManifests::default();
-    let mut res = SpeechSplits {
-        skipped,
-        ..Default::default()
-    };
     for c in &clips {
         let split = split_of(&c.name);
-        let rel = relative_to(&absolute(&c.wav)?, &out_abs);
+        let rel =
+            anymal_util::fs::relative_to(&anymal_util::fs::absolute_normalized(&c.wav)?, &out_abs);
         let line =
             serde_json::json!({"audio": rel.to_string_lossy(), "text": c.text, "id": c.name});
         files.push(split, &line);
-        match split {
-            "train" => res.train += 1,
-            "valid" => res.valid += 1,
-            _ => res.test += 1,
-        }
     }
     files.write(out)?;
-    Ok(res)
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("{}: cannot resolve", p.display()))
-}
-
-/// `target` expressed relative to the folder `base` (both absolute).
-fn relative_to(target: &Path, base: &Path) -> PathBuf {
-    let t: Vec<Component> = target.components().collect();
-    let b: Vec<Component> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut rel = PathBuf::new();
-    for _ in common..b.len() {
-        rel.push("..");
-    }
-    for c in &t[common..] {
-        rel.push(c.as_os_str());
-    }
-    rel
+    Ok(SpeechSplits {
+        train: files.count("train"),
+        valid: files.count("valid"),
+        test: files.count("test"),
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -211,17 +189,5 @@ mod tests {
             "{test} {valid}"
         );
         assert_eq!(split_of("digits/1"), split_of("digits/1"));
-    }
-
-    #[test]
-    fn relative_paths() {
-        assert_eq!(
-            relative_to(Path::new("/a/b/c/x.wav"), Path::new("/a/d")),
-            PathBuf::from("../b/c/x.wav")
-        );
-        assert_eq!(
-            relative_to(Path::new("/a/x.wav"), Path::new("/a")),
-            PathBuf::from("x.wav")
-        );
     }
 }

@@ -18,10 +18,10 @@
 //! printed by `anymal data speech-instruct` gives the exact distributions.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::params::fnv1a;
+use anymal_util::rng::fnv1a;
 use serde_json::{json, Value};
 
 use super::instruct::{InstructData, Placeholders};
@@ -246,7 +246,7 @@ pub fn build(root: &Path, speech_dir: &Path, out: &Path) -> Result<SpeechInstruc
         report.built_manifests = true;
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let out_abs = normalize(&absolute(out)?);
+    let out_abs = anymal_util::fs::absolute_normalized(out)?;
     let placeholders = Placeholders::new([(AUDIO, PLACEHOLDER)]);
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for split in splits {
@@ -281,7 +281,10 @@ pub fn build(root: &Path, speech_dir: &Path, out: &Path) -> Result<SpeechInstruc
                 ));
                 continue;
             }
-            let audio = relative_to(&normalize(&absolute(&item.path)?), &out_abs);
+            let audio = anymal_util::fs::relative_to(
+                &anymal_util::fs::absolute_normalized(&item.path)?,
+                &out_abs,
+            );
             let audio = audio.to_string_lossy();
             sum.clips += 1;
             for task in TASKS {
@@ -330,7 +333,7 @@ pub fn build(root: &Path, speech_dir: &Path, out: &Path) -> Result<SpeechInstruc
         }
         text.push_str("]\n");
         let file = out.join(format!("instruct-{split}.json"));
-        anymal_adapters::projector::write_atomic(&file, text.as_bytes())?;
+        anymal_util::fs::write_atomic(&file, text.as_bytes())?;
         let back = InstructData::read(&file, &placeholders)?;
         if !back.problems.is_empty() || back.samples.len() != records.len() {
             bail!(
@@ -344,49 +347,6 @@ pub fn build(root: &Path, speech_dir: &Path, out: &Path) -> Result<SpeechInstruc
         report.splits.push((split, sum));
     }
     Ok(report)
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("{}: cannot resolve", p.display()))
-}
-
-/// `p` without `.` and with each `..` taking away the folder before it, lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            c => out.push(c.as_os_str()),
-        }
-    }
-    out
-}
-
-/// `target` expressed relative to the folder `base` (both absolute and normalized); `target`
-/// itself when the two share nothing below the root (`/tmp/x` and `/root/.cache/...`).
-fn relative_to(target: &Path, base: &Path) -> PathBuf {
-    let t: Vec<Component> = target.components().collect();
-    let b: Vec<Component> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let only_root = t[..common]
-        .iter()
-        .all(|c| matches!(c, Component::RootDir | Component::Prefix(_)));
-    if only_root {
-        return target.to_path_buf();
-    }
-    let mut rel = PathBuf::new();
-    for _ in common..b.len() {
-        rel.push("..");
-    }
-    for c in &t[common..] {
-        rel.push(c.as_os_str());
-    }
-    rel
 }
 
 #[cfg(test)]
@@ -496,21 +456,5 @@ mod tests {
         for t in ["digits", "password", "press"] {
             assert!(names.iter().any(|n| follow_up(n) == Some(t)));
         }
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(
-            normalize(Path::new("/a/b/../c/./x.wav")),
-            PathBuf::from("/a/c/x.wav")
-        );
-        assert_eq!(
-            relative_to(Path::new("/a/b/x.wav"), Path::new("/a/d")),
-            PathBuf::from("../b/x.wav")
-        );
-        assert_eq!(
-            relative_to(Path::new("/root/c/x.wav"), Path::new("/tmp/out")),
-            PathBuf::from("/root/c/x.wav")
-        );
     }
 }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
+use anymal_util::rng::{fnv1a, SplitMix64};
 use serde::{Deserialize, Serialize};
 
 /// Colour names and their RGB, in the order of the balanced blocks. Saturated and bright so
@@ -208,29 +209,9 @@ fn hex(c: [u8; 3], prefix: &str) -> String {
     format!("{prefix}{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
-/// SplitMix64: tiny, and its streams stay the same whatever version of `rand` is around.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..=hi` (the modulo bias is negligible at these ranges).
-    fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as u32
-    }
-}
-
 /// A stream for (seed, split, index), independent of every other clip's.
 fn rng_for(seed: u64, split: &str, index: u64) -> SplitMix64 {
-    let split_key = anymal_adapters::params::fnv1a(split.as_bytes());
+    let split_key = fnv1a(split.as_bytes());
     let mut mix = SplitMix64::new(seed ^ split_key.rotate_left(17) ^ index.wrapping_mul(0x9e37));
     // Discard one draw so nearby seeds do not start alike.
     mix.next_u64();
@@ -388,7 +369,7 @@ fn read_marker(out_dir: &Path) -> Option<Marker> {
 
 fn write_marker(out_dir: &Path, marker: &Marker) -> Result<()> {
     let text = serde_json::to_string_pretty(marker)?;
-    anymal_adapters::projector::write_atomic(&out_dir.join(MARKER), text.as_bytes())?;
+    anymal_util::fs::write_atomic(&out_dir.join(MARKER), text.as_bytes())?;
     Ok(())
 }
 
@@ -458,7 +439,7 @@ pub fn build(out_dir: &Path, opts: &VideoShapesOptions) -> Result<Summary> {
             text.push('\n');
         }
         let p = out_dir.join(format!("{split}.jsonl"));
-        anymal_adapters::projector::write_atomic(&p, text.as_bytes())
+        anymal_util::fs::write_atomic(&p, text.as_bytes())
             .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     write_marker(

@@ -19,8 +19,9 @@ use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
 use super::wer::{corpus_wer, normalize_text};
-use crate::assistant::Assistant;
-use crate::data::instruct::{InstructData, Placeholders, Role};
+use crate::conversation::Role;
+use crate::data::instruct::{InstructData, Placeholders};
+use crate::multimodal::MultimodalModel;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct GroupScore {
@@ -73,7 +74,7 @@ pub fn answer_is_right(reference: &str, prediction: &str) -> bool {
 }
 
 pub fn evaluate_instruct(
-    m: &Assistant,
+    m: &MultimodalModel,
     registry: &anymal_encoders::ModalityRegistry,
     data_path: &Path,
     group_by: &str,

@@ -1,5 +1,6 @@
-//! `anymal eval`: generate for every item of a manifest with a trained projector and score
-//! the generations against the manifest's texts (WER and CIDEr-D).
+//! `anymal eval --manifest`: generate for every item of a manifest (the prompt the projector
+//! was trained with, greedy) and score the generations against the manifest's texts (WER,
+//! CIDEr-D, attribute accuracy).
 
 use std::io::Write;
 use std::path::Path;
@@ -10,8 +11,9 @@ use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
 use super::{attribute, cider::cider_d, wer::corpus_wer, wer::word_errors};
+use crate::conversation::{MediaRef, Role, Turn};
 use crate::data::manifest::Manifest;
-use crate::infer::AlignedModel;
+use crate::multimodal::MultimodalModel;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -56,7 +58,7 @@ impl EvalReport {
 /// Greedy generation for each item (at most `limit`, 0 = all); predictions go to
 /// `predictions` as JSONL (`text`, `prediction`, per-item word errors).
 pub fn evaluate(
-    m: &AlignedModel,
+    m: &MultimodalModel,
     manifest_path: &Path,
     max_tokens: usize,
     limit: usize,
@@ -64,7 +66,14 @@ pub fn evaluate(
     predictions: &Path,
 ) -> Result<EvalReport> {
     let t0 = Instant::now();
-    let modality = m.projector.cfg.modality.clone();
+    let modality = match m.adapters.as_slice() {
+        [one] => one.modality.clone(),
+        [] => anyhow::bail!("the model takes text only: a manifest scores a projector"),
+        _ => anyhow::bail!(
+            "the model takes several modalities ({}); a manifest scores one: use --data",
+            m.takes()
+        ),
+    };
     let manifest = Manifest::read(manifest_path, &modality)?;
     for p in &manifest.problems {
         eprintln!("skipped {p}");
@@ -102,7 +111,17 @@ pub fn evaluate(
         class_sets.push(attribute::classes(values));
     }
     let mut right = vec![0usize; attributes.len()];
-    let prompt = m.user_prompt(None, 1);
+    // The user turn the projector was trained with.
+    let turns = [Turn::new(
+        Role::User,
+        m.user_prompt(
+            None,
+            &[MediaRef {
+                modality: modality.clone(),
+                path: Default::default(),
+            }],
+        )?,
+    )];
     let n = if limit == 0 {
         manifest.items.len()
     } else {
@@ -117,13 +136,11 @@ pub fn evaluate(
             temperature: 0.0,
             ..Default::default()
         });
-        let ids = match m.generate(
-            &prompt,
-            &[item.path.as_path()],
-            max_tokens,
-            &mut sampler,
-            |_| Ok(()),
-        ) {
+        let media = [MediaRef {
+            modality: modality.clone(),
+            path: item.path.clone(),
+        }];
+        let ids = match m.generate(&turns, &media, max_tokens, &mut sampler, |_| Ok(())) {
             Ok((ids, _)) => ids,
             Err(e) => {
                 eprintln!("skipped {}:{}: {e:#}", manifest_path.display(), item.line);

@@ -28,8 +28,8 @@ pub struct AppState {
     pub worker: Worker,
     /// The id clients must name in `model`.
     pub model_id: String,
-    /// The model's `(modality, placeholder)` pairs.
-    pub modalities: Vec<(String, String)>,
+    /// The modalities the model takes.
+    pub modalities: Vec<openai::ServedModality>,
     pub media: MediaStore,
     /// Request bodies over this many bytes get a 413.
     pub max_body: usize,

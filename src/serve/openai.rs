@@ -3,8 +3,9 @@
 //! (`chat.completion`, `chat.completion.chunk`).
 //!
 //! Content parts: `text`, `image_url` (data URLs only: the server fetches nothing), and
-//! `input_audio` as OpenAI defines them; `input_video` and `input_imu` (`{"data": base64,
-//! "format": "mp4" | "csv" ...}`) are anymal's extensions in the same shape as `input_audio`.
+//! `input_audio` as OpenAI defines them; every other modality the model takes, built in or
+//! registered by a program of its own, is `input_<modality>` in the same shape as `input_audio`
+//! (`{"data": base64, "format": file extension}`; the format defaults to the modality's own).
 //! A media part becomes its modality's placeholder at the part's place in the message text.
 
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::media::{extension_for_mime, parse_data_url, sanitize_extension, MediaStore, TempMedia};
 use super::worker::{FinishReason, GenParams, JobMedia, Usage};
-use crate::data::instruct::{Role, Turn};
+use crate::conversation::{Role, Turn};
 use anymal_llm::SamplingConfig;
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,27 @@ pub struct Defaults {
     pub sampling: SamplingConfig,
     /// Used when the request has no system message.
     pub system: Option<String>,
+}
+
+/// A modality the served model takes.
+#[derive(Debug, Clone)]
+pub struct ServedModality {
+    pub name: String,
+    /// What stands for a file of it in the text (`<audio>`).
+    pub placeholder: String,
+    /// The extension an inline file gets when its part names no `format`.
+    pub default_format: Option<String>,
+}
+
+/// "text only", or "text, audio, image".
+pub fn takes(modalities: &[ServedModality]) -> String {
+    if modalities.is_empty() {
+        return "text only".into();
+    }
+    std::iter::once("text")
+        .chain(modalities.iter().map(|m| m.name.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A request ready for the worker.
@@ -144,11 +166,11 @@ impl ChatRequest {
     }
 
     /// The messages as turns, media parts decoded into files of `store`. `modalities` are the
-    /// model's `(modality, placeholder)` pairs. Consecutive messages of one role are joined
-    /// (some chat templates insist on alternating roles; OpenAI clients do not).
+    /// ones the model takes. Consecutive messages of one role are joined (some chat templates
+    /// insist on alternating roles; OpenAI clients do not).
     pub fn conversation(
         &self,
-        modalities: &[(String, String)],
+        modalities: &[ServedModality],
         store: &MediaStore,
         defaults: &Defaults,
     ) -> Result<Conversation, ApiError> {
@@ -205,7 +227,7 @@ fn message_text(
     at: &str,
     role: Role,
     content: Option<&Value>,
-    modalities: &[(String, String)],
+    modalities: &[ServedModality],
     store: &MediaStore,
     media: &mut Vec<JobMedia>,
 ) -> Result<String, ApiError> {
@@ -228,7 +250,7 @@ fn message_text(
         let ty = part.get("type").and_then(Value::as_str).ok_or_else(|| {
             ApiError::bad_request(format!("{at}: a content part needs a string `type`"))
         })?;
-        let (modality, file) = match ty {
+        let (modality, form) = match ty {
             "text" | "input_text" => {
                 let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
                     ApiError::bad_request(format!("{at}: a text part needs a string `text`"))
@@ -238,18 +260,19 @@ fn message_text(
                 continue;
             }
             "image_url" | "input_image" => ("image", MediaPart::Url),
-            "input_audio" => ("audio", MediaPart::Fields("wav")),
-            "input_video" => ("video", MediaPart::Fields("mp4")),
-            "input_imu" => ("imu", MediaPart::Fields("csv")),
-            other => {
-                return Err(ApiError::invalid(
-                    "unsupported_content_type",
-                    format!(
-                        "{at}: content part type '{other}' is not supported \
-                         (text, image_url, input_audio, input_video, input_imu)"
-                    ),
-                ))
-            }
+            other => match other.strip_prefix("input_").filter(|m| !m.is_empty()) {
+                Some(modality) => (modality, MediaPart::Fields),
+                None => {
+                    return Err(ApiError::invalid(
+                        "unsupported_content_type",
+                        format!(
+                            "{at}: content part type '{other}' is not supported \
+                             (text, image_url, input_<modality>: {})",
+                            takes(modalities)
+                        ),
+                    ))
+                }
+            },
         };
         let label = format!("{at} ({ty})");
         if role != Role::User {
@@ -257,7 +280,7 @@ fn message_text(
                 "{label}: media go in user messages only"
             )));
         }
-        let Some((_, placeholder)) = modalities.iter().find(|(m, _)| m == modality) else {
+        let Some(served) = modalities.iter().find(|m| m.name == modality) else {
             return Err(ApiError::invalid(
                 "unsupported_modality",
                 format!(
@@ -266,13 +289,13 @@ fn message_text(
                 ),
             ));
         };
-        let file = file.decode(part, ty, &label, store)?;
+        let file = form.decode(part, ty, &label, served, store)?;
         media.push(JobMedia {
             modality: modality.to_string(),
             label,
             file,
         });
-        pieces.push(placeholder.clone());
+        pieces.push(served.placeholder.clone());
     }
     Ok(pieces.join("\n"))
 }
@@ -282,9 +305,9 @@ enum MediaPart {
     /// `image_url`: `{"url": "data:..."}` (or the URL as a plain string, as in the Responses
     /// API).
     Url,
-    /// `input_audio` and the extensions: `{"data": base64, "format": ext}` under the part's
-    /// type; the format defaults to the one given.
-    Fields(&'static str),
+    /// `input_<modality>`: `{"data": base64, "format": ext}` under the part's type; the format
+    /// defaults to the modality's own.
+    Fields,
 }
 
 impl MediaPart {
@@ -293,6 +316,7 @@ impl MediaPart {
         part: &Value,
         ty: &str,
         label: &str,
+        modality: &ServedModality,
         store: &MediaStore,
     ) -> Result<TempMedia, ApiError> {
         let field = part.get(ty);
@@ -314,7 +338,7 @@ impl MediaPart {
                 }
                 store.store_base64(data, &extension_for_mime(mime), label)
             }
-            MediaPart::Fields(default_format) => {
+            MediaPart::Fields => {
                 let obj = field.filter(|v| v.is_object()).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "{label}: needs an object `{ty}` with `data` (base64)"
@@ -325,11 +349,17 @@ impl MediaPart {
                         "{label}: needs `{ty}.data`, base64 file content"
                     ))
                 })?;
+                let example = modality.default_format.as_deref().unwrap_or("bin");
                 let ext = match obj.get("format") {
-                    None | Some(Value::Null) => default_format.to_string(),
+                    None | Some(Value::Null) => modality.default_format.clone().ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{label}: needs `{ty}.format`, the file's extension ({} files have no default)",
+                            modality.name
+                        ))
+                    })?,
                     Some(Value::String(f)) => sanitize_extension(f).ok_or_else(|| {
                         ApiError::bad_request(format!(
-                            "{label}: `{ty}.format` must be a file extension such as {default_format}"
+                            "{label}: `{ty}.format` must be a file extension such as {example}"
                         ))
                     })?,
                     Some(_) => return Err(ApiError::bad_request(format!("{label}: `{ty}.format` must be a string"))),
@@ -341,25 +371,17 @@ impl MediaPart {
 }
 
 /// Text may not hold a placeholder itself: it would claim a media file it does not bring.
-fn check_text(at: &str, text: &str, modalities: &[(String, String)]) -> Result<(), ApiError> {
-    if let Some((m, ph)) = modalities.iter().find(|(_, ph)| text.contains(ph.as_str())) {
+fn check_text(at: &str, text: &str, modalities: &[ServedModality]) -> Result<(), ApiError> {
+    if let Some(m) = modalities
+        .iter()
+        .find(|m| text.contains(m.placeholder.as_str()))
+    {
         return Err(ApiError::bad_request(format!(
-            "{at}: the text holds {ph}, which stands for a {m} file here; send the file as a content part instead"
+            "{at}: the text holds {}, which stands for a {} file here; send the file as a content part instead",
+            m.placeholder, m.name
         )));
     }
     Ok(())
-}
-
-/// "text only" or "text, audio, image".
-pub fn takes(modalities: &[(String, String)]) -> String {
-    if modalities.is_empty() {
-        "text only".into()
-    } else {
-        std::iter::once("text")
-            .chain(modalities.iter().map(|(m, _)| m.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// The ids and timestamps shared by a response and its chunks.
@@ -451,9 +473,13 @@ mod tests {
 
     fn conv(body: Value, modalities: &[(&str, &str)]) -> Result<Conversation, ApiError> {
         let store = MediaStore::new(1 << 20).unwrap();
-        let m: Vec<(String, String)> = modalities
+        let m: Vec<ServedModality> = modalities
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| ServedModality {
+                name: a.to_string(),
+                placeholder: b.to_string(),
+                default_format: Some("bin".into()),
+            })
             .collect();
         let d = Defaults {
             max_tokens: 16,

@@ -1,4 +1,4 @@
-//! The one thread that owns the [`Assistant`]: requests wait in a bounded queue and are
+//! The one thread that owns the [`MultimodalModel`]: requests wait in a bounded queue and are
 //! answered one at a time, in the order they were queued. A CPU model answers one request at a
 //! full core count faster than two interleaved, and one owner needs no locking around the KV
 //! cache or the encoders.
@@ -21,8 +21,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::error::ApiError;
 use super::media::TempMedia;
 use super::stop::StopMatcher;
-use crate::assistant::Assistant;
-use crate::data::instruct::{MediaRef, Turn};
+use crate::conversation::{MediaRef, Turn};
+use crate::multimodal::MultimodalModel;
 
 /// How to generate one answer.
 #[derive(Debug, Clone)]
@@ -93,14 +93,14 @@ pub struct Worker {
 
 impl Worker {
     /// Start the thread; at most `queue` jobs wait while one is being answered.
-    pub fn spawn(assistant: Assistant, queue: usize) -> anyhow::Result<Self> {
+    pub fn spawn(model: MultimodalModel, queue: usize) -> anyhow::Result<Self> {
         let (tx, rx) = sync_channel(queue);
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         std::thread::Builder::new()
             .name("anymal-worker".into())
             .spawn(move || {
-                run(&assistant, rx);
+                run(&model, rx);
                 flag.store(false, Ordering::SeqCst);
             })?;
         Ok(Self { tx, alive, queue })
@@ -130,7 +130,7 @@ impl Worker {
     }
 }
 
-fn run(assistant: &Assistant, rx: Receiver<Job>) {
+fn run(model: &MultimodalModel, rx: Receiver<Job>) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     while let Ok(job) = rx.recv() {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +140,7 @@ fn run(assistant: &Assistant, rx: Receiver<Job>) {
             continue;
         }
         let events = job.events.clone();
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(assistant, job, n))) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(model, job, n))) {
             let what = p
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -160,7 +160,7 @@ enum Halt {
     ClientGone,
 }
 
-fn answer(assistant: &Assistant, job: Job, n: u64) {
+fn answer(model: &MultimodalModel, job: Job, n: u64) {
     let Job {
         turns,
         media,
@@ -168,7 +168,7 @@ fn answer(assistant: &Assistant, job: Job, n: u64) {
         events,
     } = job;
     let t0 = Instant::now();
-    let result = generate(assistant, &turns, &media, &params, &events);
+    let result = generate(model, &turns, &media, &params, &events);
     match result {
         Ok(Some((finish_reason, usage))) => {
             eprintln!(
@@ -196,21 +196,21 @@ fn answer(assistant: &Assistant, job: Job, n: u64) {
 
 /// Generate and stream one answer; `None` when the client went away.
 fn generate(
-    assistant: &Assistant,
+    model: &MultimodalModel,
     turns: &[Turn],
     media: &[JobMedia],
     params: &GenParams,
     events: &UnboundedSender<Event>,
 ) -> Result<Option<(FinishReason, Usage)>, ApiError> {
     // Rendering checks the conversation (a client error) and gives the prompt length.
-    let rendered = assistant.format().render(turns).map_err(|e| {
+    let rendered = model.format().render(turns).map_err(|e| {
         ApiError::invalid(
             "invalid_conversation",
             format!("the conversation cannot be formatted: {e:#}"),
         )
     })?;
     let prompt_tokens = rendered.example.input_ids.len();
-    let context = assistant.model.llm.cfg.max_position_embeddings;
+    let context = model.model.llm.cfg.max_position_embeddings;
     if prompt_tokens >= context {
         return Err(ApiError::invalid(
             "context_length_exceeded",
@@ -226,11 +226,11 @@ fn generate(
         })
         .collect();
     let mut sampler = Sampler::new(params.sampling);
-    let mut stream = TokenStream::new(&assistant.model.tokenizer);
+    let mut stream = TokenStream::new(&model.model.tokenizer);
     let mut stop = StopMatcher::new(params.stop.clone());
     let mut completion_tokens = 0;
     let mut halt = None;
-    let res = assistant.generate(turns, &refs, max_tokens, &mut sampler, |id| {
+    let res = model.generate(turns, &refs, max_tokens, &mut sampler, |id| {
         completion_tokens += 1;
         if let Some(piece) = stream.push(id)? {
             let (text, hit) = stop.push(&piece);
@@ -276,21 +276,21 @@ fn generate(
                 },
             )))
         }
-        (Err(e), None) => Err(diagnose(assistant, media, completion_tokens, e)),
+        (Err(e), None) => Err(diagnose(model, media, completion_tokens, e)),
     }
 }
 
 /// A failed generation: if a media file cannot be encoded on its own, the request is at
 /// fault (400 naming its part); else it is ours (500).
 fn diagnose(
-    assistant: &Assistant,
+    model: &MultimodalModel,
     media: &[JobMedia],
     generated: usize,
     e: anyhow::Error,
 ) -> ApiError {
     if generated == 0 {
         for m in media {
-            let Ok(adapter) = assistant.adapter(&m.modality) else {
+            let Ok(adapter) = model.adapter(&m.modality) else {
                 continue;
             };
             if let Some(Err(err)) = adapter.source.get(&[m.file.path.as_path()]).pop() {

@@ -1,19 +1,17 @@
-//! Run checkpoints: `<run>/checkpoint-<step>/` with the projector (as loadable as the final
-//! one), the optimizer's moments and the trainer state. A checkpoint is written into a
-//! `.tmp` folder and renamed into place, so a kill at any moment leaves either the old set of
-//! checkpoints or the new one, never a half-written folder that `--resume` would trust.
+//! Run checkpoints: `<run>/checkpoint-<step>/` with the trainable parts (each loop writes its
+//! own, as loadable as its final result), the optimizer's moments and the trainer state. A
+//! checkpoint is written into a temporary folder and renamed into place, so a kill at any
+//! moment leaves either the old set of checkpoints or the new one, never a half-written folder
+//! that `--resume` would trust.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use anymal_adapters::{ParamStore, Projector};
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
-
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const STATE_FILE: &str = "trainer_state.json";
+use crate::run_dir::{RunDir, OPTIMIZER_FILE, STATE_FILE};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -24,33 +22,17 @@ pub struct TrainerState {
     pub seed: u64,
 }
 
-pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
-    run.join(format!("checkpoint-{step}"))
-}
-
-/// Write a checkpoint atomically and remove the oldest beyond `keep`.
-pub fn save(
-    run: &Path,
-    projector: &Projector,
-    store: &ParamStore,
-    opt: &AdamW,
-    state: &TrainerState,
-    keep: usize,
-) -> Result<PathBuf> {
-    save_with(run, opt, state, keep, |tmp| Ok(projector.save(tmp, store)?))
-}
-
 /// Write a checkpoint whose trainable parts `write` puts into the folder it is given, with the
-/// optimizer and trainer state beside them; atomically, as [`save`].
-pub fn save_with(
-    run: &Path,
+/// optimizer and trainer state beside them, atomically; then remove the oldest beyond `keep`.
+pub fn save(
+    run: &RunDir,
     opt: &AdamW,
     state: &TrainerState,
     keep: usize,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let dir = checkpoint_dir(run, state.step);
-    let tmp = run.join(format!(".checkpoint-{}.tmp", state.step));
+    let dir = run.checkpoint(state.step);
+    let tmp = run.checkpoint_in_progress(state.step);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("{}: cannot clear", tmp.display()))?;
@@ -71,31 +53,8 @@ pub fn save_with(
     Ok(dir)
 }
 
-/// Complete checkpoints of a run, oldest first.
-pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?;
-            e.path()
-                .join(STATE_FILE)
-                .is_file()
-                .then(|| (step, e.path()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-pub fn latest(run: &Path) -> Option<(u64, PathBuf)> {
-    list(run).pop()
-}
-
-fn prune(run: &Path, keep: usize) -> Result<()> {
-    let all = list(run);
+fn prune(run: &RunDir, keep: usize) -> Result<()> {
+    let all = run.checkpoints();
     if all.len() > keep.max(1) {
         for (_, p) in &all[..all.len() - keep.max(1)] {
             std::fs::remove_dir_all(p)

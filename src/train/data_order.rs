@@ -1,7 +1,7 @@
 //! The item order of training: a seeded shuffle per epoch, so that the items of optimizer
 //! step `s` depend only on `s` and the seed (exact resume).
 
-use anymal_adapters::params::{fnv1a, SplitMix64};
+use anymal_util::rng::{fnv1a, SplitMix64};
 
 /// Item order: epoch `e` is a Fisher-Yates shuffle seeded by `(seed, e)`; item `j` of the
 /// endless stream is position `j % n` of epoch `j / n`.

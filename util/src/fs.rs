@@ -41,9 +41,35 @@ pub fn write_atomic_with<E: From<io::Error>>(
     done
 }
 
-/// Write `bytes` to `path` atomically (see [`write_atomic_with`]).
+/// Write `bytes` to `path` atomically (see [`write_atomic_with`]). The error names the file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |tmp| std::fs::write(tmp, bytes))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: cannot write: {e}", path.display())))
+}
+
+/// `p` made absolute (against the current folder) and normalized lexically: `.` dropped, `..`
+/// taking the component before it away. Links are not followed: the path need not exist.
+pub fn absolute_normalized(p: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(p)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: cannot resolve: {e}", p.display())))?;
+    Ok(normalize(&abs))
+}
+
+/// `p` with `.` dropped and each `..` taking the component before it away (lexically).
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out
 }
 
 /// `target` expressed relative to the folder `base` (both absolute and normalized); `target`
@@ -74,18 +100,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_paths_climb_only_below_the_root() {
+    fn relative_paths() {
         assert_eq!(
-            relative_to(Path::new("/a/b/c/x.wav"), Path::new("/a/b/d")),
-            PathBuf::from("../c/x.wav")
+            relative_to(Path::new("/a/b/c/x.wav"), Path::new("/a/d")),
+            PathBuf::from("../b/c/x.wav")
         );
         assert_eq!(
-            relative_to(Path::new("/a/b/x.wav"), Path::new("/a/b")),
+            relative_to(Path::new("/a/x.wav"), Path::new("/a")),
             PathBuf::from("x.wav")
         );
+    }
+
+    #[test]
+    fn paths() {
         assert_eq!(
-            relative_to(Path::new("/tmp/x.wav"), Path::new("/root/.cache")),
-            PathBuf::from("/tmp/x.wav")
+            normalize(Path::new("/a/b/../c/./x.wav")),
+            PathBuf::from("/a/c/x.wav")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/b/x.wav"), Path::new("/a/d")),
+            PathBuf::from("../b/x.wav")
+        );
+        assert_eq!(
+            relative_to(Path::new("/root/c/x.wav"), Path::new("/tmp/out")),
+            PathBuf::from("/root/c/x.wav")
         );
     }
 
@@ -102,8 +140,16 @@ mod tests {
             Err(io::Error::other("disk full"))
         });
         assert!(failed.is_err());
-        assert_eq!(std::fs::read(&p)?, b"two", "a failed write keeps the old file");
-        assert_eq!(std::fs::read_dir(&dir)?.count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read(&p)?,
+            b"two",
+            "a failed write keeps the old file"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir)?.count(),
+            1,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir)
     }
 }

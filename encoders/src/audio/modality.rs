@@ -21,6 +21,10 @@ impl Modality for AudioModality {
         "audio"
     }
 
+    fn default_extension(&self) -> Option<&str> {
+        Some("wav")
+    }
+
     /// symphonia first; with the `video` feature, a codec or layout it lacks (5.1 AAC, Opus, a
     /// film's soundtrack) is decoded by FFmpeg instead.
     fn load(&self, path: &Path) -> Result<Vec<f32>> {

@@ -49,6 +49,10 @@ impl Modality for ImageModality {
         "image"
     }
 
+    fn default_extension(&self) -> Option<&str> {
+        Some("png")
+    }
+
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         Ok(Self {
             options: ctx.parse_options("image")?,

@@ -32,6 +32,10 @@ impl Modality for ImuModality {
         "imu"
     }
 
+    fn default_extension(&self) -> Option<&str> {
+        Some("csv")
+    }
+
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         Ok(Self {
             cfg: ctx.parse_options("imu")?,

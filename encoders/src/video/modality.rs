@@ -80,6 +80,10 @@ impl Modality for VideoModality {
         "video"
     }
 
+    fn default_extension(&self) -> Option<&str> {
+        Some("mp4")
+    }
+
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         let options: VideoOptions = ctx.parse_options("video")?;
         options.sampling.validate()?;

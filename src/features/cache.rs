@@ -67,14 +67,13 @@ impl FeatureCache {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("{}: cannot create cache folder", self.dir.display()))?;
         let path = self.entry(key);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        features
-            .to_device(&Device::Cpu)?
-            .save_safetensors("features", &tmp)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-        Ok(())
+        let features = features.to_device(&Device::Cpu)?;
+        anymal_util::fs::write_atomic_with(&path, |tmp| {
+            features
+                .save_safetensors("features", tmp)
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("{}: cannot write", path.display()))
     }
 
     /// (hits, misses) since creation.

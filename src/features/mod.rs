@@ -1,6 +1,8 @@
-//! Frozen-encoder features for a list of files, through the on-disk cache when enabled.
-//! The training loop, evaluation and generation only see `FeatureSource`; which encoder sits
+//! Frozen-encoder features for a list of files, through the on-disk [`cache`] when enabled.
+//! The training loops, evaluation and generation only see `FeatureSource`; which encoder sits
 //! behind it is decided by the modality.
+
+pub mod cache;
 
 use std::path::Path;
 
@@ -9,7 +11,7 @@ pub use anymal_encoders::FileEncoder;
 use anymal_encoders::{EncoderContext, ModalityRegistry};
 use candle_core::Tensor;
 
-use crate::train::feature_cache::FeatureCache;
+use cache::FeatureCache;
 
 /// Build the frozen encoder `reference` of the registered modality `modality`, with the
 /// recipe's `[encoder.options]`.
@@ -20,7 +22,7 @@ pub fn load_encoder(
     options: &serde_json::Value,
 ) -> Result<Box<dyn FileEncoder>> {
     let m = registry.get(modality)?;
-    let ctx = EncoderContext::new(anymal_llm::loader::cache_dir()).with_options(options.clone());
+    let ctx = EncoderContext::new(anymal_util::fs::cache_dir()).with_options(options.clone());
     m.file_encoder(reference, &ctx)
         .with_context(|| format!("loading the {modality} encoder '{reference}'"))
 }
@@ -37,7 +39,7 @@ pub struct FeatureSource {
 impl FeatureSource {
     pub fn new(encoder: Box<dyn FileEncoder>, use_cache: bool) -> Self {
         let cache =
-            use_cache.then(|| FeatureCache::new(&anymal_llm::loader::cache_dir(), encoder.id()));
+            use_cache.then(|| FeatureCache::new(&anymal_util::fs::cache_dir(), encoder.id()));
         Self {
             encoder,
             cache,

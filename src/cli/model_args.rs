@@ -1,5 +1,5 @@
-//! The flags `chat` and `serve` share: which model to load (a tuning run, or its parts) and
-//! how to answer by default.
+//! The flags `generate`, `chat` and `serve` share: which model to load (a run, or its parts)
+//! and how to answer by default.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,12 +8,12 @@ use anyhow::{bail, Result};
 use anymal_encoders::ModalityRegistry;
 use anymal_llm::SamplingConfig;
 
-use crate::assistant::{Assistant, AssistantSpec};
+use crate::multimodal::{ModelSpec, MultimodalModel};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A tuning run folder (`anymal tune`): its model.json names the LLM, projectors and LoRA;
-    /// the flags below override its parts.
+    /// A run folder: of `anymal tune` (its model.json names the LLM, projectors and LoRA) or of
+    /// `anymal align` (a projector); the flags below override its parts.
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// The LLM: a GGUF file, an HF folder, an HF hub id in the local HF cache, or a fetched
@@ -34,12 +34,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn spec(&self) -> AssistantSpec {
+    pub fn spec(&self) -> ModelSpec {
         let mut llm = self.llm.clone();
         if llm.is_none() && self.run.is_none() && self.projectors.is_empty() {
             llm = Some("smollm2".into());
         }
-        AssistantSpec {
+        ModelSpec {
             run: self.run.clone(),
             llm,
             projectors: self.projectors.clone(),
@@ -52,11 +52,26 @@ impl ModelArgs {
 
     /// Load, saying on stderr what was loaded. `feature_cache` false keeps uploads out of the
     /// on-disk feature cache (the server's case).
-    pub fn load(&self, registry: &ModalityRegistry, feature_cache: bool) -> Result<Assistant> {
+    pub fn load(
+        &self,
+        registry: &ModalityRegistry,
+        feature_cache: bool,
+    ) -> Result<MultimodalModel> {
+        load_model(
+            registry,
+            &ModelSpec {
+                feature_cache: Some(feature_cache),
+                ..self.spec()
+            },
+        )
+    }
+}
+
+/// Load `spec`, saying on stderr what was loaded.
+pub fn load_model(registry: &ModalityRegistry, spec: &ModelSpec) -> Result<MultimodalModel> {
+    {
         let t0 = Instant::now();
-        let mut spec = self.spec();
-        spec.feature_cache = Some(feature_cache);
-        let a = Assistant::load(registry, &spec)?;
+        let a = MultimodalModel::load(registry, spec)?;
         eprintln!(
             "loaded {} ({}{}{}) in {:.2}s",
             a.name,
@@ -86,6 +101,9 @@ pub struct AnswerArgs {
     /// Nucleus sampling: keep the most likely tokens up to this probability mass.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Keep only the k most likely tokens when sampling (0: no top-k truncation).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
     #[arg(long, default_value_t = 299792458)]
     pub seed: u64,
 }
@@ -106,7 +124,7 @@ impl AnswerArgs {
         }
         Ok(SamplingConfig {
             temperature: self.temperature,
-            top_k: 0,
+            top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
         })
