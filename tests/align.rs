@@ -367,14 +367,7 @@ fn splice_fills_slots_labels_answers_and_checks_placeholder_counts() {
     let batch = build_batch(&model.llm, std::slice::from_ref(&ex), &[groups]).unwrap();
     let row = batch.inputs_embeds.get(0).unwrap();
     let got = row.narrow(0, ex.slots[1], 3).unwrap();
-    let diff = (got - toks.get(1).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = anymal_util::testing::max_abs_diff(&got, &toks.get(1).unwrap());
     assert_eq!(diff, 0.0);
     let (nll, m) = answer_loss_sum(&model.llm, &batch).unwrap();
     assert_eq!(m, want.len());

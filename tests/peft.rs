@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anymal_llm::{LoadOptions, LoadedModel};
 use anymal_quant::QuantType;
+use anymal_util::testing::max_abs_diff;
 use candle_core::{DType, Device, Tensor};
 
 fn fixture() -> PathBuf {
@@ -39,32 +40,19 @@ fn logits(m: &LoadedModel, ids: &Tensor) -> Tensor {
     m.llm.logits(&h).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn peft_adapters_reproduce_peft_logits() {
     let exp = expected();
     let ids = &exp["input_ids"];
     let mut m = base();
-    let d = max_diff(&logits(&m, ids), &exp["logits_base"]);
+    let d = max_abs_diff(&logits(&m, ids), &exp["logits_base"]);
     assert!(d < 1e-4, "base model differs from transformers by {d}");
     for name in ["adapter_all", "adapter_rslora_qv"] {
         let set = m.llm.load_lora(&fixture().join(name)).unwrap();
         set.set_training(false);
         let want = &exp[&format!("logits_{name}")];
-        let d = max_diff(&logits(&m, ids), want);
-        let moved = max_diff(want, &exp["logits_base"]);
+        let d = max_abs_diff(&logits(&m, ids), want);
+        let moved = max_abs_diff(want, &exp["logits_base"]);
         eprintln!("{name}: max |anymal - peft| = {d:.2e} (the adapter moves logits by {moved:.2})");
         assert!(moved > 0.1, "the fixture adapter must change the outputs");
         assert!(
@@ -101,7 +89,7 @@ fn merged_safetensors_match_peft_merge_and_unload() {
     };
     let merged = anymal_llm::load_model(&dir.to_string_lossy(), &opts).unwrap();
     // f16 storage: compare at f16's resolution.
-    let d = max_diff(
+    let d = max_abs_diff(
         &logits(&merged, &exp["input_ids"]),
         &exp["logits_merged_all"],
     );
@@ -168,7 +156,7 @@ fn anymal_writes_adapters_peft_can_read() {
     assert_eq!(cfg["use_rslora"], true);
     let mut again = base();
     again.llm.load_lora(&out).unwrap().set_training(false);
-    assert!(max_diff(&logits(&again, &ids), &lg) < 1e-6);
+    assert!(max_abs_diff(&logits(&again, &ids), &lg) < 1e-6);
     eprintln!(
         "wrote {}; check with: python scripts/peft/check_anymal_adapter.py --base tests/fixtures/peft/base {}",
         out.display(),

@@ -237,16 +237,7 @@ fn tune_runs_resumes_exactly_evaluates_and_merges() {
         let tb = candle_core::safetensors::load(b.join(f), &candle_core::Device::Cpu).unwrap();
         assert_eq!(ta.len(), tb.len());
         for (k, x) in &ta {
-            let d: f32 = (x - &tb[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = anymal_util::testing::max_abs_diff(x, &tb[k]);
             assert_eq!(d, 0.0, "{f} {k} differs after resume");
         }
     }

@@ -18,7 +18,7 @@ fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
             dim: Some(8),
             positions: Some(8),
         }),
-        imu_encoder: None,
+        front: None,
         modality: "audio".into(),
         encoder: "test".into(),
         encoder_id: "test".into(),
