@@ -26,23 +26,12 @@ pub const FRAMES_PER_WINDOW: usize = N_FRAMES / 2;
 /// attention scores of one window are heads x 1500 x 1500 f32, 54 MB for tiny).
 const MAX_WINDOWS_PER_FORWARD: usize = 8;
 
-/// The cache folder: `$ANYMAL_CACHE`, else `~/.cache/anymal` (same rule as anymal-llm).
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("anymal")
-}
-
 /// Resolves an encoder reference to a folder or file: the short names `whisper-tiny-en` (the
 /// default; also `whisper-tiny.en`) and `whisper-base` map to the fetched models under
-/// `<cache>/models/`; anything else is taken as a path. A short name whose model was not
-/// fetched is an error naming the fetch command.
+/// `<cache>/models/`, the cache being [`anymal_util::fs::cache_dir`]; anything else is taken as
+/// a path. A short name whose model was not fetched is an error naming the fetch command.
 pub fn resolve_encoder_ref(reference: &str) -> Result<PathBuf> {
-    resolve_encoder_ref_in(reference, &cache_dir())
+    resolve_encoder_ref_in(reference, &anymal_util::fs::cache_dir())
 }
 
 /// [`resolve_encoder_ref`] against an explicit cache folder.

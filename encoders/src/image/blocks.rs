@@ -371,19 +371,7 @@ impl InvertedResidual {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use anymal_util::testing::max_abs_diff;
 
     /// Both depthwise paths against candle's grouped conv2d, for the shapes the CNNs use.
     #[test]
@@ -415,10 +403,13 @@ mod tests {
             let (ho, wo) = (want.dim(2)?, want.dim(3)?);
             let got = depthwise_conv(&xs, &wt, &bias, s, pad, None).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "cpu path {h}x{w} k{k} s{s}");
+            assert!(
+                max_abs_diff(&got, &want) < 1e-4,
+                "cpu path {h}x{w} k{k} s{s}"
+            );
             let got = depthwise_conv_tensor_ops(&xs, &wt, &bias, s, pad, (ho, wo)).unwrap();
             assert!(
-                max_diff(&got, &want) < 1e-4,
+                max_abs_diff(&got, &want) < 1e-4,
                 "tensor path {h}x{w} k{k} s{s}"
             );
         }
