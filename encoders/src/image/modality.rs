@@ -26,6 +26,7 @@ pub struct ImageOptions {
     /// Side of the square the encoder sees (default: the encoder's own, 224 for the CNNs).
     #[serde(default)]
     pub size: Option<usize>,
+    /// How a non-square image is fitted to the square (default: the encoder's own).
     #[serde(default)]
     pub resize: Option<ResizeMode>,
     /// Shorter side before a center crop (torchvision's 256 for 224).
