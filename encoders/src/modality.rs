@@ -49,15 +49,8 @@ impl EncoderContext {
         };
         serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(" {path}:")
-            };
-            Error::InvalidArgument(format!(
-                "[encoder.options] for modality '{modality}':{at} {}",
-                e.inner()
-            ))
+            let field = (path != ".").then_some(path.as_str());
+            Error::bad_option(modality, field, e.inner().to_string())
         })
     }
 }
@@ -108,11 +101,11 @@ pub trait Modality: Clone + Send + Sync + 'static {
             _ => false,
         };
         if !empty {
-            return Err(Error::InvalidArgument(format!(
-                "modality '{}' takes no [encoder.options] (got {})",
+            return Err(Error::bad_option(
                 self.name(),
-                ctx.options
-            )));
+                None,
+                format!("the modality takes no options (got {})", ctx.options),
+            ));
         }
         Ok(self.clone())
     }
@@ -183,12 +176,11 @@ impl<M: Modality> ModalityFileEncoder<M> {
         let batch = self.encoder.preprocess(items)?;
         let out = self.encoder.encode(&batch)?;
         if out.len() != items.len() {
-            return Err(Error::InvalidArgument(format!(
-                "encoder {} returned {} outputs for {} items",
-                self.encoder.id(),
-                out.len(),
-                items.len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: format!("outputs of encoder {}", self.encoder.id()),
+                expected: format!("{} (one per item)", items.len()),
+                got: out.len().to_string(),
+            });
         }
         Ok(out)
     }
@@ -234,23 +226,19 @@ impl<M: Modality> FileEncoder for ModalityFileEncoder<M> {
                     let r = self
                         .encode_items(std::slice::from_ref(&item))
                         .and_then(|mut v| {
-                            v.pop().ok_or_else(|| {
-                                Error::InvalidArgument("encoder returned no output".into())
-                            })
+                            v.pop()
+                                .ok_or_else(|| Error::Internal("encoder returned no output".into()))
                         })
-                        .map_err(|e| {
-                            Error::InvalidArgument(format!("{}: {e}", paths[i].display()))
+                        .map_err(|e| Error::InFile {
+                            path: paths[i].to_path_buf(),
+                            source: Box::new(e),
                         });
                     out[i] = Some(r);
                 }
             }
         }
         out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(Error::InvalidArgument("internal: item not encoded".into()))
-                })
-            })
+            .map(|o| o.unwrap_or_else(|| Err(Error::Internal("item not encoded".into()))))
             .collect()
     }
 }

@@ -180,7 +180,7 @@ impl WhisperEncoder {
     pub fn encode(&self, samples_16k: &[f32]) -> Result<Tensor> {
         let mut out = self.encode_batch(&[samples_16k])?;
         out.pop()
-            .ok_or_else(|| Error::InvalidArgument("internal: no output for the clip".into()))
+            .ok_or_else(|| Error::Internal("no output for the clip".into()))
     }
 
     /// Encodes several clips, stacking their 30 s windows into batched encoder forwards (up to
@@ -197,9 +197,9 @@ impl WhisperEncoder {
         let mut mels = Vec::new();
         for (ci, clip) in clips.iter().enumerate() {
             if clip.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "clip {ci} of the batch has no samples"
-                )));
+                return Err(Error::EmptyInput {
+                    what: format!("clip {ci} of the batch has no samples"),
+                });
             }
             for (s, e) in windows(clip.len()) {
                 mels.push(self.log_mel(&clip[s..e])?);
@@ -222,11 +222,11 @@ impl WhisperEncoder {
             })
             .collect();
         if jobs.len() != mels.dim(0)? {
-            return Err(Error::InvalidArgument(format!(
-                "{} mel windows for clips that need {}",
-                mels.dim(0)?,
-                jobs.len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "mel windows for the clips' lengths".into(),
+                expected: jobs.len().to_string(),
+                got: mels.dim(0)?.to_string(),
+            });
         }
         let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); lengths.len()];
         for (ci0, chunk) in jobs.chunks(MAX_WINDOWS_PER_FORWARD).enumerate() {

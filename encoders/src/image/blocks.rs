@@ -179,18 +179,24 @@ pub(crate) fn depthwise_conv(
     let (b, c, h, w) = xs.dims4()?;
     let (wc, one, k, k2) = weight.dims4()?;
     if wc != c || one != 1 || k != k2 || stride == 0 {
-        return Err(crate::Error::InvalidArgument(format!(
-            "depthwise conv: input {:?}, kernel {:?}, stride {stride}",
-            xs.dims(),
-            weight.dims()
-        )));
+        return Err(crate::Error::ShapeMismatch {
+            what: "depthwise conv".into(),
+            expected: format!("a ({c}, 1, k, k) kernel and a stride >= 1"),
+            got: format!(
+                "input {:?}, kernel {:?}, stride {stride}",
+                xs.dims(),
+                weight.dims()
+            ),
+        });
     }
     let (top, bottom, left, right) = pad;
     let (hp, wp) = (h + top + bottom, w + left + right);
     if hp < k || wp < k {
-        return Err(crate::Error::InvalidArgument(format!(
-            "depthwise conv: {h}x{w} input is smaller than the {k}x{k} kernel"
-        )));
+        return Err(crate::Error::ShapeMismatch {
+            what: "depthwise conv input".into(),
+            expected: format!("at least the {k}x{k} kernel once padded"),
+            got: format!("{h}x{w}"),
+        });
     }
     let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {

@@ -100,12 +100,16 @@ impl Modality for VideoModality {
     }
 
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
-        let options: VideoOptions = ctx.parse_options("video")?;
-        options.sampling.validate()?;
-        if options.max_side == 0 || options.grid == 0 {
-            return Err(Error::InvalidArgument(
-                "[encoder.options] max_side and grid must be >= 1".into(),
-            ));
+        let name = self.name();
+        let options: VideoOptions = ctx.parse_options(name)?;
+        if let Some(what) = options.sampling.problem() {
+            return Err(Error::bad_option(name, Some("sampling"), what));
+        }
+        if options.max_side == 0 {
+            return Err(Error::bad_option(name, Some("max_side"), "must be >= 1"));
+        }
+        if options.grid == 0 {
+            return Err(Error::bad_option(name, Some("grid"), "must be >= 1"));
         }
         Ok(Self { options })
     }
@@ -128,9 +132,9 @@ impl Modality for VideoModality {
         ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<VideoFrames>>> {
         let o = &self.options;
-        let image = FrozenImageEncoder::build(reference, &o.image_options(), ctx)?;
+        let image = FrozenImageEncoder::build(self.name(), reference, &o.image_options(), ctx)?;
         let sampling = serde_json::to_string(&o.sampling)
-            .map_err(|e| Error::InvalidArgument(format!("video options: {e}")))?;
+            .map_err(|e| Error::Internal(format!("video options: {e}")))?;
         // Frame choice and decode size change the features too.
         let mut tagged = sampling.into_bytes();
         tagged.extend(o.max_side.to_le_bytes());
@@ -163,9 +167,9 @@ impl Encoder<VideoFrames> for FrameEncoder {
             .flat_map(|v| v.frames.iter().cloned())
             .collect();
         if frames.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a video batch with no frames".into(),
-            ));
+            return Err(Error::EmptyInput {
+                what: "a video batch with no frames".into(),
+            });
         }
         Ok(Batch {
             input: self.image.pixels(&frames)?,

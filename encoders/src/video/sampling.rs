@@ -27,24 +27,25 @@ pub enum FrameSampling {
 impl FrameSampling {
     /// Checks the numbers: at least one frame, a finite positive rate.
     pub fn validate(&self) -> Result<()> {
+        match self.problem() {
+            Some(what) => Err(Error::InvalidArgument(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`validate`](Self::validate) rejects, if anything.
+    pub(crate) fn problem(&self) -> Option<String> {
         match *self {
-            FrameSampling::Uniform { frames: 0 } => Err(Error::InvalidArgument(
-                "uniform frame sampling needs frames >= 1".into(),
-            )),
-            FrameSampling::Rate { fps, max_frames } => {
-                if !(fps.is_finite() && fps > 0.0) {
-                    Err(Error::InvalidArgument(format!(
-                        "frame sampling rate must be a positive number, got {fps}"
-                    )))
-                } else if max_frames == 0 {
-                    Err(Error::InvalidArgument(
-                        "rate frame sampling needs max_frames >= 1".into(),
-                    ))
-                } else {
-                    Ok(())
-                }
+            FrameSampling::Uniform { frames: 0 } => {
+                Some("uniform frame sampling needs frames >= 1".into())
             }
-            FrameSampling::Uniform { .. } => Ok(()),
+            FrameSampling::Rate { fps, .. } if !(fps.is_finite() && fps > 0.0) => Some(format!(
+                "frame sampling rate must be a positive number, got {fps}"
+            )),
+            FrameSampling::Rate { max_frames: 0, .. } => {
+                Some("rate frame sampling needs max_frames >= 1".into())
+            }
+            FrameSampling::Uniform { .. } | FrameSampling::Rate { .. } => None,
         }
     }
 
