@@ -2,7 +2,7 @@
 //! the frozen [`Encoder`] that turns a batch of such inputs into features. Everything above it
 //! (feature cache, training, splicing, generation, eval) only sees the type-erased
 //! [`AnyModality`] / [`FileEncoder`] pair, so a new modality is one `impl Modality` and one
-//! [`ModalityRegistry::register`] call; nothing else names it.
+//! [`ModalityRegistry::register`](crate::ModalityRegistry::register) call; nothing else names it.
 //!
 //! ```text
 //! path --Modality::load--> Item --Encoder::preprocess (batch)--> Batch --Encoder::encode--> (n_i, d) per item

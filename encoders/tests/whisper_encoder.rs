@@ -88,7 +88,7 @@ fn matches_ctranslate2() {
         // encode() of a single clip agrees with the batched path.
         if x.len() < 480000 {
             let single = enc.encode(x).unwrap();
-            let d = max_abs_diff(&single, &out);
+            let d = max_abs_diff(&single, out);
             assert!(d < 1e-4, "{name}: encode vs encode_batch {d}");
         }
     }

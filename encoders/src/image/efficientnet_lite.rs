@@ -9,7 +9,7 @@
 //! std 128/255 on `[0, 1]`.
 //!
 //! - `_conv_stem` + `_bn0`: 3x3 stride-2 conv, ReLU6;
-//! - `_blocks.N`: MBConv = [`InvertedResidual`]: `_expand_conv`/`_bn0` (absent when the
+//! - `_blocks.N`: MBConv = `InvertedResidual`: `_expand_conv`/`_bn0` (absent when the
 //!   expansion is 1), `_depthwise_conv`/`_bn1` (3x3 or 5x5), `_project_conv`/`_bn2`;
 //! - `_conv_head` + `_bn1`: 1x1 conv to 1280, ReLU6; `_fc`: Linear(1280, 1000).
 //!
