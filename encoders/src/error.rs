@@ -1,5 +1,6 @@
 //! The error type of anymal-encoders. Every variant that concerns a file names it, so a user
-//! reading the message knows which input to fix.
+//! reading the message knows which input to fix; the others carry the condition as fields
+//! (the option, the modality, the shapes) for callers that branch on it.
 
 use std::path::PathBuf;
 
@@ -28,9 +29,63 @@ pub enum Error {
     /// A model or data file that should have been fetched is not there.
     #[error("{path}: not found; fetch it with `{fetch}`")]
     MissingAsset { path: PathBuf, fetch: String },
-    /// A caller passed arguments that cannot work (zero sample rate, unknown mel count...).
+    /// A value of the recipe's `[encoder.options]` that the modality cannot use: an unknown
+    /// key, a value of the wrong type or out of range, options for a modality that takes none.
+    /// `field` is the offending key (a path such as `sampling.frames` when nested), `None` when
+    /// the table as a whole is wrong.
+    #[error("[encoder.options] for modality '{modality}':{} {what}", field_at(.field))]
+    BadOption {
+        modality: String,
+        field: Option<String>,
+        what: String,
+    },
+    /// No modality of this name is registered; `known` lists those that are.
+    #[error("unknown modality '{name}' (known: {})", .known.join(", "))]
+    UnknownModality { name: String, known: Vec<String> },
+    /// A modality of this name is already registered.
+    #[error("modality '{name}' is already registered")]
+    DuplicateModality { name: String },
+    /// A modality name that cannot serve as a manifest key and placeholder.
+    #[error("modality name '{name}' must be lower-case letters, digits, '_' or '-'")]
+    InvalidModalityName { name: String },
+    /// An encoder reference that names no encoder of the modality: neither a short name it
+    /// knows nor an existing file or folder, or a kind it does not have.
+    #[error("{modality} encoder '{reference}': {what}")]
+    UnknownEncoder {
+        modality: String,
+        reference: String,
+        what: String,
+    },
+    /// Shapes or sizes that do not fit together: a batch's parts, a recording and the
+    /// configuration, an encoder's outputs and its inputs.
+    #[error("{what}: expected {expected}, got {got}")]
+    ShapeMismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// Something this crate does not implement, though the request itself is well formed.
+    #[error("{what}")]
+    Unsupported { what: String },
+    /// An input with nothing in it: an empty batch, a clip without samples, a 0x0 image.
+    #[error("{what}")]
+    EmptyInput { what: String },
+    /// One file of a batch, encoded on its own after the batch failed, and why it failed.
+    #[error("{path}: {source}")]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+    /// The calling code passed a value the function cannot work with: pixels of the wrong
+    /// shape, a zero sample rate, a frame sampling or preprocessing setting out of range. A
+    /// mistake in the program rather than in a file or the recipe; the message names the value.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A broken invariant of this crate or of a library under it (a bug, not a property of the
+    /// input): an item left without a result, a resampler that refuses checked settings.
+    #[error("internal: {0}")]
+    Internal(String),
     /// A cell of a tabular sensor file (IMU CSV, sktime `.ts`) that cannot be used: not a
     /// number, NaN/infinite, a time that does not increase. `line` is the 1-based line in the
     /// file, `column` names the field (number and, when known, its header name).
@@ -61,6 +116,25 @@ pub enum Error {
     /// An error from candle while building or running a model.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// A [`Error::BadOption`] for `modality`'s `field` (`None`: the table as a whole).
+    pub(crate) fn bad_option(modality: &str, field: Option<&str>, what: impl Into<String>) -> Self {
+        Error::BadOption {
+            modality: modality.to_string(),
+            field: field.map(str::to_string),
+            what: what.into(),
+        }
+    }
+}
+
+/// `" field:"`, or nothing for the table as a whole.
+fn field_at(field: &Option<String>) -> String {
+    match field {
+        Some(f) => format!(" {f}:"),
+        None => String::new(),
+    }
 }
 
 /// Result with the crate's [`Error`].

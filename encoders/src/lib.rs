@@ -1,22 +1,25 @@
-//! anymal-encoders: frozen modality encoders (audio, image, video, IMU) and the `Modality`
-//! trait they implement.
+//! anymal-encoders: the frozen modality encoders (audio, image, video, IMU) the toolkit aligns
+//! to an LLM, behind one plug-in API.
+//!
+//! # Layout
+//! One folder per modality, each ending in a `modality.rs` that plugs it into the toolkit:
+//! - [`audio`]: decoding (symphonia), 16 kHz resampling, Whisper's log-mel, the Whisper encoder;
+//! - [`image`]: decoding, preprocessing, the ImageNet CNNs and CLIP/SigLIP towers;
+//! - `video` (with the `video` feature): FFmpeg decoding of frames sampled by time and of
+//!   soundtracks; frames go through the image encoders;
+//! - [`imu`]: CSV and `.ts` sensor recordings, resampled, windowed and normalised.
 //!
 //! # Plug-in API
-//! A [`Modality`] reads one kind of input from a file and builds its frozen [`Encoder`];
-//! [`ModalityRegistry`] holds the built-in ones and any a user registers. The rest of the
-//! toolkit sees only [`AnyModality`] and [`FileEncoder`] (files in, features out).
+//! [`modality`]: a [`Modality`] reads one kind of input from a file and builds its frozen
+//! [`Encoder`]; [`ModalityRegistry`] ([`registry`]) holds the built-in ones and any a user
+//! registers. The rest of the toolkit sees only [`AnyModality`] and [`FileEncoder`] (files in,
+//! features out), so a new modality is one `impl Modality` and one `register` call.
 //!
-//! # Audio
-//! [`audio::load_audio_16k`] decodes a file (WAV, FLAC, MP3, Ogg Vorbis, AAC/M4A; not Opus),
-//! averages its channels to mono and resamples it to 16 kHz with a windowed-sinc filter.
-//! [`audio::WhisperEncoder`] turns those samples into `(n_frames, d_model)` features with a
-//! frozen Whisper encoder (CTranslate2 `model.bin` or HF safetensors weights).
-//!
-//! Clips shorter than 30 s: Whisper was trained on 30 s windows only, so the clip is padded
-//! with zeros to 30 s before the log-mel (exactly as `whisper.pad_or_trim` does), the encoder
-//! produces its 1500 frames (20 ms each), and only the `ceil(n / 320)` frames that carry audio
-//! are kept; the rest describe padding and are dropped. Clips longer than 30 s are encoded in
-//! consecutive 30 s windows whose kept frames are concatenated.
+//! # Errors
+//! One [`Error`] type ([`error`]): problems with a file name the file (unreadable, corrupt,
+//! unsupported codec, bad cell...); the rest are typed by condition (a bad `[encoder.options]`
+//! field, an unknown modality or encoder, a shape mismatch, an empty input), with
+//! [`Error::InvalidArgument`] left for values the calling code passes out of range.
 
 pub mod audio;
 pub mod error;

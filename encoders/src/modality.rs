@@ -2,7 +2,7 @@
 //! the frozen [`Encoder`] that turns a batch of such inputs into features. Everything above it
 //! (feature cache, training, splicing, generation, eval) only sees the type-erased
 //! [`AnyModality`] / [`FileEncoder`] pair, so a new modality is one `impl Modality` and one
-//! [`ModalityRegistry::register`] call; nothing else names it.
+//! [`ModalityRegistry::register`](crate::ModalityRegistry::register) call; nothing else names it.
 //!
 //! ```text
 //! path --Modality::load--> Item --Encoder::preprocess (batch)--> Batch --Encoder::encode--> (n_i, d) per item
@@ -49,15 +49,8 @@ impl EncoderContext {
         };
         serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(" {path}:")
-            };
-            Error::InvalidArgument(format!(
-                "[encoder.options] for modality '{modality}':{at} {}",
-                e.inner()
-            ))
+            let field = (path != ".").then_some(path.as_str());
+            Error::bad_option(modality, field, e.inner().to_string())
         })
     }
 }
@@ -114,11 +107,11 @@ pub trait Modality: Clone + Send + Sync + 'static {
             _ => false,
         };
         if !empty {
-            return Err(Error::InvalidArgument(format!(
-                "modality '{}' takes no [encoder.options] (got {})",
+            return Err(Error::bad_option(
                 self.name(),
-                ctx.options
-            )));
+                None,
+                format!("the modality takes no options (got {})", ctx.options),
+            ));
         }
         Ok(self.clone())
     }
@@ -194,12 +187,11 @@ impl<M: Modality> ModalityFileEncoder<M> {
         let batch = self.encoder.preprocess(items)?;
         let out = self.encoder.encode(&batch)?;
         if out.len() != items.len() {
-            return Err(Error::InvalidArgument(format!(
-                "encoder {} returned {} outputs for {} items",
-                self.encoder.id(),
-                out.len(),
-                items.len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: format!("outputs of encoder {}", self.encoder.id()),
+                expected: format!("{} (one per item)", items.len()),
+                got: out.len().to_string(),
+            });
         }
         Ok(out)
     }
@@ -245,23 +237,19 @@ impl<M: Modality> FileEncoder for ModalityFileEncoder<M> {
                     let r = self
                         .encode_items(std::slice::from_ref(&item))
                         .and_then(|mut v| {
-                            v.pop().ok_or_else(|| {
-                                Error::InvalidArgument("encoder returned no output".into())
-                            })
+                            v.pop()
+                                .ok_or_else(|| Error::Internal("encoder returned no output".into()))
                         })
-                        .map_err(|e| {
-                            Error::InvalidArgument(format!("{}: {e}", paths[i].display()))
+                        .map_err(|e| Error::InFile {
+                            path: paths[i].to_path_buf(),
+                            source: Box::new(e),
                         });
                     out[i] = Some(r);
                 }
             }
         }
         out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(Error::InvalidArgument("internal: item not encoded".into()))
-                })
-            })
+            .map(|o| o.unwrap_or_else(|| Err(Error::Internal("item not encoded".into()))))
             .collect()
     }
 }

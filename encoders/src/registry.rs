@@ -43,14 +43,10 @@ impl ModalityRegistry {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !valid {
-            return Err(Error::InvalidArgument(format!(
-                "modality name '{name}' must be lower-case letters, digits, '_' or '-'"
-            )));
+            return Err(Error::InvalidModalityName { name });
         }
         if self.modalities.iter().any(|m| m.name() == name) {
-            return Err(Error::InvalidArgument(format!(
-                "modality '{name}' is already registered"
-            )));
+            return Err(Error::DuplicateModality { name });
         }
         self.modalities.push(Arc::new(modality));
         Ok(self)
@@ -62,11 +58,9 @@ impl ModalityRegistry {
             .iter()
             .find(|m| m.name() == name)
             .cloned()
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "unknown modality '{name}' (known: {})",
-                    self.names().join(", ")
-                ))
+            .ok_or_else(|| Error::UnknownModality {
+                name: name.to_string(),
+                known: self.names(),
             })
     }
 

@@ -11,6 +11,7 @@ use anymal_encoders::image::{
     VisionTowerKind,
 };
 use anymal_encoders::Error;
+use anymal_util::testing::max_abs_diff;
 use candle_core::{DType, Device, Tensor};
 use common::asset;
 
@@ -177,19 +178,6 @@ fn write_siglip(dir: &Path) {
         serde_json::to_string_pretty(&config).unwrap(),
     )
     .unwrap();
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Shapes, determinism, and that the tokens depend on the pixels (per image of the batch).

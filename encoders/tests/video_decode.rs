@@ -10,6 +10,7 @@ use anymal_encoders::video::{
     FrameSampling, RgbImage, Video,
 };
 use anymal_encoders::Error;
+use anymal_util::rng::SplitMix64;
 
 fn clip(name: &str) -> PathBuf {
     common::asset(&format!("data/videos/{name}"), "videos")
@@ -589,17 +590,9 @@ fn truncated_files_are_errors() {
 #[test]
 fn garbage_empty_missing_and_directories_are_errors() {
     let t = TempDir::new("garbage");
-    // SplitMix64: the same "random" bytes on every run.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..64 * 1024)
-        .map(|_| {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect();
+    // The same "random" bytes on every run.
+    let mut rng = SplitMix64::new(0x9e37_79b9_7f4a_7c15);
+    let bytes: Vec<u8> = (0..64 * 1024).map(|_| rng.next_u64() as u8).collect();
     let random = t.join("random.mp4");
     std::fs::write(&random, &bytes).unwrap();
     expect_err(&random, "random bytes", |_| true);

@@ -6,6 +6,7 @@ use anymal_encoders::audio::ct2::{parse_model_bin, read_model_bin};
 use anymal_encoders::audio::whisper::resolve_encoder_ref_in;
 use anymal_encoders::audio::{resolve_encoder_ref, WhisperEncoder};
 use anymal_encoders::Error;
+use anymal_util::testing::max_abs_diff;
 use candle_core::{Device, IndexOp};
 use common::{f32s, reference, repeat_16k};
 
@@ -87,14 +88,7 @@ fn matches_ctranslate2() {
         // encode() of a single clip agrees with the batched path.
         if x.len() < 480000 {
             let single = enc.encode(x).unwrap();
-            let d = (single - out)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(&single, out);
             assert!(d < 1e-4, "{name}: encode vs encode_batch {d}");
         }
     }

@@ -160,8 +160,30 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio> {
         }
     }
 
-    if mono.is_empty() {
-        return match stopped {
+    let sample_rate = check_decoded(path, &mono, sample_rate, stopped)?;
+    Ok(DecodedAudio {
+        samples: mono,
+        sample_rate,
+        channels: channels.unwrap_or(1),
+    })
+}
+
+/// The last checks of a decode, shared with FFmpeg's soundtrack decoder
+/// (`crate::video::audio`): some samples (else the first `problem` met explains why there are
+/// none, or the file is [`Error::Empty`]), a stated sample rate, which it returns, and no NaN or
+/// infinity.
+pub(crate) fn check_decoded(
+    path: &Path,
+    samples: &[f32],
+    sample_rate: Option<u32>,
+    problem: Option<String>,
+) -> Result<u32> {
+    let corrupt = |what: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        what,
+    };
+    if samples.is_empty() {
+        return match problem {
             Some(why) => Err(corrupt(format!("no audio could be decoded: {why}"))),
             None => Err(Error::Empty {
                 path: path.to_path_buf(),
@@ -172,14 +194,10 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio> {
         Some(r) if r > 0 => r,
         _ => return Err(corrupt("the stream does not state a sample rate".into())),
     };
-    if mono.iter().any(|s| !s.is_finite()) {
+    if samples.iter().any(|s| !s.is_finite()) {
         return Err(corrupt("decoded samples contain NaN or infinity".into()));
     }
-    Ok(DecodedAudio {
-        samples: mono,
-        sample_rate,
-        channels: channels.unwrap_or(1),
-    })
+    Ok(sample_rate)
 }
 
 /// A readable name for codecs users are likely to meet but that symphonia cannot decode.

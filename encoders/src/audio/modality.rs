@@ -65,7 +65,9 @@ impl Encoder<Vec<f32>> for WhisperEncoder {
 
     fn encode(&self, batch: &Batch) -> Result<Vec<Tensor>> {
         if batch.lengths.is_empty() {
-            return Err(Error::InvalidArgument("empty audio batch".into()));
+            return Err(Error::EmptyInput {
+                what: "empty audio batch".into(),
+            });
         }
         self.encode_windows(&batch.input, &batch.lengths)
     }

@@ -28,7 +28,7 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>> {
     }
     let ratio = to_hz as f64 / from_hz as f64;
     let rerr = |e: &dyn std::fmt::Display| {
-        Error::InvalidArgument(format!("resampling {from_hz} Hz -> {to_hz} Hz failed: {e}"))
+        Error::Internal(format!("resampling {from_hz} Hz -> {to_hz} Hz failed: {e}"))
     };
     // Synchronous (fixed integer-ratio) resampler: the rate pair is reduced by its gcd
     // (8000:16000 = 1:2, 44100:16000 = 441:160) and each block is filtered in the frequency

@@ -26,23 +26,12 @@ pub const FRAMES_PER_WINDOW: usize = N_FRAMES / 2;
 /// attention scores of one window are heads x 1500 x 1500 f32, 54 MB for tiny).
 const MAX_WINDOWS_PER_FORWARD: usize = 8;
 
-/// The cache folder: `$ANYMAL_CACHE`, else `~/.cache/anymal` (same rule as anymal-llm).
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("anymal")
-}
-
 /// Resolves an encoder reference to a folder or file: the short names `whisper-tiny-en` (the
 /// default; also `whisper-tiny.en`) and `whisper-base` map to the fetched models under
-/// `<cache>/models/`; anything else is taken as a path. A short name whose model was not
-/// fetched is an error naming the fetch command.
+/// `<cache>/models/`, the cache being [`anymal_util::fs::cache_dir`]; anything else is taken as
+/// a path. A short name whose model was not fetched is an error naming the fetch command.
 pub fn resolve_encoder_ref(reference: &str) -> Result<PathBuf> {
-    resolve_encoder_ref_in(reference, &cache_dir())
+    resolve_encoder_ref_in(reference, &anymal_util::fs::cache_dir())
 }
 
 /// [`resolve_encoder_ref`] against an explicit cache folder.
@@ -191,7 +180,7 @@ impl WhisperEncoder {
     pub fn encode(&self, samples_16k: &[f32]) -> Result<Tensor> {
         let mut out = self.encode_batch(&[samples_16k])?;
         out.pop()
-            .ok_or_else(|| Error::InvalidArgument("internal: no output for the clip".into()))
+            .ok_or_else(|| Error::Internal("no output for the clip".into()))
     }
 
     /// Encodes several clips, stacking their 30 s windows into batched encoder forwards (up to
@@ -208,9 +197,9 @@ impl WhisperEncoder {
         let mut mels = Vec::new();
         for (ci, clip) in clips.iter().enumerate() {
             if clip.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "clip {ci} of the batch has no samples"
-                )));
+                return Err(Error::EmptyInput {
+                    what: format!("clip {ci} of the batch has no samples"),
+                });
             }
             for (s, e) in windows(clip.len()) {
                 mels.push(self.log_mel(&clip[s..e])?);
@@ -233,11 +222,11 @@ impl WhisperEncoder {
             })
             .collect();
         if jobs.len() != mels.dim(0)? {
-            return Err(Error::InvalidArgument(format!(
-                "{} mel windows for clips that need {}",
-                mels.dim(0)?,
-                jobs.len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "mel windows for the clips' lengths".into(),
+                expected: jobs.len().to_string(),
+                got: mels.dim(0)?.to_string(),
+            });
         }
         let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); lengths.len()];
         for (ci0, chunk) in jobs.chunks(MAX_WINDOWS_PER_FORWARD).enumerate() {

@@ -179,18 +179,24 @@ pub(crate) fn depthwise_conv(
     let (b, c, h, w) = xs.dims4()?;
     let (wc, one, k, k2) = weight.dims4()?;
     if wc != c || one != 1 || k != k2 || stride == 0 {
-        return Err(crate::Error::InvalidArgument(format!(
-            "depthwise conv: input {:?}, kernel {:?}, stride {stride}",
-            xs.dims(),
-            weight.dims()
-        )));
+        return Err(crate::Error::ShapeMismatch {
+            what: "depthwise conv".into(),
+            expected: format!("a ({c}, 1, k, k) kernel and a stride >= 1"),
+            got: format!(
+                "input {:?}, kernel {:?}, stride {stride}",
+                xs.dims(),
+                weight.dims()
+            ),
+        });
     }
     let (top, bottom, left, right) = pad;
     let (hp, wp) = (h + top + bottom, w + left + right);
     if hp < k || wp < k {
-        return Err(crate::Error::InvalidArgument(format!(
-            "depthwise conv: {h}x{w} input is smaller than the {k}x{k} kernel"
-        )));
+        return Err(crate::Error::ShapeMismatch {
+            what: "depthwise conv input".into(),
+            expected: format!("at least the {k}x{k} kernel once padded"),
+            got: format!("{h}x{w}"),
+        });
     }
     let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {
@@ -371,19 +377,7 @@ impl InvertedResidual {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use anymal_util::testing::max_abs_diff;
 
     /// Both depthwise paths against candle's grouped conv2d, for the shapes the CNNs use.
     #[test]
@@ -415,10 +409,13 @@ mod tests {
             let (ho, wo) = (want.dim(2)?, want.dim(3)?);
             let got = depthwise_conv(&xs, &wt, &bias, s, pad, None).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-4, "cpu path {h}x{w} k{k} s{s}");
+            assert!(
+                max_abs_diff(&got, &want) < 1e-4,
+                "cpu path {h}x{w} k{k} s{s}"
+            );
             let got = depthwise_conv_tensor_ops(&xs, &wt, &bias, s, pad, (ho, wo)).unwrap();
             assert!(
-                max_diff(&got, &want) < 1e-4,
+                max_abs_diff(&got, &want) < 1e-4,
                 "tensor path {h}x{w} k{k} s{s}"
             );
         }

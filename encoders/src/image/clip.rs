@@ -301,9 +301,9 @@ impl ClipVisionEncoder {
     /// drop the CLS token. The id records a non-default choice, since the features differ.
     pub fn with_feature_select(mut self, layer: isize, keep_cls: bool) -> Result<Self> {
         if self.kind != VisionTowerKind::Clip && (layer != -1 || !keep_cls) {
-            return Err(Error::InvalidArgument(
-                "SigLIP exposes only its last layer and has no CLS token".into(),
-            ));
+            return Err(Error::Unsupported {
+                what: "SigLIP exposes only its last layer and has no CLS token".into(),
+            });
         }
         self.layer_index(layer)?;
         self.feature_layer = layer;

@@ -9,22 +9,20 @@
 //! std 128/255 on `[0, 1]`.
 //!
 //! - `_conv_stem` + `_bn0`: 3x3 stride-2 conv, ReLU6;
-//! - `_blocks.N`: MBConv = [`InvertedResidual`]: `_expand_conv`/`_bn0` (absent when the
+//! - `_blocks.N`: MBConv = `InvertedResidual`: `_expand_conv`/`_bn0` (absent when the
 //!   expansion is 1), `_depthwise_conv`/`_bn1` (3x3 or 5x5), `_project_conv`/`_bn2`;
 //! - `_conv_head` + `_bn1`: 1x1 conv to 1280, ReLU6; `_fc`: Linear(1280, 1000).
 //!
 //! Strides are not stored: a new stage starts where the output channel count changes, and the
 //! seven stages of every EfficientNet have strides 1, 2, 2, 2, 1, 2, 1 on their first block.
-
-use std::path::Path;
-
-use candle_core::{Device, Tensor};
-use candle_nn::{Linear, Module};
+//! Input: shorter side 256, center crop 224, `(x - 127) / 128`.
+//!
+//! The forward pass, tokens and classifier are [`ImagenetCnn`]'s; this file is the layout.
 
 use super::blocks::{ConvBn, ConvSpec, InvertedResidual, Padding};
+use super::imagenet_cnn::{read_classifier, CnnArchitecture, CnnLayers, ImagenetCnn};
 use super::preprocess::{ImagePreprocessConfig, ResizeFilter, ResizeMode};
 use super::torch_legacy::StateDict;
-use super::{check_pixels, file_sha256, ImageEncoder};
 use crate::error::{Error, Result};
 
 /// BatchNorm epsilon of the TF EfficientNets.
@@ -32,26 +30,15 @@ const BN_EPS: f64 = 1e-3;
 /// First-block stride of each of the seven stages.
 const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
 
-/// A frozen EfficientNet-Lite; see the module docs.
-pub struct EfficientNetLite {
-    stem: ConvBn,
-    blocks: Vec<InvertedResidual>,
-    head: ConvBn,
-    classifier: Linear,
-    hidden_size: usize,
-    id: String,
-    preprocess: ImagePreprocessConfig,
-}
+/// A frozen EfficientNet-Lite; see the module docs. Its id is `efficientnet_lite0-<16 hex of
+/// sha256>` (the deeper Lite1-4 are named by their block count, `efficientnet_lite_<n>b`).
+pub type EfficientNetLite = ImagenetCnn<EfficientNetLiteArch>;
 
-impl EfficientNetLite {
-    /// Loads the state dict at `path` onto `device`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let sd = StateDict::load(path, device)?;
-        Self::from_state_dict(&sd, &file_sha256(path)?)
-    }
+/// The `efficientnet_pytorch` state-dict layout of EfficientNet-Lite (see the module docs).
+pub enum EfficientNetLiteArch {}
 
-    /// Builds the network from an already read state dict; `sha256` is the file's hash (hex).
-    pub fn from_state_dict(sd: &StateDict, sha256: &str) -> Result<Self> {
+impl CnnArchitecture for EfficientNetLiteArch {
+    fn read_layers(sd: &StateDict) -> Result<CnnLayers> {
         let spec = |stride, relu6, depthwise| ConvSpec {
             stride,
             padding: Padding::TfSame,
@@ -125,27 +112,18 @@ impl EfficientNetLite {
             ));
         }
         let head = ConvBn::load(sd, "_conv_head", "_bn1", spec(1, true, false))?;
-        let hidden_size = head.out_channels();
-        let w = sd.get("_fc.weight", None)?;
-        if w.dims().len() != 2 || w.dims()[1] != hidden_size {
-            return Err(bad(format!(
-                "_fc.weight has shape {:?}, expected (classes, {hidden_size})",
-                w.dims()
-            )));
-        }
-        let b = sd.get("_fc.bias", Some(&[w.dims()[0]]))?;
+        let classifier = read_classifier(sd, "_fc", head.out_channels())?;
         // Lite0 has 16 blocks; the deeper Lite1-4 are named by their block count.
         let arch = match blocks.len() {
             16 => "efficientnet_lite0".to_string(),
             n => format!("efficientnet_lite_{n}b"),
         };
-        Ok(Self {
+        Ok(CnnLayers {
             stem,
             blocks,
             head,
-            classifier: Linear::new(w, Some(b)),
-            hidden_size,
-            id: format!("{arch}-{}", &sha256[..16.min(sha256.len())]),
+            classifier,
+            arch,
             preprocess: ImagePreprocessConfig {
                 size: 224,
                 resize: ResizeMode::ShortestSideCenterCrop,
@@ -155,60 +133,5 @@ impl EfficientNetLite {
                 std: [128.0 / 255.0; 3],
             },
         })
-    }
-
-    /// Stable id: architecture and the first 16 hex digits of the weight file's sha256.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Channels of the final feature map (1280).
-    pub fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-
-    /// Shorter side 256, center crop 224, `(x - 127) / 128`.
-    pub fn preprocess_config(&self) -> &ImagePreprocessConfig {
-        &self.preprocess
-    }
-
-    /// `(b, 3, h, w)` -> the final feature map `(b, 1280, ceil(h / 32), ceil(w / 32))`.
-    pub fn features(&self, pixels: &Tensor) -> Result<Tensor> {
-        check_pixels(pixels)?;
-        let mut xs = self.stem.forward(pixels)?;
-        for block in &self.blocks {
-            xs = block.forward(&xs)?;
-        }
-        self.head.forward(&xs)
-    }
-
-    /// `(b, 3, h, w)` -> `(b, h' * w', 1280)` row-major grid tokens.
-    pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .features(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
-    /// `(b, 3, h, w)` -> `(b, 1000)` ImageNet logits.
-    pub fn classify(&self, pixels: &Tensor) -> Result<Tensor> {
-        let pooled = self.features(pixels)?.mean((2, 3))?;
-        Ok(self.classifier.forward(&pooled)?)
-    }
-}
-
-impl ImageEncoder for EfficientNetLite {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-    fn preprocess_config(&self) -> &ImagePreprocessConfig {
-        &self.preprocess
-    }
-    fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        EfficientNetLite::encode(self, pixels)
     }
 }

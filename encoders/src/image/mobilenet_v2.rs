@@ -11,17 +11,15 @@
 //!
 //! BatchNorm runs in eval mode with its running statistics (eps 1e-5) and is folded into the
 //! convolutions at load time. Channel counts are read from the weights, so width multipliers
-//! other than 1.0 load too.
-
-use std::path::Path;
-
-use candle_core::{Device, Tensor};
-use candle_nn::{Linear, Module};
+//! other than 1.0 load too. Input: torchvision's eval transform (shorter side 256, center crop
+//! 224, ImageNet mean/std).
+//!
+//! The forward pass, tokens and classifier are [`ImagenetCnn`]'s; this file is the layout.
 
 use super::blocks::{ConvBn, ConvSpec, InvertedResidual, Padding};
+use super::imagenet_cnn::{read_classifier, CnnArchitecture, CnnLayers, ImagenetCnn};
 use super::preprocess::ImagePreprocessConfig;
 use super::torch_legacy::StateDict;
-use super::{check_pixels, file_sha256, ImageEncoder};
 use crate::error::{Error, Result};
 
 /// BatchNorm epsilon of torchvision's MobileNetV2.
@@ -30,27 +28,14 @@ const BN_EPS: f64 = 1e-5;
 /// 64 and 160-channel stages halves the resolution).
 const BLOCK_STRIDES: [usize; 17] = [1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1];
 
-/// A frozen MobileNetV2; see the module docs.
-pub struct MobileNetV2 {
-    stem: ConvBn,
-    blocks: Vec<InvertedResidual>,
-    head: ConvBn,
-    classifier: Linear,
-    hidden_size: usize,
-    id: String,
-    preprocess: ImagePreprocessConfig,
-}
+/// A frozen MobileNetV2; see the module docs. Its id is `mobilenet_v2-<16 hex of sha256>`.
+pub type MobileNetV2 = ImagenetCnn<MobileNetV2Arch>;
 
-impl MobileNetV2 {
-    /// Loads the state dict at `path` onto `device`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let sd = StateDict::load(path, device)?;
-        Self::from_state_dict(&sd, &file_sha256(path)?)
-    }
+/// torchvision's MobileNetV2 state-dict layout (see the module docs).
+pub enum MobileNetV2Arch {}
 
-    /// Builds the network from an already read state dict; `sha256` is the weight file's hash
-    /// (hex), of which the first 16 digits go into [`Self::id`].
-    pub fn from_state_dict(sd: &StateDict, sha256: &str) -> Result<Self> {
+impl CnnArchitecture for MobileNetV2Arch {
+    fn read_layers(sd: &StateDict) -> Result<CnnLayers> {
         let spec = |stride, relu6, depthwise| ConvSpec {
             stride,
             padding: Padding::Symmetric(0),
@@ -131,83 +116,14 @@ impl MobileNetV2 {
             &format!("features.{n}.1"),
             spec(1, true, false),
         )?;
-        let hidden_size = head.out_channels();
-        let w = sd.get("classifier.1.weight", None)?;
-        if w.dims().len() != 2 || w.dims()[1] != hidden_size {
-            return Err(Error::Model {
-                path: sd.path().to_path_buf(),
-                what: format!(
-                    "classifier.1.weight has shape {:?}, expected (classes, {hidden_size})",
-                    w.dims()
-                ),
-            });
-        }
-        let b = sd.get("classifier.1.bias", Some(&[w.dims()[0]]))?;
-        Ok(Self {
+        let classifier = read_classifier(sd, "classifier.1", head.out_channels())?;
+        Ok(CnnLayers {
             stem,
             blocks,
             head,
-            classifier: Linear::new(w, Some(b)),
-            hidden_size,
-            id: format!("mobilenet_v2-{}", &sha256[..16.min(sha256.len())]),
+            classifier,
+            arch: "mobilenet_v2".into(),
             preprocess: ImagePreprocessConfig::imagenet(),
         })
-    }
-
-    /// Stable id: architecture and the first 16 hex digits of the weight file's sha256.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Channels of the final feature map (1280).
-    pub fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-
-    /// torchvision's eval transform (shorter side 256, center crop 224, ImageNet mean/std).
-    pub fn preprocess_config(&self) -> &ImagePreprocessConfig {
-        &self.preprocess
-    }
-
-    /// `(b, 3, h, w)` normalized pixels -> the final feature map `(b, 1280, h', w')`,
-    /// `h' = ceil(h / 32)` (7x7 for 224).
-    pub fn features(&self, pixels: &Tensor) -> Result<Tensor> {
-        check_pixels(pixels)?;
-        let mut xs = self.stem.forward(pixels)?;
-        for block in &self.blocks {
-            xs = block.forward(&xs)?;
-        }
-        self.head.forward(&xs)
-    }
-
-    /// `(b, 3, h, w)` -> `(b, h' * w', 1280)`: the final feature map as a row-major grid of
-    /// tokens (49 for a 224 input).
-    pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .features(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .contiguous()?)
-    }
-
-    /// `(b, 3, h, w)` -> `(b, 1000)` ImageNet logits (global average pool + classifier).
-    pub fn classify(&self, pixels: &Tensor) -> Result<Tensor> {
-        let pooled = self.features(pixels)?.mean((2, 3))?;
-        Ok(self.classifier.forward(&pooled)?)
-    }
-}
-
-impl ImageEncoder for MobileNetV2 {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-    fn preprocess_config(&self) -> &ImagePreprocessConfig {
-        &self.preprocess
-    }
-    fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        MobileNetV2::encode(self, pixels)
     }
 }

@@ -1,7 +1,8 @@
 //! Images: decoding (`decode`), resizing and normalization (`preprocess`), and frozen image
 //! encoders behind one trait, [`ImageEncoder`]:
 //! - [`MobileNetV2`] (torchvision, `.pth`) and [`EfficientNetLite`] (`efficientnet_pytorch`
-//!   naming, `.pth`): the final convolutional feature map as a grid of tokens;
+//!   naming, `.pth`): the final convolutional feature map as a grid of tokens. Both are an
+//!   [`ImagenetCnn`], which holds what they share; their own files hold only their layout;
 //! - [`ClipVisionEncoder`]: CLIP or SigLIP ViT towers from a Hugging Face folder.
 //!
 //! `.pth` files are read by [`torch_legacy`], which also handles the pre-1.6 pickle format.
@@ -11,6 +12,7 @@ mod blocks;
 pub mod clip;
 pub mod decode;
 pub mod efficientnet_lite;
+pub mod imagenet_cnn;
 pub mod mobilenet_v2;
 pub mod modality;
 pub mod preprocess;
@@ -26,6 +28,7 @@ use sha2::{Digest, Sha256};
 pub use clip::{ClipVisionEncoder, VisionTowerKind};
 pub use decode::{decode_bytes, load_image, to_rgb_f32};
 pub use efficientnet_lite::EfficientNetLite;
+pub use imagenet_cnn::ImagenetCnn;
 pub use mobilenet_v2::MobileNetV2;
 pub use modality::{FrozenImageEncoder, ImageModality, ImageOptions};
 pub use preprocess::{
@@ -93,14 +96,4 @@ pub(crate) fn file_sha256(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Checks a CNN's input is `(b, 3, h, w)` with something in it.
-pub(crate) fn check_pixels(pixels: &Tensor) -> Result<()> {
-    match pixels.dims() {
-        &[b, 3, h, w] if b > 0 && h > 0 && w > 0 => Ok(()),
-        d => Err(Error::InvalidArgument(format!(
-            "pixels of shape {d:?}, expected (b, 3, h, w)"
-        ))),
-    }
 }

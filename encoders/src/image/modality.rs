@@ -26,6 +26,7 @@ pub struct ImageOptions {
     /// Side of the square the encoder sees (default: the encoder's own, 224 for the CNNs).
     #[serde(default)]
     pub size: Option<usize>,
+    /// How a non-square image is fitted to the square (default: the encoder's own).
     #[serde(default)]
     pub resize: Option<ResizeMode>,
     /// Shorter side before a center crop (torchvision's 256 for 224).
@@ -69,6 +70,7 @@ impl Modality for ImageModality {
         ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<DynamicImage>>> {
         Ok(Box::new(FrozenImageEncoder::build(
+            self.name(),
             reference,
             &self.options,
             ctx,
@@ -105,10 +107,14 @@ pub fn resolve_image_encoder(reference: &str, cache_dir: &Path) -> Result<PathBu
         return Ok(path);
     }
     let names: Vec<&str> = KNOWN.iter().map(|(n, _, _)| *n).collect();
-    Err(Error::InvalidArgument(format!(
-        "image encoder '{reference}' is neither a file/folder nor a known name ({})",
-        names.join(", ")
-    )))
+    Err(Error::UnknownEncoder {
+        modality: "image".into(),
+        reference: reference.to_string(),
+        what: format!(
+            "neither a file/folder nor a known name ({})",
+            names.join(", ")
+        ),
+    })
 }
 
 /// A frozen image encoder with the preprocessing and token pooling a recipe chose; shared by
@@ -121,7 +127,14 @@ pub struct FrozenImageEncoder {
 }
 
 impl FrozenImageEncoder {
-    pub fn build(reference: &str, options: &ImageOptions, ctx: &EncoderContext) -> Result<Self> {
+    /// The encoder `reference` names, set up with `options`; errors about an option name it as
+    /// one of `modality`'s (`image`, or `video` for the per-frame encoder).
+    pub fn build(
+        modality: &str,
+        reference: &str,
+        options: &ImageOptions,
+        ctx: &EncoderContext,
+    ) -> Result<Self> {
         let path = resolve_image_encoder(reference, &ctx.cache_dir)?;
         let inner = load_image_encoder(&path, &ctx.device)?;
         let mut pre = inner.preprocess_config().clone();
@@ -138,15 +151,15 @@ impl FrozenImageEncoder {
         if let Some(r) = options.resize_to {
             pre.resize_to = Some(r);
         }
-        pre.validate()?;
+        if let Some((field, what)) = pre.problem() {
+            return Err(Error::bad_option(modality, Some(field), what));
+        }
         if options.grid == Some(0) {
-            return Err(Error::InvalidArgument(
-                "[encoder.options] grid must be >= 1".into(),
-            ));
+            return Err(Error::bad_option(modality, Some("grid"), "must be >= 1"));
         }
         // The features depend on the weights, the preprocessing and the pooling.
         let json = serde_json::to_string(&(&pre, options.grid))
-            .map_err(|e| Error::InvalidArgument(format!("image options: {e}")))?;
+            .map_err(|e| Error::Internal(format!("image options: {e}")))?;
         let hex: String = Sha256::digest(json.as_bytes())
             .iter()
             .take(6)
@@ -219,9 +232,11 @@ pub fn pool_grid(tokens: &Tensor, g: usize) -> Result<Tensor> {
         (Some(s), _) => (tokens.clone(), s),
         (None, Some(s)) => (tokens.narrow(1, 1, n - 1)?, s),
         _ => {
-            return Err(Error::InvalidArgument(format!(
-                "grid pooling needs a square grid of tokens, the encoder gives {n}"
-            )))
+            return Err(Error::ShapeMismatch {
+                what: "tokens for grid pooling".into(),
+                expected: "a square grid (after a class token, if any)".into(),
+                got: n.to_string(),
+            })
         }
     };
     if g >= s {

@@ -111,24 +111,37 @@ impl ImagePreprocessConfig {
     /// Rejects settings that cannot produce an image (zero size, a crop larger than the resized
     /// image, a zero or non-finite std).
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(Error::InvalidArgument(format!("image preprocess: {what}")));
+        match self.problem() {
+            Some((field, what)) => Err(Error::InvalidArgument(format!(
+                "image preprocess: {field} {what}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The first setting [`validate`](Self::validate) rejects, as (field, what is wrong with its
+    /// value), so a recipe's options can be reported by field.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         if self.size == 0 || self.size > 16384 {
-            return bad(format!("size {} (expected 1..=16384)", self.size));
+            return Some(("size", format!("{} (expected 1..=16384)", self.size)));
         }
         if let Some(r) = self.resize_to {
             if r < self.size || r > 65536 {
-                return bad(format!(
-                    "resize_to {r} must be at least size {} (and at most 65536)",
-                    self.size
+                return Some((
+                    "resize_to",
+                    format!(
+                        "{r} must be at least size {} (and at most 65536)",
+                        self.size
+                    ),
                 ));
             }
         }
         if self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
             || self.mean.iter().any(|m| !m.is_finite())
         {
-            return bad(format!("mean {:?} / std {:?}", self.mean, self.std));
+            return Some(("mean", format!("{:?} / std {:?}", self.mean, self.std)));
         }
-        Ok(())
+        None
     }
 }
 
@@ -136,7 +149,9 @@ impl ImagePreprocessConfig {
 pub fn preprocess(images: &[DynamicImage], cfg: &ImagePreprocessConfig) -> Result<Tensor> {
     cfg.validate()?;
     if images.is_empty() {
-        return Err(Error::InvalidArgument("preprocess: no images".into()));
+        return Err(Error::EmptyInput {
+            what: "preprocess: no images".into(),
+        });
     }
     let s = cfg.size;
     let mut data = Vec::with_capacity(images.len() * 3 * s * s);
@@ -156,9 +171,9 @@ pub fn preprocess_one(img: &DynamicImage, cfg: &ImagePreprocessConfig) -> Result
     let rgb = to_rgb_f32(img);
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {
-        return Err(Error::InvalidArgument(format!(
-            "preprocess: a {w}x{h} image"
-        )));
+        return Err(Error::EmptyInput {
+            what: format!("preprocess: a {w}x{h} image"),
+        });
     }
     let s = cfg.size;
     let filter = match cfg.filter {

@@ -53,14 +53,17 @@ impl Modality for ImuModality {
         _ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<ImuWindow>>> {
         if reference != "raw" {
-            return Err(Error::InvalidArgument(format!(
-                "IMU encoder '{reference}': the only frozen IMU encoder is 'raw' (the preprocessed \
-                 signal); put a trainable one in the projector with [projector.imu_encoder]"
-            )));
+            return Err(Error::UnknownEncoder {
+                modality: self.name().to_string(),
+                reference: reference.to_string(),
+                what: "the only frozen IMU encoder is 'raw' (the preprocessed signal); put a \
+                       trainable one in the projector with [projector.imu_encoder]"
+                    .into(),
+            });
         }
         // The features depend on every preprocessing setting, so all of them go into the id.
         let json = serde_json::to_string(&self.cfg)
-            .map_err(|e| Error::InvalidArgument(format!("IMU options: {e}")))?;
+            .map_err(|e| Error::Internal(format!("IMU options: {e}")))?;
         let hash = Sha256::digest(json.as_bytes());
         let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Ok(Box::new(RawImu {
@@ -91,10 +94,11 @@ impl Encoder<ImuWindow> for RawImu {
         let mut data = Vec::with_capacity(items.len() * w * c);
         for it in items {
             if it.data.len() != w * c {
-                return Err(Error::InvalidArgument(format!(
-                    "IMU window holds {} values, expected {w} x {c}",
-                    it.data.len()
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: "values of an IMU window".into(),
+                    expected: format!("{w} x {c}"),
+                    got: it.data.len().to_string(),
+                });
             }
             data.extend_from_slice(&it.data);
         }

@@ -108,12 +108,14 @@ impl ImuPreprocessConfig {
         }
         if let Normalize::Stats { mean, std } = &self.normalize {
             if mean.len() != self.channels || std.len() != self.channels {
-                return Err(Error::InvalidArgument(format!(
-                    "imu normalize stats have {} means and {} stds for {} channels",
-                    mean.len(),
-                    std.len(),
-                    self.channels
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: "imu normalize stats".into(),
+                    expected: format!(
+                        "one mean and one std for each of {} channels",
+                        self.channels
+                    ),
+                    got: format!("{} means and {} stds", mean.len(), std.len()),
+                });
             }
         }
         Ok(())
@@ -132,15 +134,16 @@ pub fn preprocess_with_length(
 ) -> Result<(Vec<f32>, usize)> {
     cfg.check()?;
     if rec.channels != cfg.channels {
-        return Err(Error::InvalidArgument(format!(
-            "the recording has {} channels, the configuration expects {}",
-            rec.channels, cfg.channels
-        )));
+        return Err(Error::ShapeMismatch {
+            what: "channels of the recording".into(),
+            expected: format!("{} (the configuration's)", cfg.channels),
+            got: rec.channels.to_string(),
+        });
     }
     if rec.is_empty() {
-        return Err(Error::InvalidArgument(
-            "the recording has no samples".into(),
-        ));
+        return Err(Error::EmptyInput {
+            what: "the recording has no samples".into(),
+        });
     }
     let rec = resample(rec, cfg.rate_hz)?;
     let c = rec.channels;
@@ -262,16 +265,17 @@ pub fn split_windows(
 /// [`Normalize::Stats`]. Recordings must share the channel count.
 pub fn channel_stats(recs: &[ImuRecording]) -> Result<(Vec<f32>, Vec<f32>)> {
     let Some(first) = recs.first() else {
-        return Err(Error::InvalidArgument(
-            "no recordings to take statistics of".into(),
-        ));
+        return Err(Error::EmptyInput {
+            what: "no recordings to take statistics of".into(),
+        });
     };
     let c = first.channels;
     if let Some(r) = recs.iter().find(|r| r.channels != c) {
-        return Err(Error::InvalidArgument(format!(
-            "recordings have {} and {} channels",
-            c, r.channels
-        )));
+        return Err(Error::ShapeMismatch {
+            what: "channels of the recordings".into(),
+            expected: format!("{c} (the first one's)"),
+            got: r.channels.to_string(),
+        });
     }
     let all: Vec<f32> = recs.iter().flat_map(|r| r.data.iter().copied()).collect();
     Ok(stats(&all, c))

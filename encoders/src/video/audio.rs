@@ -18,9 +18,10 @@ use ffmpeg::software::resampling;
 use ffmpeg::util::frame::audio::Audio as AvAudio;
 use ffmpeg::{ChannelLayout, Dictionary, Packet};
 
+use super::input::{codec_context, decoder_open_error, open_input, receive_frames};
+use crate::audio::decode::check_decoded;
 use crate::audio::{resample, SAMPLE_RATE};
 use crate::error::{Error, Result};
-use crate::video::decode::open_input;
 
 /// Decodes the first audio stream of `path` (any container and codec FFmpeg reads), mixes it
 /// down to mono and resamples it to 16 kHz: `(n,)` f32 samples.
@@ -45,16 +46,12 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
         .best(MediaType::Audio)
         .ok_or_else(|| corrupt("the file has no audio track".into()))?;
     let index = stream.index();
-    let ctx = ffmpeg::codec::Context::from_parameters(stream.parameters())
-        .map_err(|e| corrupt(format!("bad codec parameters: {e}")))?;
+    let ctx = codec_context(&stream, path)?;
     let codec_id = ctx.id();
-    let mut decoder = ctx.decoder().audio().map_err(|e| match e {
-        ffmpeg::Error::DecoderNotFound => Error::UnsupportedCodec {
-            path: path.to_path_buf(),
-            what: format!("no {codec_id:?} audio decoder in the installed FFmpeg"),
-        },
-        other => corrupt(format!("cannot open the {codec_id:?} decoder: {other}")),
-    })?;
+    let mut decoder = ctx
+        .decoder()
+        .audio()
+        .map_err(|e| decoder_open_error(e, codec_id, "audio", path))?;
 
     let mut mono: Vec<f32> = Vec::new();
     let mut rate: Option<u32> = None;
@@ -108,38 +105,11 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
                 let _ = decoder.send_eof();
             }
         }
-        let mut failures = 0;
-        loop {
-            match decoder.receive_frame(&mut frame) {
-                Ok(()) => take(&frame, &mut mono)?,
-                Err(ffmpeg::Error::Eof) => break,
-                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => break,
-                Err(e) => {
-                    problem.get_or_insert_with(|| format!("the decoder failed on a frame ({e})"));
-                    failures += 1;
-                    if failures > 64 {
-                        break;
-                    }
-                }
-            }
-        }
+        receive_frames(&mut decoder, &mut frame, &mut problem, |f| {
+            take(f, &mut mono).map(|()| true)
+        })?;
     }
-
-    if mono.is_empty() {
-        return match problem {
-            Some(p) => Err(corrupt(format!("no audio could be decoded: {p}"))),
-            None => Err(Error::Empty {
-                path: path.to_path_buf(),
-            }),
-        };
-    }
-    let rate = match rate {
-        Some(r) if r > 0 => r,
-        _ => return Err(corrupt("the stream does not state a sample rate".into())),
-    };
-    if mono.iter().any(|s| !s.is_finite()) {
-        return Err(corrupt("decoded samples contain NaN or infinity".into()));
-    }
+    let rate = check_decoded(path, &mono, rate, problem)?;
     Ok((mono, rate))
 }
 

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use anymal_util::rng::fnv1a;
 use candle_core::Tensor;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
@@ -30,10 +31,16 @@ pub struct VideoOptions {
     /// Tokens per frame: the image encoder's grid pooled to `grid x grid`.
     #[serde(default = "default_grid")]
     pub grid: usize,
+    // The per-frame image encoder's settings ([`Self::image_options`]), repeated here rather
+    // than a flattened `ImageOptions`: serde cannot flatten into a struct that denies unknown
+    // fields, and a misspelt key must stay an error.
+    /// As [`ImageOptions::size`].
     #[serde(default)]
     pub size: Option<usize>,
+    /// As [`ImageOptions::resize`].
     #[serde(default)]
     pub resize: Option<ResizeMode>,
+    /// As [`ImageOptions::resize_to`].
     #[serde(default)]
     pub resize_to: Option<usize>,
 }
@@ -46,6 +53,18 @@ fn default_max_side() -> u32 {
 }
 fn default_grid() -> usize {
     2
+}
+
+impl VideoOptions {
+    /// What the per-frame image encoder is built with.
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions {
+            size: self.size,
+            resize: self.resize,
+            resize_to: self.resize_to,
+            grid: Some(self.grid),
+        }
+    }
 }
 
 impl Default for VideoOptions {
@@ -85,12 +104,16 @@ impl Modality for VideoModality {
     }
 
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
-        let options: VideoOptions = ctx.parse_options("video")?;
-        options.sampling.validate()?;
-        if options.max_side == 0 || options.grid == 0 {
-            return Err(Error::InvalidArgument(
-                "[encoder.options] max_side and grid must be >= 1".into(),
-            ));
+        let name = self.name();
+        let options: VideoOptions = ctx.parse_options(name)?;
+        if let Some(what) = options.sampling.problem() {
+            return Err(Error::bad_option(name, Some("sampling"), what));
+        }
+        if options.max_side == 0 {
+            return Err(Error::bad_option(name, Some("max_side"), "must be >= 1"));
+        }
+        if options.grid == 0 {
+            return Err(Error::bad_option(name, Some("grid"), "must be >= 1"));
         }
         Ok(Self { options })
     }
@@ -113,25 +136,13 @@ impl Modality for VideoModality {
         ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<VideoFrames>>> {
         let o = &self.options;
-        let image = FrozenImageEncoder::build(
-            reference,
-            &ImageOptions {
-                size: o.size,
-                resize: o.resize,
-                resize_to: o.resize_to,
-                grid: Some(o.grid),
-            },
-            ctx,
-        )?;
+        let image = FrozenImageEncoder::build(self.name(), reference, &o.image_options(), ctx)?;
         let sampling = serde_json::to_string(&o.sampling)
-            .map_err(|e| Error::InvalidArgument(format!("video options: {e}")))?;
+            .map_err(|e| Error::Internal(format!("video options: {e}")))?;
         // Frame choice and decode size change the features too.
-        let tag: u64 = sampling
-            .bytes()
-            .chain(o.max_side.to_le_bytes())
-            .fold(0xcbf29ce484222325, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100000001b3)
-            });
+        let mut tagged = sampling.into_bytes();
+        tagged.extend(o.max_side.to_le_bytes());
+        let tag = fnv1a(&tagged);
         Ok(Box::new(FrameEncoder {
             id: format!("video-{}-{tag:016x}", image.id()),
             image,
@@ -160,9 +171,9 @@ impl Encoder<VideoFrames> for FrameEncoder {
             .flat_map(|v| v.frames.iter().cloned())
             .collect();
         if frames.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a video batch with no frames".into(),
-            ));
+            return Err(Error::EmptyInput {
+                what: "a video batch with no frames".into(),
+            });
         }
         Ok(Batch {
             input: self.image.pixels(&frames)?,

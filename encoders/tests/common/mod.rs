@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 pub fn cache_dir() -> PathBuf {
-    anymal_encoders::audio::whisper::cache_dir()
+    anymal_util::fs::cache_dir()
 }
 
 /// A fetched asset; a missing one fails the test with the command that fetches it.
