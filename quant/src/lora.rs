@@ -83,10 +83,11 @@ impl Lora {
         let (r, _) = a.dims2()?;
         let (_, rb) = b.dims2()?;
         if r != cfg.r || rb != cfg.r {
-            return Err(crate::Error::Msg(format!(
-                "LoRA rank {} but A has {r} rows and B {rb} columns",
-                cfg.r
-            )));
+            return Err(crate::Error::ShapeMismatch {
+                what: "LoRA A / B".into(),
+                got: format!("{r} rows / {rb} columns"),
+                expected: format!("{} (the rank)", cfg.r),
+            });
         }
         Ok(Self {
             a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,

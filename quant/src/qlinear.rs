@@ -121,10 +121,12 @@ impl QLinear {
             let (r, i) = l.a.dims2()?;
             let (o, rb) = l.b.dims2()?;
             if i != self.in_features || o != self.out_features || r != rb {
-                return Err(Error::Msg(format!(
-                    "LoRA A ({r}, {i}) / B ({o}, {rb}) does not fit a ({}, {}) layer",
-                    self.out_features, self.in_features
-                )));
+                let (out, inp) = self.shape();
+                return Err(Error::ShapeMismatch {
+                    what: "LoRA A / B".into(),
+                    got: format!("({r}, {i}) / ({o}, {rb})"),
+                    expected: format!("(r, {inp}) / ({out}, r) to fit a ({out}, {inp}) layer"),
+                });
             }
         }
         Ok(Self {
@@ -232,10 +234,7 @@ impl QLinear {
 
 impl candle_core::Module for QLinear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        QLinear::forward(self, xs).map_err(|e| match e {
-            Error::Candle(e) => e,
-            e => candle_core::Error::Msg(e.to_string()),
-        })
+        Ok(QLinear::forward(self, xs)?)
     }
 }
 
@@ -351,9 +350,7 @@ impl CustomOp1 for QMatMulWithGrad {
     ) -> candle_core::Result<Option<Tensor>> {
         let w = match &self.weight {
             QWeight::Ggml(w) => w.dequantize(arg.device())?,
-            QWeight::Nf4(w) => w
-                .dequantize(arg.device())
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            QWeight::Nf4(w) => w.dequantize(arg.device())?,
             QWeight::Dense(w) => w.clone(),
         };
         let w = w.to_dtype(grad_res.dtype())?;
