@@ -35,3 +35,11 @@ impl From<Error> for candle_core::Error {
         }
     }
 }
+
+/// `(out, in)` of a weight's dims; [`Error::NotMatrix`] unless it is 2-D.
+pub(crate) fn matrix_dims(dims: &[usize]) -> Result<(usize, usize)> {
+    match dims {
+        [o, i] => Ok((*o, *i)),
+        d => Err(Error::NotMatrix(d.to_vec())),
+    }
+}
