@@ -136,17 +136,18 @@ impl Llm {
     ) -> Result<Tensor> {
         let (b, t, d) = inputs_embeds.dims3()?;
         if d != self.cfg.hidden_size {
-            return Err(Error::Msg(format!(
-                "inputs_embeds has width {d}, the model's hidden size is {}",
-                self.cfg.hidden_size
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "inputs_embeds".into(),
+                got: format!("width {d}"),
+                expected: format!("{} (the model's hidden size)", self.cfg.hidden_size),
+            });
         }
         if let Some(c) = cache.as_deref() {
             if c.seq_len() != seqlen_offset {
-                return Err(Error::Msg(format!(
-                    "seqlen_offset {seqlen_offset} does not match the {} cached positions",
-                    c.seq_len()
-                )));
+                return Err(Error::CacheOffset {
+                    offset: seqlen_offset,
+                    cached: c.seq_len(),
+                });
             }
         }
         let hd = self.cfg.head_dim;
@@ -260,9 +261,11 @@ pub fn build_mask(
         Some(m) => {
             let (mb, mt) = m.dims2()?;
             if mb != b || mt != total {
-                return Err(Error::Msg(format!(
-                    "attention_mask has shape ({mb}, {mt}), expected ({b}, {total})"
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: "attention_mask".into(),
+                    got: format!("shape ({mb}, {mt})"),
+                    expected: format!("({b}, {total})"),
+                });
             }
             Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?)
         }

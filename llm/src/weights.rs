@@ -61,7 +61,7 @@ impl WeightStore {
         for name in content.tensor_infos.keys() {
             let t = content
                 .tensor(file, name, device)
-                .map_err(|e| Error::file(path, format!("tensor '{name}': {e}")))?;
+                .map_err(|e| Error::format(path, format!("tensor '{name}': {e}")))?;
             tensors.insert(name.clone(), RawWeight::Quantized(t));
         }
         Ok(Self::new(path, tensors, requant, device))
@@ -101,7 +101,7 @@ impl WeightStore {
         let bias = self.dense_opt(&format!("{prefix}.bias"))?;
         let name = format!("{prefix}.weight");
         let path = self.path.clone();
-        let ctx = |e: anymal_quant::Error| Error::file(&path, format!("tensor '{name}': {e}"));
+        let ctx = |e: anymal_quant::Error| Error::format(&path, format!("tensor '{name}': {e}"));
         match self.take(&name)? {
             RawWeight::Quantized(q) => {
                 let l = QLinear::from_qtensor(q, bias).map_err(ctx)?;
@@ -256,13 +256,18 @@ impl WeightStore {
             self.linear("output")?
         } else {
             // Tied: the head multiplies by the embedding table itself, no second copy.
-            QLinear::from_arc(embed_tokens.clone(), None).map_err(|e| Error::file(&self.path, e))?
+            QLinear::from_arc(embed_tokens.clone(), None)
+                .map_err(|e| Error::in_file(&self.path, e))?
         };
         let (vocab, d) = embed_tokens.shape().dims2()?;
         if d != cfg.hidden_size {
-            return Err(Error::file(
+            return Err(Error::in_file(
                 &self.path,
-                format!("token_embd has width {d}, expected {}", cfg.hidden_size),
+                Error::ShapeMismatch {
+                    what: "token_embd".into(),
+                    got: format!("width {d}"),
+                    expected: cfg.hidden_size.to_string(),
+                },
             ));
         }
         let rope_freq_factors = self
@@ -291,12 +296,13 @@ fn is_quantized(l: &QLinear) -> bool {
 
 fn check_linear(path: &Path, name: &str, l: &QLinear, out: usize, inp: usize) -> Result<()> {
     if l.shape() != (out, inp) {
-        return Err(Error::file(
+        return Err(Error::in_file(
             path,
-            format!(
-                "tensor '{name}.weight' has shape {:?}, expected ({out}, {inp})",
-                l.shape()
-            ),
+            Error::ShapeMismatch {
+                what: format!("tensor '{name}.weight'"),
+                got: format!("shape {:?}", l.shape()),
+                expected: format!("({out}, {inp})"),
+            },
         ));
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anymal_quant::Lora;
 use candle_core::Tensor;
 
-use super::peft::{parse_peft_key, PeftAdapter, ADAPTER_WEIGHTS_FILE};
+use super::peft::{parse_peft_key, peft_key, PeftAdapter, ADAPTER_WEIGHTS_FILE};
 use super::permute::hf_to_interleaved_rows;
 use super::{LoraModule, LoraSet, LoraSpec, TargetModules};
 use crate::decoder::Llm;
@@ -91,11 +91,12 @@ impl Llm {
             })
             .collect();
         if picked.is_empty() {
-            return Err(Error::Msg(format!(
-                "target_modules {} matches none of the model's linear layers (they are named like {})",
-                targets.to_json(),
-                self.linear_paths()[..7.min(self.linear_paths().len())].join(", ")
-            )));
+            let mut examples = self.linear_paths();
+            examples.truncate(7);
+            return Err(Error::NoLoraTargets {
+                targets: targets.to_json().to_string(),
+                examples,
+            });
         }
         Ok(picked)
     }
@@ -104,7 +105,10 @@ impl Llm {
     /// `spec` selects; `seed` fixes `A`. Replaces any adapters attached before.
     pub fn attach_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<LoraSet> {
         if spec.cfg.r == 0 {
-            return Err(Error::Msg("lora.r must be >= 1".into()));
+            return Err(Error::Config {
+                field: "lora.r".into(),
+                what: "must be >= 1".into(),
+            });
         }
         self.detach_lora();
         let mut modules = Vec::new();
@@ -123,7 +127,8 @@ impl Llm {
     /// Attach the adapters of a PEFT folder (as written by PEFT or by [`LoraSet::save_peft`]).
     pub fn load_lora(&mut self, dir: &Path) -> Result<LoraSet> {
         let adapter = PeftAdapter::read(dir)?;
-        self.attach_peft(&adapter).map_err(|e| Error::file(dir, e))
+        self.attach_peft(&adapter)
+            .map_err(|e| Error::in_file(dir, e))
     }
 
     /// Attach adapters from PEFT tensors. Every module the config targets must have both
@@ -134,9 +139,10 @@ impl Llm {
         let mut by_module: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
         for (key, t) in &adapter.tensors {
             let (path, which) = parse_peft_key(key).ok_or_else(|| {
-                Error::Msg(format!(
-                    "{ADAPTER_WEIGHTS_FILE}: '{key}' is not a LoRA tensor name"
-                ))
+                Error::format(
+                    ADAPTER_WEIGHTS_FILE,
+                    format!("'{key}' is not a LoRA tensor name"),
+                )
             })?;
             let e = by_module.entry(path).or_default();
             if which == 'A' {
@@ -147,25 +153,35 @@ impl Llm {
         }
         let mut modules = Vec::new();
         for (path, (a, b)) in by_module {
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err(Error::Msg(format!(
-                    "{ADAPTER_WEIGHTS_FILE}: '{path}' has only one of lora_A / lora_B"
-                )));
+            let (a, b) = match (a, b) {
+                (Some(a), Some(b)) => (a, b),
+                (a, _) => {
+                    return Err(Error::MissingTensor {
+                        path: ADAPTER_WEIGHTS_FILE.into(),
+                        name: peft_key(&path, if a.is_some() { 'B' } else { 'A' }),
+                    })
+                }
             };
             let Some((out, inp)) = self.linear_shape(&path) else {
-                return Err(Error::Msg(format!(
-                    "{ADAPTER_WEIGHTS_FILE}: adapts '{path}', which this model does not have (its layers are named like {})",
-                    self.linear_paths()[0]
-                )));
+                return Err(Error::in_file(
+                    ADAPTER_WEIGHTS_FILE,
+                    self.unknown_module(&path),
+                ));
             };
             let (ra, ia) = a.dims2()?;
             let (ob, rb) = b.dims2()?;
-            if ia != inp || ob != out || ra != spec.cfg.r || rb != spec.cfg.r {
-                return Err(Error::Msg(format!(
-                    "{ADAPTER_WEIGHTS_FILE}: '{path}' has lora_A ({ra}, {ia}) and lora_B ({ob}, {rb}); \
-                     the layer is ({out}, {inp}) and r is {}",
-                    spec.cfg.r
-                )));
+            let r = spec.cfg.r;
+            if ia != inp || ob != out || ra != r || rb != r {
+                return Err(Error::in_file(
+                    ADAPTER_WEIGHTS_FILE,
+                    Error::ShapeMismatch {
+                        what: format!("'{path}'"),
+                        got: format!("lora_A ({ra}, {ia}) and lora_B ({ob}, {rb})"),
+                        expected: format!(
+                            "lora_A ({r}, {inp}) and lora_B ({out}, {r}): the layer is ({out}, {inp}) and r is {r}"
+                        ),
+                    },
+                ));
             }
             let b = match self.permute_heads(&path) {
                 Some(h) => hf_to_interleaved_rows(&b, h)?,
@@ -175,24 +191,29 @@ impl Llm {
             modules.push(self.set_lora(&path, lora)?);
         }
         if modules.is_empty() {
-            return Err(Error::Msg(format!(
-                "{ADAPTER_WEIGHTS_FILE}: holds no LoRA tensors"
-            )));
+            return Err(Error::format(ADAPTER_WEIGHTS_FILE, "holds no LoRA tensors"));
         }
         Ok(LoraSet { spec, modules })
     }
 
     fn set_lora(&mut self, path: &str, lora: Arc<Lora>) -> Result<LoraModule> {
         let permute_heads = self.permute_heads(path);
-        let lin = self
-            .linear_mut(path)
-            .ok_or_else(|| Error::Msg(format!("no linear layer '{path}'")))?;
+        let Some(lin) = self.linear_mut(path) else {
+            return Err(self.unknown_module(path));
+        };
         *lin = lin.with_lora(Some(lora.clone()))?;
         Ok(LoraModule {
             path: path.to_string(),
             lora,
             permute_heads,
         })
+    }
+
+    fn unknown_module(&self, path: &str) -> Error {
+        Error::UnknownModule {
+            module: path.to_string(),
+            example: self.linear_paths().into_iter().next().unwrap_or_default(),
+        }
     }
 
     /// Remove every adapter.

@@ -59,13 +59,13 @@ pub struct PeftConfig {
 impl PeftAdapter {
     pub fn read(dir: &Path) -> Result<Self> {
         let cpath = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read_to_string(&cpath)
-            .map_err(|e| Error::file(&cpath, format!("cannot read: {e}")))?;
-        let config: PeftConfig = serde_json::from_str(&text).map_err(|e| Error::file(&cpath, e))?;
+        let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, "read", e))?;
+        let config: PeftConfig =
+            serde_json::from_str(&text).map_err(|e| Error::format(&cpath, e))?;
         let wpath = dir.join(ADAPTER_WEIGHTS_FILE);
         if !wpath.exists() {
             let bin = dir.join("adapter_model.bin");
-            return Err(Error::file(
+            return Err(Error::not_found(
                 &wpath,
                 if bin.exists() {
                     "missing; the folder has adapter_model.bin (a pickle), which anymal does not read: re-save it with PEFT's safe_serialization=True"
@@ -75,55 +75,58 @@ impl PeftAdapter {
             ));
         }
         let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
-            .map_err(|e| Error::file(&wpath, e))?;
+            .map_err(|e| Error::in_file(&wpath, e))?;
         let adapter = Self { config, tensors };
-        adapter.spec().map_err(|e| Error::file(&cpath, e))?;
+        adapter.spec().map_err(|e| Error::in_file(&cpath, e))?;
         Ok(adapter)
     }
 
     /// The spec the config describes; errors for settings anymal does not implement.
     pub fn spec(&self) -> Result<LoraSpec> {
         let c = &self.config;
-        if let Some(t) = &c.peft_type {
-            if t != "LORA" {
-                return Err(Error::Msg(format!(
-                    "peft_type '{t}': only LORA adapters are supported"
-                )));
-            }
+        let bad = |field: &str, what: String| {
+            Err(Error::Config {
+                field: field.into(),
+                what,
+            })
+        };
+        if let Some(t) = c.peft_type.as_deref().filter(|t| *t != "LORA") {
+            return bad(
+                "peft_type",
+                format!("only LORA adapters are supported, not '{t}'"),
+            );
         }
         if c.r == 0 {
-            return Err(Error::Msg("r: must be >= 1".into()));
+            return bad("r", "must be >= 1".into());
         }
         if c.use_dora {
-            return Err(Error::Msg(
-                "use_dora: DoRA adapters are not supported".into(),
-            ));
+            return bad("use_dora", "DoRA adapters are not supported".into());
         }
         if c.fan_in_fan_out {
-            return Err(Error::Msg(
-                "fan_in_fan_out: only (out, in) linear layers are supported".into(),
-            ));
+            return bad(
+                "fan_in_fan_out",
+                "only (out, in) linear layers are supported".into(),
+            );
         }
-        if c.bias.as_deref().is_some_and(|b| b != "none") {
-            return Err(Error::Msg(format!(
-                "bias '{}': adapters that train biases are not supported",
-                c.bias.as_deref().unwrap_or_default()
-            )));
+        if let Some(b) = c.bias.as_deref().filter(|b| *b != "none") {
+            return bad(
+                "bias",
+                format!("adapters that train biases are not supported ('{b}')"),
+            );
         }
         for (name, p) in [
             ("rank_pattern", &c.rank_pattern),
             ("alpha_pattern", &c.alpha_pattern),
         ] {
             if p.as_ref().is_some_and(|m| !m.is_empty()) {
-                return Err(Error::Msg(format!(
-                    "{name}: per-module ranks/alphas are not supported"
-                )));
+                return bad(name, "per-module ranks/alphas are not supported".into());
             }
         }
         if c.modules_to_save.as_ref().is_some_and(|m| !m.is_null()) {
-            return Err(Error::Msg(
-                "modules_to_save: fully trained extra modules are not supported".into(),
-            ));
+            return bad(
+                "modules_to_save",
+                "fully trained extra modules are not supported".into(),
+            );
         }
         Ok(LoraSpec {
             cfg: LoraConfig {
@@ -167,18 +170,17 @@ impl LoraSet {
     /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir` (created), each
     /// through a temporary file and a rename.
     pub fn save_peft(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         let w = dir.join(ADAPTER_WEIGHTS_FILE);
         let tmp = dir.join(format!(".{ADAPTER_WEIGHTS_FILE}.tmp"));
         candle_core::safetensors::save(&self.peft_tensors()?, &tmp)?;
-        std::fs::rename(&tmp, &w).map_err(|e| Error::file(&w, format!("cannot write: {e}")))?;
+        std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, "write", e))?;
         let c = dir.join(ADAPTER_CONFIG_FILE);
         let tmp = dir.join(format!(".{ADAPTER_CONFIG_FILE}.tmp"));
         let text = serde_json::to_string_pretty(&self.peft_config(base_model_name_or_path))
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::file(&tmp, format!("cannot write: {e}")))?;
-        std::fs::rename(&tmp, &c).map_err(|e| Error::file(&c, format!("cannot write: {e}")))?;
+            .map_err(|e| Error::format(&c, e))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "write", e))?;
+        std::fs::rename(&tmp, &c).map_err(|e| Error::io(&c, "write", e))?;
         Ok(())
     }
 }
@@ -226,5 +228,46 @@ mod tests {
             Some(("model.layers.1.mlp.up_proj".into(), 'B'))
         );
         assert_eq!(parse_peft_key("model.layers.1.mlp.up_proj.weight"), None);
+    }
+
+    /// Each setting anymal does not implement is refused as a config error naming its field.
+    #[test]
+    fn unsupported_settings_name_their_field() {
+        let adapter = |extra: serde_json::Value| {
+            let mut cfg = serde_json::json!({
+                "r": 4, "lora_alpha": 8.0, "target_modules": ["q_proj"],
+            });
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                cfg[k] = v.clone();
+            }
+            PeftAdapter {
+                config: serde_json::from_value(cfg).unwrap(),
+                tensors: HashMap::new(),
+            }
+        };
+        assert!(adapter(serde_json::json!({})).spec().is_ok());
+        for (field, value) in [
+            ("peft_type", serde_json::json!("LOHA")),
+            ("r", serde_json::json!(0)),
+            ("use_dora", serde_json::json!(true)),
+            ("fan_in_fan_out", serde_json::json!(true)),
+            ("bias", serde_json::json!("all")),
+            ("rank_pattern", serde_json::json!({"q_proj": 8})),
+            ("alpha_pattern", serde_json::json!({"q_proj": 8})),
+            ("modules_to_save", serde_json::json!(["lm_head"])),
+            ("target_modules", serde_json::json!(3)),
+        ] {
+            let e = adapter(serde_json::json!({ field: value }))
+                .spec()
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::Config { field: f, .. } if f == field),
+                "{field}: {e:?}"
+            );
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+            let wrapped = Error::in_file(ADAPTER_CONFIG_FILE, e);
+            assert!(matches!(wrapped.innermost(), Error::Config { .. }));
+            assert!(wrapped.to_string().starts_with("adapter_config.json: "));
+        }
     }
 }

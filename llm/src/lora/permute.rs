@@ -31,9 +31,11 @@ pub fn interleaved_to_hf_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 
 fn check_heads(out: usize, heads: usize) -> Result<()> {
     if heads == 0 || out % (2 * heads) != 0 {
-        return Err(Error::Msg(format!(
-            "cannot split {out} rows into {heads} heads of even size"
-        )));
+        return Err(Error::ShapeMismatch {
+            what: format!("a weight split into {heads} heads"),
+            got: format!("{out} rows"),
+            expected: format!("a multiple of 2 x {heads} (heads of even size)"),
+        });
     }
     Ok(())
 }

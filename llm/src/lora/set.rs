@@ -13,7 +13,7 @@ use anymal_quant::Lora;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use super::peft::peft_key;
+use super::peft::{peft_key, ADAPTER_WEIGHTS_FILE};
 use super::permute::{hf_to_interleaved_rows, interleaved_to_hf_rows};
 use super::LoraSpec;
 use crate::{Error, Result};
@@ -91,9 +91,11 @@ impl LoraSet {
     pub fn set_peft_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for m in &self.modules {
             let get = |w| {
-                tensors
-                    .get(&peft_key(&m.path, w))
-                    .ok_or_else(|| Error::Msg(format!("missing '{}'", peft_key(&m.path, w))))
+                let name = peft_key(&m.path, w);
+                tensors.get(&name).ok_or(Error::MissingTensor {
+                    path: ADAPTER_WEIGHTS_FILE.into(),
+                    name,
+                })
             };
             let (a, b) = (get('A')?, get('B')?);
             let b = match m.permute_heads {
@@ -101,14 +103,15 @@ impl LoraSet {
                 None => b.clone(),
             };
             if a.dims() != m.lora.a.dims() || b.dims() != m.lora.b.dims() {
-                return Err(Error::Msg(format!(
-                    "'{}': stored shapes {:?} / {:?} differ from the adapter's {:?} / {:?}",
-                    m.path,
-                    a.dims(),
-                    b.dims(),
-                    m.lora.a.dims(),
-                    m.lora.b.dims()
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: format!("'{}'", m.path),
+                    got: format!("stored shapes {:?} / {:?}", a.dims(), b.dims()),
+                    expected: format!(
+                        "the adapter's {:?} / {:?}",
+                        m.lora.a.dims(),
+                        m.lora.b.dims()
+                    ),
+                });
             }
             m.lora.a.set(&a.to_dtype(DType::F32)?)?;
             m.lora.b.set(&b.to_dtype(DType::F32)?)?;

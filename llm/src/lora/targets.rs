@@ -32,8 +32,10 @@ impl TargetModules {
                 })
             }
             TargetModules::Regex(r) => {
-                let re = regex::Regex::new(&format!("^(?:{r})$"))
-                    .map_err(|e| Error::Msg(format!("target_modules regex '{r}': {e}")))?;
+                let re = regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| Error::Config {
+                    field: "target_modules".into(),
+                    what: format!("invalid regex '{r}': {e}"),
+                })?;
                 Box::new(move |p: &str| re.is_match(p))
             }
         })
@@ -55,15 +57,17 @@ impl TargetModules {
             serde_json::Value::Array(a) => Ok(TargetModules::Names(
                 a.iter()
                     .map(|x| {
-                        x.as_str().map(str::to_string).ok_or_else(|| {
-                            Error::Msg(format!("target_modules: {x} is not a string"))
+                        x.as_str().map(str::to_string).ok_or_else(|| Error::Config {
+                            field: "target_modules".into(),
+                            what: format!("{x} is not a string"),
                         })
                     })
                     .collect::<Result<_>>()?,
             )),
-            other => Err(Error::Msg(format!(
-                "target_modules: expected a list of names or a regex string, got {other}"
-            ))),
+            other => Err(Error::Config {
+                field: "target_modules".into(),
+                what: format!("expected a list of names or a regex string, got {other}"),
+            }),
         }
     }
 }
