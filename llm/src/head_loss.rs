@@ -201,6 +201,7 @@ impl CustomOp1 for HeadNll {
 mod tests {
     use super::*;
     use anymal_quant::{GgmlDType, QuantType};
+    use anymal_util::testing::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Fused (several slices, so the running max is rescaled) against logits + log-softmax +
@@ -259,12 +260,7 @@ mod tests {
                 .unwrap();
             let want_g = wg.get(y.as_tensor()).unwrap();
 
-            let dl = (&nll - &want).unwrap().abs().unwrap().max_all().unwrap();
-            let dg = (got_g - want_g).unwrap().abs().unwrap().max_all().unwrap();
-            let (dl, dg) = (
-                dl.to_scalar::<f32>().unwrap(),
-                dg.to_scalar::<f32>().unwrap(),
-            );
+            let (dl, dg) = (max_abs_diff(&nll, &want), max_abs_diff(got_g, want_g));
             assert!(dl < 1e-4, "{ty:?}: loss differs by {dl}");
             assert!(dg < 1e-4, "{ty:?}: gradient differs by {dg}");
         }

@@ -26,16 +26,9 @@ pub const KNOWN_MODELS: &[(&str, &str, &str)] = &[
     ("gemma3", "models/gemma-3-270m-q4_k_m.gguf", "gemma3"),
 ];
 
-/// The project's cache folder: `$ANYMAL_CACHE`, else `~/.cache/anymal`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("anymal")
-}
+/// The project's cache folder (`$ANYMAL_CACHE`, else `~/.cache/anymal`), where fetched
+/// models are looked for. Re-exported from anymal-util, which every crate shares.
+pub use anymal_util::fs::cache_dir;
 
 /// Path of a fetched model by short name; the error says how to fetch it.
 pub fn known_model_path(name: &str) -> Result<PathBuf> {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anymal_quant::LoraConfig;
+use anymal_util::fs::{write_atomic, write_atomic_with};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -168,20 +169,19 @@ impl LoraSet {
     }
 
     /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir` (created), each
-    /// through a temporary file and a rename.
+    /// atomically (a reader sees the old file or the new one, never half of one).
     pub fn save_peft(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        let tensors = self.peft_tensors()?;
         let w = dir.join(ADAPTER_WEIGHTS_FILE);
-        let tmp = dir.join(format!(".{ADAPTER_WEIGHTS_FILE}.tmp"));
-        candle_core::safetensors::save(&self.peft_tensors()?, &tmp)?;
-        std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, "write", e))?;
+        write_atomic_with(&w, |tmp| {
+            candle_core::safetensors::save(&tensors, tmp).map_err(std::io::Error::other)
+        })
+        .map_err(|e| Error::io(&w, "write", e))?;
         let c = dir.join(ADAPTER_CONFIG_FILE);
-        let tmp = dir.join(format!(".{ADAPTER_CONFIG_FILE}.tmp"));
         let text = serde_json::to_string_pretty(&self.peft_config(base_model_name_or_path))
             .map_err(|e| Error::format(&c, e))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "write", e))?;
-        std::fs::rename(&tmp, &c).map_err(|e| Error::io(&c, "write", e))?;
-        Ok(())
+        write_atomic(&c, text.as_bytes()).map_err(|e| Error::io(&c, "write", e))
     }
 }
 
