@@ -13,7 +13,7 @@ use crate::checkpoint::CheckpointedBlock;
 use crate::config::LlmConfig;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
-use crate::norm::RmsNorm;
+use crate::norm::{maybe_norm, RmsNorm};
 use crate::rope::RopeTables;
 use crate::{Error, Result};
 
@@ -74,16 +74,10 @@ impl Block {
         let h = self
             .attn
             .forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
-        let h = match &self.post_attn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = maybe_norm(self.post_attn_norm.as_ref(), h)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&xs)?)?;
-        let h = match &self.post_ffn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = maybe_norm(self.post_ffn_norm.as_ref(), h)?;
         Ok((xs + h)?)
     }
 }

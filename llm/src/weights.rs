@@ -157,6 +157,14 @@ impl WeightStore {
             };
             Ok(RmsNorm::new(w, eps))
         };
+        // Gemma 3's extra norms (q/k, after attention, after the MLP); None for the others.
+        let gemma_norm = |s: &mut Self, n: &str| -> Result<Option<RmsNorm>> {
+            if gemma {
+                norm(s, n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let embed_tokens = self.embedding("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -166,16 +174,8 @@ impl WeightStore {
                 k_proj: self.linear(&p("attn_k"))?,
                 v_proj: self.linear(&p("attn_v"))?,
                 o_proj: self.linear(&p("attn_output"))?,
-                q_norm: if gemma {
-                    Some(norm(&mut self, &p("attn_q_norm.weight"))?)
-                } else {
-                    None
-                },
-                k_norm: if gemma {
-                    Some(norm(&mut self, &p("attn_k_norm.weight"))?)
-                } else {
-                    None
-                },
+                q_norm: gemma_norm(&mut self, &p("attn_q_norm.weight"))?,
+                k_norm: gemma_norm(&mut self, &p("attn_k_norm.weight"))?,
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
@@ -236,18 +236,10 @@ impl WeightStore {
             layers.push(Arc::new(Block {
                 attn_norm: norm(&mut self, &p("attn_norm.weight"))?,
                 attn,
-                post_attn_norm: if gemma {
-                    Some(norm(&mut self, &p("post_attention_norm.weight"))?)
-                } else {
-                    None
-                },
+                post_attn_norm: gemma_norm(&mut self, &p("post_attention_norm.weight"))?,
                 ffn_norm: norm(&mut self, &p("ffn_norm.weight"))?,
                 mlp,
-                post_ffn_norm: if gemma {
-                    Some(norm(&mut self, &p("post_ffw_norm.weight"))?)
-                } else {
-                    None
-                },
+                post_ffn_norm: gemma_norm(&mut self, &p("post_ffw_norm.weight"))?,
                 sliding: cfg.is_sliding(i),
             }));
         }
