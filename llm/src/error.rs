@@ -73,7 +73,7 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
-    /// Returned by a [`crate::generate`] token callback to end generation early; the text
+    /// Returned by a [`crate::generate()`] token callback to end generation early; the text
     /// says why (for logs). Generation passes it on unchanged.
     #[error("{0}")]
     Stopped(String),
