@@ -30,7 +30,7 @@ pub fn interleaved_to_hf_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 fn check_heads(out: usize, heads: usize) -> Result<()> {
-    if heads == 0 || out % (2 * heads) != 0 {
+    if heads == 0 || !out.is_multiple_of(2 * heads) {
         return Err(Error::ShapeMismatch {
             what: format!("a weight split into {heads} heads"),
             got: format!("{out} rows"),

@@ -7,6 +7,9 @@
 
 use crate::{Error, Result};
 
+/// A predicate on HF module paths.
+pub(super) type PathMatcher = Box<dyn Fn(&str) -> bool>;
+
 /// Which linear layers get an adapter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TargetModules {
@@ -20,7 +23,7 @@ pub enum TargetModules {
 
 impl TargetModules {
     /// A predicate on HF module paths; errors for an invalid regex.
-    pub(super) fn matcher(&self) -> Result<Box<dyn Fn(&str) -> bool>> {
+    pub(super) fn matcher(&self) -> Result<PathMatcher> {
         Ok(match self {
             TargetModules::AllLinear => Box::new(|_| true),
             TargetModules::Names(names) => {
