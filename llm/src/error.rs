@@ -139,3 +139,44 @@ impl From<Error> for candle_core::Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_as_before() {
+        let e = Error::NoLoraTargets {
+            targets: "[\"qkv\"]".into(),
+            examples: vec!["model.layers.0.self_attn.q_proj".into(), "lm_head".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "target_modules [\"qkv\"] matches none of the model's linear layers \
+             (they are named like model.layers.0.self_attn.q_proj, lm_head)"
+        );
+        let e = Error::in_file(
+            "a.gguf",
+            Error::ShapeMismatch {
+                what: "token_embd".into(),
+                got: "width 5".into(),
+                expected: "576".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "a.gguf: token_embd has width 5, expected 576"
+        );
+        assert!(matches!(e.innermost(), Error::ShapeMismatch { .. }));
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert_eq!(
+            Error::io("x/adapter_config.json", "read", io).to_string(),
+            "x/adapter_config.json: cannot read: gone"
+        );
+        let c: candle_core::Error = Error::TargetOutOfVocab { id: 10, vocab: 10 }.into();
+        assert_eq!(
+            c.to_string(),
+            "target id 10 is outside the vocabulary of 10"
+        );
+    }
+}
