@@ -4,7 +4,7 @@ use anymal_quant::QLinear;
 use candle_core::{Tensor, D};
 
 use crate::kv_cache::KvCache;
-use crate::norm::RmsNorm;
+use crate::norm::{maybe_norm, RmsNorm};
 use crate::rope::RopeTables;
 use crate::Result;
 
@@ -37,14 +37,8 @@ impl Attention {
         let q = self.q_proj.forward(xs)?.reshape((b, t, h, hd))?;
         let k = self.k_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
         let v = self.v_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
-            None => k,
-        };
+        let q = maybe_norm(self.q_norm.as_ref(), q)?;
+        let k = maybe_norm(self.k_norm.as_ref(), k)?;
         let q = rope.apply(&q.transpose(1, 2)?)?;
         let k = rope.apply(&k.transpose(1, 2)?)?;
         let v = v.transpose(1, 2)?.contiguous()?;

@@ -25,9 +25,9 @@ impl CheckpointedBlock {
     }
 
     fn run(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.block
-            .forward(xs, &self.rope, self.mask.as_ref(), None)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(self
+            .block
+            .forward(xs, &self.rope, self.mask.as_ref(), None)?)
     }
 }
 
@@ -69,8 +69,7 @@ impl CustomOp1 for CheckpointedBlock {
         // The same pass computed the block's LoRA gradients; this op can only return the
         // input's, so they go to the adapters' side store (see anymal_quant::Lora).
         for lora in self.block.loras() {
-            lora.add_pending_grads(grads.get(lora.a.as_tensor()), grads.get(lora.b.as_tensor()))
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            lora.add_pending_grads(grads.get(lora.a.as_tensor()), grads.get(lora.b.as_tensor()))?;
         }
         Ok(grads.get(x.as_tensor()).cloned())
     }

@@ -138,9 +138,9 @@ impl LlmConfig {
 
     /// Reads an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
         let hf: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::file(path, format!("invalid config: {e}")))?;
+            .map_err(|e| Error::format(path, format!("invalid config: {e}")))?;
         // Multimodal Gemma 3 checkpoints nest the language model's config.
         let hf = match hf.text_config {
             Some(t) if hf.hidden_size.is_none() => HfConfig {
@@ -162,7 +162,7 @@ impl LlmConfig {
             }
         };
         let need = |v: Option<usize>, k: &str| {
-            v.ok_or_else(|| Error::file(path, format!("missing field '{k}'")))
+            v.ok_or_else(|| Error::format(path, format!("missing field '{k}'")))
         };
         let hidden = need(hf.hidden_size, "hidden_size")?;
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
@@ -225,7 +225,7 @@ impl LlmConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |m: String| Err(Error::file(path, m));
+        let bad = |m: String| Err(Error::format(path, m));
         if self.num_heads == 0
             || self.num_kv_heads == 0
             || self.num_layers == 0
@@ -273,7 +273,7 @@ struct HfConfig {
 fn get_str(path: &Path, md: &HashMap<String, Value>, k: &str) -> Result<String> {
     match md.get(k) {
         Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(Error::file(path, format!("missing metadata '{k}'"))),
+        _ => Err(Error::format(path, format!("missing metadata '{k}'"))),
     }
 }
 
@@ -290,7 +290,8 @@ pub(crate) fn opt_usize(md: &HashMap<String, Value>, k: &str) -> Option<usize> {
 }
 
 fn get_usize(path: &Path, md: &HashMap<String, Value>, k: &str) -> Result<usize> {
-    opt_usize(md, k).ok_or_else(|| Error::file(path, format!("missing or invalid metadata '{k}'")))
+    opt_usize(md, k)
+        .ok_or_else(|| Error::format(path, format!("missing or invalid metadata '{k}'")))
 }
 
 fn opt_f64(md: &HashMap<String, Value>, k: &str) -> Option<f64> {

@@ -13,7 +13,7 @@ use crate::checkpoint::CheckpointedBlock;
 use crate::config::LlmConfig;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
-use crate::norm::RmsNorm;
+use crate::norm::{maybe_norm, RmsNorm};
 use crate::rope::RopeTables;
 use crate::{Error, Result};
 
@@ -74,16 +74,10 @@ impl Block {
         let h = self
             .attn
             .forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
-        let h = match &self.post_attn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = maybe_norm(self.post_attn_norm.as_ref(), h)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&xs)?)?;
-        let h = match &self.post_ffn_norm {
-            Some(n) => n.forward(&h)?,
-            None => h,
-        };
+        let h = maybe_norm(self.post_ffn_norm.as_ref(), h)?;
         Ok((xs + h)?)
     }
 }
@@ -136,17 +130,18 @@ impl Llm {
     ) -> Result<Tensor> {
         let (b, t, d) = inputs_embeds.dims3()?;
         if d != self.cfg.hidden_size {
-            return Err(Error::Msg(format!(
-                "inputs_embeds has width {d}, the model's hidden size is {}",
-                self.cfg.hidden_size
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "inputs_embeds".into(),
+                got: format!("width {d}"),
+                expected: format!("{} (the model's hidden size)", self.cfg.hidden_size),
+            });
         }
         if let Some(c) = cache.as_deref() {
             if c.seq_len() != seqlen_offset {
-                return Err(Error::Msg(format!(
-                    "seqlen_offset {seqlen_offset} does not match the {} cached positions",
-                    c.seq_len()
-                )));
+                return Err(Error::CacheOffset {
+                    offset: seqlen_offset,
+                    cached: c.seq_len(),
+                });
             }
         }
         let hd = self.cfg.head_dim;
@@ -260,9 +255,11 @@ pub fn build_mask(
         Some(m) => {
             let (mb, mt) = m.dims2()?;
             if mb != b || mt != total {
-                return Err(Error::Msg(format!(
-                    "attention_mask has shape ({mb}, {mt}), expected ({b}, {total})"
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: "attention_mask".into(),
+                    got: format!("shape ({mb}, {mt})"),
+                    expected: format!("({b}, {total})"),
+                });
             }
             Some(m.to_dtype(DType::U32)?.to_vec2::<u32>()?)
         }

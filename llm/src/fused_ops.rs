@@ -288,18 +288,8 @@ impl CustomOp1 for RopeOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anymal_util::testing::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Value and gradient (for a random upstream gradient) of `fused` against `slow`, which is
     /// the same function through candle's autograd.
@@ -316,14 +306,14 @@ mod tests {
         let (yf, gf) = run(&fused);
         let (ys, gs) = run(&slow);
         assert!(
-            max_diff(&yf, &ys) < 1e-5,
+            max_abs_diff(&yf, &ys) < 1e-5,
             "values differ by {}",
-            max_diff(&yf, &ys)
+            max_abs_diff(&yf, &ys)
         );
         assert!(
-            max_diff(&gf, &gs) < 1e-4,
+            max_abs_diff(&gf, &gs) < 1e-4,
             "gradients differ by {}",
-            max_diff(&gf, &gs)
+            max_abs_diff(&gf, &gs)
         );
     }
 
@@ -392,13 +382,13 @@ mod tests {
             };
             let (yf, gf, uf) = run(true);
             let (ys, gs, us) = run(false);
-            assert!(max_diff(&yf, &ys) < 1e-5, "{act:?} values");
+            assert!(max_abs_diff(&yf, &ys) < 1e-5, "{act:?} values");
             assert!(
-                max_diff(&gf, &gs) < 1e-4,
+                max_abs_diff(&gf, &gs) < 1e-4,
                 "{act:?} gate grad {}",
-                max_diff(&gf, &gs)
+                max_abs_diff(&gf, &gs)
             );
-            assert!(max_diff(&uf, &us) < 1e-5, "{act:?} up grad");
+            assert!(max_abs_diff(&uf, &us) < 1e-5, "{act:?} up grad");
         }
     }
 

@@ -44,15 +44,14 @@ fn head_nll_sliced(
     let (n, d) = hidden.dims2()?;
     let (vocab, din) = head.shape();
     if d != din || targets.len() != n {
-        return Err(Error::Msg(format!(
-            "head_nll: hidden ({n}, {d}), {} targets, head ({vocab}, {din})",
-            targets.len()
-        )));
+        return Err(Error::ShapeMismatch {
+            what: "head_nll's input".into(),
+            got: format!("hidden ({n}, {d}) and {} targets", targets.len()),
+            expected: format!("hidden (n, {din}) and n targets for a ({vocab}, {din}) head"),
+        });
     }
-    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Msg(format!(
-            "target id {t} is outside the vocabulary of {vocab}"
-        )));
+    if let Some(&id) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::TargetOutOfVocab { id, vocab });
     }
     let fused = hidden.device().is_cpu() && hidden.dtype() == DType::F32 && head.lora().is_none();
     if !fused {
@@ -93,11 +92,10 @@ impl HeadNll {
         // W[target_i], copied out of whichever slice holds it (a row-sized copy: `copy()` would
         // clone the whole slice's storage).
         let mut target_rows: Vec<Option<Tensor>> = vec![None; if self.want_grad { n } else { 0 }];
-        let to_candle = |e: anymal_quant::Error| candle_core::Error::Msg(e.to_string());
         let mut r0 = 0;
         while r0 < vocab {
             let r1 = (r0 + slice).min(vocab);
-            let w = self.head.dequantize_rows(r0..r1).map_err(to_candle)?;
+            let w = self.head.dequantize_rows(r0..r1)?;
             let mut logits = h.matmul(&w.t()?)?;
             if let Some(b) = self.head.bias() {
                 logits = logits.broadcast_add(&b.narrow(0, r0, r1 - r0)?.to_dtype(DType::F32)?)?;
@@ -203,6 +201,7 @@ impl CustomOp1 for HeadNll {
 mod tests {
     use super::*;
     use anymal_quant::{GgmlDType, QuantType};
+    use anymal_util::testing::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Fused (several slices, so the running max is rescaled) against logits + log-softmax +
@@ -261,12 +260,7 @@ mod tests {
                 .unwrap();
             let want_g = wg.get(y.as_tensor()).unwrap();
 
-            let dl = (&nll - &want).unwrap().abs().unwrap().max_all().unwrap();
-            let dg = (got_g - want_g).unwrap().abs().unwrap().max_all().unwrap();
-            let (dl, dg) = (
-                dl.to_scalar::<f32>().unwrap(),
-                dg.to_scalar::<f32>().unwrap(),
-            );
+            let (dl, dg) = (max_abs_diff(&nll, &want), max_abs_diff(got_g, want_g));
             assert!(dl < 1e-4, "{ty:?}: loss differs by {dl}");
             assert!(dg < 1e-4, "{ty:?}: gradient differs by {dg}");
         }

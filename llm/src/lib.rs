@@ -5,6 +5,21 @@
 //! input_ids --embed_tokens--> inputs_embeds (b, t, d)  <- modality tokens spliced in here
 //!           --forward_embeds--> hidden (b, t, d) --logits--> (b, t, vocab)
 //! ```
+//!
+//! - Loading: [`loader`] resolves a model reference (GGUF file, HF folder, hub id in the local
+//!   HF cache, short name of a fetched model) and builds the model from [`config`] and
+//!   [`weights`] (frozen tensors by GGUF name); [`tokenizer`] (with [`spm`]) and [`chat`] give
+//!   its tokenizer and chat template.
+//! - The model: [`decoder`] ([`Llm`], blocks of [`attention`] and [`mlp`] with [`norm`] and
+//!   [`rope`]); the training path runs the ops of [`fused_ops`], the output head fused with
+//!   the loss ([`head_loss`]) and, when asked, gradient checkpointing.
+//! - Adapters: [`lora`] chooses the layers that get one, attaches them, holds them during
+//!   training, and reads and writes PEFT's folders.
+//! - Inference: [`generate()`] with a [`KvCache`] and a [`Sampler`].
+//! - Errors: [`Error`], one variant per condition a caller may act on.
+//!
+//! The frozen quantized layers and the math of one adapter come from anymal-quant; shared
+//! helpers (cache folder, atomic writes) from anymal-util.
 
 pub mod attention;
 pub mod chat;

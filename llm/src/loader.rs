@@ -26,26 +26,21 @@ pub const KNOWN_MODELS: &[(&str, &str, &str)] = &[
     ("gemma3", "models/gemma-3-270m-q4_k_m.gguf", "gemma3"),
 ];
 
-/// The project's cache folder: `$ANYMAL_CACHE`, else `~/.cache/anymal`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ANYMAL_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("anymal")
-}
+/// The project's cache folder (`$ANYMAL_CACHE`, else `~/.cache/anymal`), where fetched
+/// models are looked for. Re-exported from anymal-util, which every crate shares.
+pub use anymal_util::fs::cache_dir;
 
 /// Path of a fetched model by short name; the error says how to fetch it.
 pub fn known_model_path(name: &str) -> Result<PathBuf> {
     let (_, rel, asset) = KNOWN_MODELS
         .iter()
         .find(|(n, _, _)| *n == name)
-        .ok_or_else(|| Error::Msg(format!("unknown model name '{name}'")))?;
+        .ok_or_else(|| Error::UnknownModel {
+            name: name.to_string(),
+        })?;
     let p = cache_dir().join(rel);
     if !p.exists() {
-        return Err(Error::file(
+        return Err(Error::not_found(
             &p,
             format!("not found: fetch it with `scripts/fetch-assets.sh {asset}`"),
         ));
@@ -68,7 +63,7 @@ pub fn resolve_model_ref(reference: &str) -> Result<PathBuf> {
             return resolve_hf_cache(org, name);
         }
     }
-    Err(Error::file(
+    Err(Error::not_found(
         &p,
         "no such file or folder (and not a known model name or org/name hub id)",
     ))
@@ -103,7 +98,7 @@ fn resolve_hf_cache(org: &str, name: &str) -> Result<PathBuf> {
     }
     let mut entries: Vec<_> = std::fs::read_dir(&snaps)
         .map_err(|_| {
-            Error::file(
+            Error::not_found(
                 &repo,
                 format!("'{org}/{name}' is not in the local HF cache (no hub is contacted)"),
             )
@@ -115,7 +110,7 @@ fn resolve_hf_cache(org: &str, name: &str) -> Result<PathBuf> {
     entries
         .last()
         .map(|e| e.path())
-        .ok_or_else(|| Error::file(&snaps, "no snapshot in the HF cache"))
+        .ok_or_else(|| Error::not_found(&snaps, "no snapshot in the HF cache"))
 }
 
 /// How to load.
@@ -185,17 +180,17 @@ pub fn load_model(reference: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             return load_hf_dir(&path, opts);
         }
         let ggufs: Vec<PathBuf> = std::fs::read_dir(&path)
-            .map_err(|e| Error::file(&path, e))?
+            .map_err(|e| Error::io(&path, "read", e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
             .collect();
         return match ggufs.as_slice() {
             [one] => load_gguf(one, opts),
-            [] => Err(Error::file(
+            [] => Err(Error::not_found(
                 &path,
                 "folder has neither config.json nor a .gguf file",
             )),
-            _ => Err(Error::file(
+            _ => Err(Error::format(
                 &path,
                 "folder has several .gguf files: name one",
             )),
@@ -206,16 +201,16 @@ pub fn load_model(reference: &str, opts: &LoadOptions) -> Result<LoadedModel> {
 
 /// Reads a GGUF file's header and metadata, with errors that name the file.
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-        return Err(Error::file(path, "not a GGUF file (bad magic)"));
+        return Err(Error::format(path, "not a GGUF file (bad magic)"));
     }
     use std::io::Seek;
     file.seek(std::io::SeekFrom::Start(0))
-        .map_err(|e| Error::file(path, e))?;
+        .map_err(|e| Error::io(path, "read", e))?;
     let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| Error::file(path, format!("corrupt GGUF: {e}")))?;
+        .map_err(|e| Error::format(path, format!("corrupt GGUF: {e}")))?;
     Ok((content, file))
 }
 
@@ -262,30 +257,30 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let cfg = LlmConfig::from_hf_json(&dir.join("config.json"))?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.exists() {
-        return Err(Error::file(dir, "no tokenizer.json"));
+        return Err(Error::not_found(dir, "no tokenizer.json"));
     }
     let tokenizer = Tokenizer::from_hf_file(&tok_path)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::file(dir, e))?
+        .map_err(|e| Error::io(dir, "read", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::file(dir, "no .safetensors weights"));
+        return Err(Error::not_found(dir, "no .safetensors weights"));
     }
     let mut tensors = HashMap::new();
     for f in &files {
         // SAFETY: the file is only read, and we copy every tensor out before returning.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::file(f, format!("invalid safetensors: {e}")))?;
+            .map_err(|e| Error::format(f, format!("invalid safetensors: {e}")))?;
         for (name, _) in st.tensors() {
             let Some(gname) = hf_to_gguf_name(&name, cfg.arch) else {
                 continue;
             };
             let t = st
                 .load(&name, &Device::Cpu)
-                .map_err(|e| Error::file(f, format!("tensor '{name}': {e}")))?;
+                .map_err(|e| Error::format(f, format!("tensor '{name}': {e}")))?;
             tensors.insert(gname, RawWeight::Dense(t));
         }
     }

@@ -52,3 +52,12 @@ impl RmsNorm {
             .to_dtype(dtype)?)
     }
 }
+
+/// `xs` through `norm` when the model has that norm (Gemma 3's q/k norms and its norms after
+/// attention and the MLP), else `xs` unchanged.
+pub fn maybe_norm(norm: Option<&RmsNorm>, xs: Tensor) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&xs),
+        None => Ok(xs),
+    }
+}

@@ -54,11 +54,11 @@ fn gguf_strings(path: &Path, md: &HashMap<String, Value>, key: &str) -> Result<V
             .map(|v| {
                 v.to_string()
                     .cloned()
-                    .map_err(|_| Error::file(path, format!("'{key}' holds a non-string")))
+                    .map_err(|_| Error::format(path, format!("'{key}' holds a non-string")))
             })
             .collect(),
-        Some(_) => Err(Error::file(path, format!("'{key}' is not an array"))),
-        None => Err(Error::file(
+        Some(_) => Err(Error::format(path, format!("'{key}' is not an array"))),
+        None => Err(Error::format(
             path,
             format!("no tokenizer: metadata '{key}' is missing"),
         )),
@@ -96,7 +96,7 @@ impl Tokenizer {
         let model = match md.get("tokenizer.ggml.model") {
             Some(Value::String(s)) => s.clone(),
             _ => {
-                return Err(Error::file(
+                return Err(Error::format(
                     path,
                     "no tokenizer: metadata 'tokenizer.ggml.model' is missing",
                 ))
@@ -125,14 +125,14 @@ impl Tokenizer {
                 let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
                     Some(Value::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
                     _ => {
-                        return Err(Error::file(
+                        return Err(Error::format(
                             path,
                             "no tokenizer: 'tokenizer.ggml.scores' is missing",
                         ))
                     }
                 };
                 if scores.len() != tokens.len() {
-                    return Err(Error::file(
+                    return Err(Error::format(
                         path,
                         "tokenizer scores and tokens differ in length",
                     ));
@@ -156,9 +156,11 @@ impl Tokenizer {
                 )
             }
             other => {
-                return Err(Error::file(
+                return Err(Error::in_file(
                     path,
-                    format!("unsupported tokenizer model '{other}' (supported: gpt2, llama)"),
+                    Error::Unsupported {
+                        what: format!("tokenizer model '{other}' (supported: gpt2, llama)"),
+                    },
                 ))
             }
         };
@@ -218,14 +220,16 @@ impl Tokenizer {
             }
             "qwen2" => (Sequence::new(vec![split(QWEN2)?, ByteLevel::new(false, true, false).into()]).into(), false),
             other => {
-                return Err(Error::file(path, format!("unsupported BPE pre-tokenizer '{other}' (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)")))
+                return Err(Error::in_file(path, Error::Unsupported {
+                    what: format!("BPE pre-tokenizer '{other}' (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)"),
+                }))
             }
         };
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(ignore_merges)
             .build()
-            .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::format(path, format!("tokenizer: {e}")))?;
         let mut tk = tokenizers::Tokenizer::new(bpe);
         tk.with_pre_tokenizer(Some(pre_tok));
         let added: Vec<AddedToken> = specials
@@ -233,7 +237,7 @@ impl Tokenizer {
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         tk.add_special_tokens(added)
-            .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::format(path, format!("tokenizer: {e}")))?;
         let byte_of = bytes_to_unicode()
             .into_iter()
             .map(|(b, c)| (c, b))
@@ -247,7 +251,7 @@ impl Tokenizer {
     /// Loads an HF `tokenizer.json`; BOS/EOS come from `tokenizer_config.json` beside it.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let tk = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::file(path, format!("invalid tokenizer: {e}")))?;
+            .map_err(|e| Error::format(path, format!("invalid tokenizer: {e}")))?;
         let vocab_map = tk.get_vocab(true);
         let mut vocab = vec![
             String::new();

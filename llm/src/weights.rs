@@ -61,7 +61,7 @@ impl WeightStore {
         for name in content.tensor_infos.keys() {
             let t = content
                 .tensor(file, name, device)
-                .map_err(|e| Error::file(path, format!("tensor '{name}': {e}")))?;
+                .map_err(|e| Error::format(path, format!("tensor '{name}': {e}")))?;
             tensors.insert(name.clone(), RawWeight::Quantized(t));
         }
         Ok(Self::new(path, tensors, requant, device))
@@ -101,7 +101,7 @@ impl WeightStore {
         let bias = self.dense_opt(&format!("{prefix}.bias"))?;
         let name = format!("{prefix}.weight");
         let path = self.path.clone();
-        let ctx = |e: anymal_quant::Error| Error::file(&path, format!("tensor '{name}': {e}"));
+        let ctx = |e: anymal_quant::Error| Error::format(&path, format!("tensor '{name}': {e}"));
         match self.take(&name)? {
             RawWeight::Quantized(q) => {
                 let l = QLinear::from_qtensor(q, bias).map_err(ctx)?;
@@ -157,6 +157,14 @@ impl WeightStore {
             };
             Ok(RmsNorm::new(w, eps))
         };
+        // Gemma 3's extra norms (q/k, after attention, after the MLP); None for the others.
+        let gemma_norm = |s: &mut Self, n: &str| -> Result<Option<RmsNorm>> {
+            if gemma {
+                norm(s, n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let embed_tokens = self.embedding("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -166,16 +174,8 @@ impl WeightStore {
                 k_proj: self.linear(&p("attn_k"))?,
                 v_proj: self.linear(&p("attn_v"))?,
                 o_proj: self.linear(&p("attn_output"))?,
-                q_norm: if gemma {
-                    Some(norm(&mut self, &p("attn_q_norm.weight"))?)
-                } else {
-                    None
-                },
-                k_norm: if gemma {
-                    Some(norm(&mut self, &p("attn_k_norm.weight"))?)
-                } else {
-                    None
-                },
+                q_norm: gemma_norm(&mut self, &p("attn_q_norm.weight"))?,
+                k_norm: gemma_norm(&mut self, &p("attn_k_norm.weight"))?,
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
@@ -236,18 +236,10 @@ impl WeightStore {
             layers.push(Arc::new(Block {
                 attn_norm: norm(&mut self, &p("attn_norm.weight"))?,
                 attn,
-                post_attn_norm: if gemma {
-                    Some(norm(&mut self, &p("post_attention_norm.weight"))?)
-                } else {
-                    None
-                },
+                post_attn_norm: gemma_norm(&mut self, &p("post_attention_norm.weight"))?,
                 ffn_norm: norm(&mut self, &p("ffn_norm.weight"))?,
                 mlp,
-                post_ffn_norm: if gemma {
-                    Some(norm(&mut self, &p("post_ffw_norm.weight"))?)
-                } else {
-                    None
-                },
+                post_ffn_norm: gemma_norm(&mut self, &p("post_ffw_norm.weight"))?,
                 sliding: cfg.is_sliding(i),
             }));
         }
@@ -256,13 +248,18 @@ impl WeightStore {
             self.linear("output")?
         } else {
             // Tied: the head multiplies by the embedding table itself, no second copy.
-            QLinear::from_arc(embed_tokens.clone(), None).map_err(|e| Error::file(&self.path, e))?
+            QLinear::from_arc(embed_tokens.clone(), None)
+                .map_err(|e| Error::in_file(&self.path, e))?
         };
         let (vocab, d) = embed_tokens.shape().dims2()?;
         if d != cfg.hidden_size {
-            return Err(Error::file(
+            return Err(Error::in_file(
                 &self.path,
-                format!("token_embd has width {d}, expected {}", cfg.hidden_size),
+                Error::ShapeMismatch {
+                    what: "token_embd".into(),
+                    got: format!("width {d}"),
+                    expected: cfg.hidden_size.to_string(),
+                },
             ));
         }
         let rope_freq_factors = self
@@ -291,12 +288,13 @@ fn is_quantized(l: &QLinear) -> bool {
 
 fn check_linear(path: &Path, name: &str, l: &QLinear, out: usize, inp: usize) -> Result<()> {
     if l.shape() != (out, inp) {
-        return Err(Error::file(
+        return Err(Error::in_file(
             path,
-            format!(
-                "tensor '{name}.weight' has shape {:?}, expected ({out}, {inp})",
-                l.shape()
-            ),
+            Error::ShapeMismatch {
+                what: format!("tensor '{name}.weight'"),
+                got: format!("shape {:?}", l.shape()),
+                expected: format!("({out}, {inp})"),
+            },
         ));
     }
     Ok(())

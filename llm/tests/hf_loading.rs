@@ -10,6 +10,7 @@ use anymal_llm::config::Arch;
 use anymal_llm::weights::{RawWeight, WeightStore};
 use anymal_llm::{load_model, LoadOptions};
 use anymal_quant::QuantType;
+use anymal_util::testing::max_abs_diff;
 use candle_core::{Device, Tensor};
 
 const TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
@@ -158,16 +159,7 @@ fn run(arch: Arch) {
                 .unwrap(),
         )
         .unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b);
     // The embedding table goes to Q8_0 on load in both; everything else is f32.
     assert!(
         diff < 1e-3,

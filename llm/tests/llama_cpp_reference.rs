@@ -163,10 +163,10 @@ fn check_greedy(m: &LoadedModel, fx: &Fixture, tie: f32) -> usize {
     identical
 }
 
-#[test]
-fn smollm2_matches_llama_cpp() {
-    let m = model("smollm2");
-    let fx = fixture("smollm2");
+/// Tokens, prompt logits and greedy decoding of the fetched model `name` against its fixture.
+fn matches_llama_cpp(name: &str) {
+    let m = model(name);
+    let fx = fixture(name);
     check_tokens(&m, &fx);
     check_logits(&m, &fx, 0.25);
     let identical = check_greedy(&m, &fx, 0.5);
@@ -177,14 +177,11 @@ fn smollm2_matches_llama_cpp() {
 }
 
 #[test]
+fn smollm2_matches_llama_cpp() {
+    matches_llama_cpp("smollm2");
+}
+
+#[test]
 fn gemma3_matches_llama_cpp() {
-    let m = model("gemma3");
-    let fx = fixture("gemma3");
-    check_tokens(&m, &fx);
-    check_logits(&m, &fx, 0.25);
-    let identical = check_greedy(&m, &fx, 0.5);
-    eprintln!(
-        "{identical}/{} cases: 32 greedy tokens identical",
-        fx.cases.len()
-    );
+    matches_llama_cpp("gemma3");
 }

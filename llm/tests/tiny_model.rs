@@ -8,6 +8,7 @@ use anymal_llm::config::{Arch, LlmConfig};
 use anymal_llm::weights::{RawWeight, WeightStore};
 use anymal_llm::Llm;
 use anymal_quant::QuantType;
+use anymal_util::testing::max_abs_diff;
 use candle_core::{DType, Device, Tensor, Var};
 
 fn cfg(arch: Arch) -> LlmConfig {
@@ -189,6 +190,11 @@ fn ids(b: usize, t: usize, seed: u32) -> Tensor {
     Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
 }
 
+/// Largest absolute difference of two tensors of one shape (f64, as [`max_abs`]).
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    f64::from(max_abs_diff(a, b))
+}
+
 fn max_abs(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64)
         .unwrap()
@@ -200,6 +206,26 @@ fn max_abs(t: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+/// `(f(eps) - f(-eps)) / (2 eps)`: the derivative of `f` at 0 by central differences.
+fn central_difference(f: impl Fn(f64) -> f64, eps: f64) -> f64 {
+    (f(eps) - f(-eps)) / (2.0 * eps)
+}
+
+/// `sum(g * v)` in f64: the derivative along `v` that the gradient `g` gives.
+fn directional(g: &Tensor, v: &Tensor) -> f64 {
+    (g.to_dtype(DType::F64).unwrap() * v.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// `|x - reference| / max(|reference|, floor)`.
+fn rel_diff(x: f64, reference: f64, floor: f64) -> f64 {
+    (x - reference).abs() / reference.abs().max(floor)
 }
 
 /// d/d(embeds) of sum(hidden * r): autograd against central finite differences, in f64 on a
@@ -221,21 +247,16 @@ fn input_gradient_matches_finite_differences() {
         // Directional derivatives along a few random directions.
         for k in 0..3 {
             let v = Tensor::randn(0f64, 1.0, e0.shape(), &Device::Cpu).unwrap();
-            let eps = 1e-5;
-            let lp = loss(&(&e0 + (&v * eps).unwrap()).unwrap())
-                .to_scalar::<f64>()
-                .unwrap();
-            let lm = loss(&(&e0 - (&v * eps).unwrap()).unwrap())
-                .to_scalar::<f64>()
-                .unwrap();
-            let fd = (lp - lm) / (2.0 * eps);
-            let ad = (&gx * &v)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let rel = (fd - ad).abs() / ad.abs().max(1e-9);
+            let fd = central_difference(
+                |s| {
+                    loss(&(&e0 + (&v * s).unwrap()).unwrap())
+                        .to_scalar::<f64>()
+                        .unwrap()
+                },
+                1e-5,
+            );
+            let ad = directional(&gx, &v);
+            let rel = rel_diff(fd, ad, 1e-9);
             assert!(
                 rel < 1e-5,
                 "{arch:?} direction {k}: autograd {ad} vs finite differences {fd}"
@@ -285,7 +306,7 @@ fn quantized_gradient_matches_dense_reference() {
         };
         let (lq, gq) = grad(&q);
         let (ld, gd) = grad(&dense);
-        let rel = max_abs(&(&gq - &gd).unwrap()) / max_abs(&gd);
+        let rel = max_diff(&gq, &gd) / max_abs(&gd);
         eprintln!(
             "{arch:?}: loss {} vs {}, gradient relative difference {rel}",
             lq.to_scalar::<f32>().unwrap(),
@@ -314,10 +335,10 @@ fn checkpointing_gives_the_same_gradient() {
         llm.gradient_checkpointing = true;
         let (h2, g2) = run(&llm);
         assert!(
-            max_abs(&(&h1 - &h2).unwrap()) < 1e-5,
+            max_diff(&h1, &h2) < 1e-5,
             "{arch:?}: checkpointed forward differs"
         );
-        let rel = max_abs(&(&g1 - &g2).unwrap()) / max_abs(&g1);
+        let rel = max_diff(&g1, &g2) / max_abs(&g1);
         assert!(
             rel < 1e-5,
             "{arch:?}: checkpointed gradient differs by {rel}"
@@ -337,10 +358,9 @@ fn qwen2_biases_are_loaded_and_used() {
     no_bias.retain(|k, _| !k.ends_with(".bias"));
     let plain = build(&c, &no_bias, "f32", DType::F32);
     let e = llm.embed_tokens(&ids(1, 4, 9)).unwrap();
-    let d = max_abs(
-        &(llm.forward_embeds(&e, 0, None, None).unwrap()
-            - plain.forward_embeds(&e, 0, None, None).unwrap())
-        .unwrap(),
+    let d = max_diff(
+        &llm.forward_embeds(&e, 0, None, None).unwrap(),
+        &plain.forward_embeds(&e, 0, None, None).unwrap(),
     );
     assert!(d > 1e-3, "biases had no effect");
 }
@@ -377,7 +397,7 @@ fn fused_inference_path_matches_training_path() {
         let inf = llm.forward_embeds(&e, 0, None, None).unwrap();
         let x = Var::from_tensor(&e).unwrap();
         let train = llm.forward_embeds(x.as_tensor(), 0, None, None).unwrap();
-        let d = max_abs(&(&inf - &train).unwrap());
+        let d = max_diff(&inf, &train);
         assert!(
             d < 1e-4,
             "{arch:?}: fused and differentiable paths differ by {d}"
@@ -403,7 +423,7 @@ fn kv_cache_matches_full_forward() {
             );
         }
         let inc = Tensor::cat(&parts, 1).unwrap();
-        let d = max_abs(&(&full - &inc).unwrap());
+        let d = max_diff(&full, &inc);
         assert!(
             d < 1e-4,
             "{arch:?}: incremental decoding differs from the full forward by {d}"
@@ -441,7 +461,7 @@ fn padding_mask_isolates_padding() {
     let hs = llm
         .forward_embeds(&llm.embed_tokens(&short).unwrap(), 0, None, None)
         .unwrap();
-    let d = max_abs(&(hb.narrow(0, 0, 1).unwrap().narrow(1, 0, 5).unwrap() - hs).unwrap());
+    let d = max_diff(&hb.narrow(0, 0, 1).unwrap().narrow(1, 0, 5).unwrap(), &hs);
     assert!(d < 1e-4, "padding leaked into real positions: {d}");
     assert!(!hb
         .flatten_all()
@@ -469,14 +489,14 @@ fn sliding_window_limits_what_a_position_sees() {
     let hb = llm
         .forward_embeds(&llm.embed_tokens(&b).unwrap(), 0, None, None)
         .unwrap();
-    assert!(max_abs(&(ha.narrow(1, 9, 1).unwrap() - hb.narrow(1, 9, 1).unwrap()).unwrap()) < 1e-6);
+    assert!(max_diff(&ha.narrow(1, 9, 1).unwrap(), &hb.narrow(1, 9, 1).unwrap()) < 1e-6);
     // ...but a change at position 3 does reach it.
     v[0][3] = (v[0][3] + 1) % 300;
     let c2 = Tensor::new(v, &Device::Cpu).unwrap();
     let hc = llm
         .forward_embeds(&llm.embed_tokens(&c2).unwrap(), 0, None, None)
         .unwrap();
-    assert!(max_abs(&(ha.narrow(1, 9, 1).unwrap() - hc.narrow(1, 9, 1).unwrap()).unwrap()) > 1e-4);
+    assert!(max_diff(&ha.narrow(1, 9, 1).unwrap(), &hc.narrow(1, 9, 1).unwrap()) > 1e-4);
 }
 
 // ---- LoRA ----
@@ -572,15 +592,10 @@ fn lora_gradient_matches_finite_differences() {
                         .to_scalar::<f64>()
                         .unwrap()
                 };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let fd = central_difference(at, eps);
                 var.set(&w0).unwrap();
-                let ad = (g.to_dtype(DType::F64).unwrap() * v.to_dtype(DType::F64).unwrap())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                let rel = (fd - ad).abs() / ad.abs().max(1e-12);
+                let ad = directional(g, &v);
+                let rel = rel_diff(fd, ad, 1e-12);
                 assert!(
                     rel < 1e-3,
                     "{arch:?} {key}: autograd {ad} vs finite differences {fd}"
@@ -635,7 +650,7 @@ fn quantized_lora_gradient_matches_dense_and_checkpointing() {
         );
         assert_eq!(gq.len(), 6 * c.num_layers);
         for (k, g) in &gd {
-            let rel = max_abs(&(&gq[k] - g).unwrap()) / max_abs(g);
+            let rel = max_diff(&gq[k], g) / max_abs(g);
             assert!(
                 rel < 0.05,
                 "{arch:?} {k}: 4-bit vs dense gradient differ by {rel}"
@@ -651,7 +666,7 @@ fn quantized_lora_gradient_matches_dense_and_checkpointing() {
                 "{arch:?} (input tracked: {track}): gradients lost under checkpointing"
             );
             for (k, g) in &gq {
-                let rel = max_abs(&(&gc[k] - g).unwrap()) / max_abs(g);
+                let rel = max_diff(&gc[k], g) / max_abs(g);
                 assert!(
                     rel < 1e-4,
                     "{arch:?} {k} (input tracked: {track}): checkpointed gradient differs by {rel}"
@@ -685,7 +700,7 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
     // graph and runs the unfused ones, which round differently.
     set.set_training(false);
     assert!(
-        max_abs(&(&logits(&gguf) - &base).unwrap()) < 1e-6,
+        max_diff(&logits(&gguf), &base) < 1e-6,
         "a fresh adapter must be a no-op"
     );
     randomize_b(&set, 3);
@@ -695,7 +710,7 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
         !adapted.track_op(),
         "inference mode must not build a graph to the adapters"
     );
-    assert!(max_abs(&(&adapted - &base).unwrap()) > 1e-2);
+    assert!(max_diff(&adapted, &base) > 1e-2);
 
     // Merge into dense weights.
     let mut merged = gguf.clone();
@@ -714,7 +729,7 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
             assert!(lin.lora().is_none());
         }
     }
-    let rel = max_abs(&(&logits(&merged) - &adapted).unwrap()) / max_abs(&adapted);
+    let rel = max_diff(&logits(&merged), &adapted) / max_abs(&adapted);
     assert!(
         rel < 1e-5,
         "merged f32 model differs from the adapter by {rel}"
@@ -726,7 +741,7 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
     let mut again = build(&c, &w, "f32", DType::F32);
     let loaded = again.load_lora(&dir).unwrap();
     loaded.set_training(false);
-    assert!(max_abs(&(&logits(&again) - &adapted).unwrap()) / max_abs(&adapted) < 1e-5);
+    assert!(max_diff(&logits(&again), &adapted) / max_abs(&adapted) < 1e-5);
 
     // HF-layout twin: q/k rows un-permuted, RoPE on halves.
     let mut hc = c.clone();
@@ -739,14 +754,14 @@ fn lora_identity_merge_peft_round_trip_and_layouts() {
         }
     }
     let mut hf = build(&hc, &hw, "f32", DType::F32);
-    let rel = max_abs(&(&logits(&hf) - &base).unwrap()) / max_abs(&base);
+    let rel = max_diff(&logits(&hf), &base) / max_abs(&base);
     assert!(
         rel < 1e-3,
         "the HF-layout twin is not the same model ({rel})"
     );
     let on_hf = hf.load_lora(&dir).unwrap();
     on_hf.set_training(false);
-    let rel = max_abs(&(&logits(&hf) - &adapted).unwrap()) / max_abs(&adapted);
+    let rel = max_diff(&logits(&hf), &adapted) / max_abs(&adapted);
     assert!(
         rel < 1e-3,
         "the same PEFT adapter gives different outputs on the two layouts ({rel})"

@@ -59,7 +59,7 @@ fn to_float<B: GgmlType>(bytes: &[u8], out: &mut [f32]) {
     let size = std::mem::size_of::<B>();
     debug_assert_eq!(bytes.len() % size, 0);
     let n = bytes.len() / size;
-    if bytes.as_ptr() as usize % std::mem::align_of::<B>() == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>()) {
         let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const B, n) };
         B::to_float(blocks, out);
     } else {

@@ -7,6 +7,15 @@
 //!
 //! Two 4-bit families: the GGUF block types (Q4_0, Q4_1, Q4K, ...) run on candle's kernels, and
 //! [`Nf4Tensor`], QLoRA's NormalFloat-4 with optional double quantization of the scales.
+//!
+//! - [`QLinear`] (over a [`QWeight`]) is the layer; [`QuantType`] names and parses the types.
+//! - [`cpu_kernels`]: SIMD matmuls for GGUF types candle runs with scalar code;
+//!   [`dequant_rows`]: a range of a weight's rows dequantized (the fused head loss);
+//!   [`custom_op`]: turning a custom op's storage into tensors and back.
+//! - [`Lora`]: one trainable adapter beside a layer, with the side store its gradients go to
+//!   under gradient checkpointing; which layers get one is anymal-llm's business.
+//! - [`Error`]: what failed, by kind; `From<Error> for candle_core::Error` for code that runs
+//!   inside candle.
 
 pub mod cpu_kernels;
 pub mod custom_op;

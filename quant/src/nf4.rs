@@ -111,10 +111,7 @@ pub struct Nf4Tensor {
 impl Nf4Tensor {
     /// Quantizes a 2-D weight (out, in). The element count must be a multiple of 64.
     pub fn quantize(w: &Tensor, double_quant: bool) -> Result<Self> {
-        let (rows, cols) = match w.dims() {
-            [r, c] => (*r, *c),
-            d => return Err(Error::NotMatrix(d.to_vec())),
-        };
+        let (rows, cols) = crate::error::matrix_dims(w.dims())?;
         if !cols.is_multiple_of(NF4_BLOCK) {
             return Err(Error::BlockMismatch {
                 rows,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
+use crate::error::matrix_dims;
 use crate::lora::Lora;
 use crate::nf4::{Nf4MatMul, Nf4Tensor};
 use crate::{Error, QuantType, Result};
@@ -42,10 +43,7 @@ impl QLinear {
     }
 
     pub fn from_arc(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        let (out_features, in_features) = match w.shape().dims() {
-            [o, i] => (*o, *i),
-            d => return Err(Error::NotMatrix(d.to_vec())),
-        };
+        let shape = matrix_dims(w.shape().dims())?;
         let weight = match w.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => QWeight::Dense(
                 w.dequantize(&w.device())?
@@ -53,23 +51,14 @@ impl QLinear {
             ),
             _ => QWeight::Ggml(w),
         };
-        Ok(Self {
-            weight,
-            bias,
-            out_features,
-            in_features,
-            lora: None,
-        })
+        Ok(Self::frozen(weight, bias, shape))
     }
 
     /// Quantizes a dense weight (out, in) to `ty`. Rows that `ty`'s block does not tile fall back
     /// to a smaller block of the same family (see [`QuantType::fallback_for_row`]).
     pub fn quantize(w: &Tensor, bias: Option<Tensor>, ty: QuantType) -> Result<Self> {
-        let (out_features, in_features) = match w.dims() {
-            [o, i] => (*o, *i),
-            d => return Err(Error::NotMatrix(d.to_vec())),
-        };
-        let ty = ty.fallback_for_row(in_features);
+        let shape = matrix_dims(w.dims())?;
+        let ty = ty.fallback_for_row(shape.1);
         let weight = match ty {
             QuantType::Nf4 { double_quant } => {
                 QWeight::Nf4(Arc::new(Nf4Tensor::quantize(w, double_quant)?))
@@ -82,13 +71,19 @@ impl QLinear {
                 QWeight::Ggml(Arc::new(QTensor::quantize(&w32, t)?))
             }
         };
-        Ok(Self {
+        Ok(Self::frozen(weight, bias, shape))
+    }
+
+    /// A layer of `(out, in)` `shape` without an adapter.
+    fn frozen(weight: QWeight, bias: Option<Tensor>, shape: (usize, usize)) -> Self {
+        let (out_features, in_features) = shape;
+        Self {
             weight,
             bias,
             out_features,
             in_features,
             lora: None,
-        })
+        }
     }
 
     /// Re-quantizes to `ty` (no-op when already of that type). Used to move GGUF types without a
@@ -121,10 +116,12 @@ impl QLinear {
             let (r, i) = l.a.dims2()?;
             let (o, rb) = l.b.dims2()?;
             if i != self.in_features || o != self.out_features || r != rb {
-                return Err(Error::Msg(format!(
-                    "LoRA A ({r}, {i}) / B ({o}, {rb}) does not fit a ({}, {}) layer",
-                    self.out_features, self.in_features
-                )));
+                let (out, inp) = self.shape();
+                return Err(Error::ShapeMismatch {
+                    what: "LoRA A / B".into(),
+                    got: format!("({r}, {i}) / ({o}, {rb})"),
+                    expected: format!("(r, {inp}) / ({out}, r) to fit a ({out}, {inp}) layer"),
+                });
             }
         }
         Ok(Self {
@@ -232,10 +229,7 @@ impl QLinear {
 
 impl candle_core::Module for QLinear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        QLinear::forward(self, xs).map_err(|e| match e {
-            Error::Candle(e) => e,
-            e => candle_core::Error::Msg(e.to_string()),
-        })
+        Ok(QLinear::forward(self, xs)?)
     }
 }
 
@@ -351,9 +345,7 @@ impl CustomOp1 for QMatMulWithGrad {
     ) -> candle_core::Result<Option<Tensor>> {
         let w = match &self.weight {
             QWeight::Ggml(w) => w.dequantize(arg.device())?,
-            QWeight::Nf4(w) => w
-                .dequantize(arg.device())
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            QWeight::Nf4(w) => w.dequantize(arg.device())?,
             QWeight::Dense(w) => w.clone(),
         };
         let w = w.to_dtype(grad_res.dtype())?;
