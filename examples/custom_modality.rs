@@ -60,9 +60,11 @@ impl Modality for EmbeddingModality {
     fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
         let opts: EmbeddingOptions = ctx.parse_options("embedding")?;
         if opts.dim == 0 {
-            return Err(Error::InvalidArgument(
-                "[encoder.options] dim must be >= 1".into(),
-            ));
+            return Err(Error::BadOption {
+                modality: "embedding".into(),
+                field: Some("dim".into()),
+                what: "must be >= 1".into(),
+            });
         }
         Ok(Self {
             dim: opts.dim,
@@ -139,9 +141,11 @@ impl Modality for EmbeddingModality {
         _ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<Tensor>>> {
         if reference != "precomputed" {
-            return Err(Error::InvalidArgument(format!(
-                "modality 'embedding' has one encoder, 'precomputed' (got '{reference}')"
-            )));
+            return Err(Error::UnknownEncoder {
+                modality: "embedding".into(),
+                reference: reference.into(),
+                what: "this modality has one encoder, 'precomputed'".into(),
+            });
         }
         Ok(Box::new(Precomputed {
             id: format!("precomputed-{}", self.dim),
@@ -172,10 +176,11 @@ impl Encoder<Tensor> for Precomputed {
         for t in items {
             let (n, d) = t.dims2()?;
             if d != self.dim {
-                return Err(Error::InvalidArgument(format!(
-                    "features have width {d}, [encoder.options] dim is {}",
-                    self.dim
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: "feature width ([encoder.options] dim)".into(),
+                    expected: self.dim.to_string(),
+                    got: format!("width {d}"),
+                });
             }
             lengths.push(n);
         }

@@ -474,7 +474,7 @@ fn set_path(cur: &mut toml::Value, parts: &[&str], value: toml::Value, key: &str
 /// Expand a leading `{cache}` and `~/`.
 pub fn expand_path(p: &str) -> PathBuf {
     if let Some(rest) = p.strip_prefix("{cache}") {
-        return anymal_llm::loader::cache_dir().join(rest.trim_start_matches('/'));
+        return anymal_util::fs::cache_dir().join(rest.trim_start_matches('/'));
     }
     if let Some(rest) = p.strip_prefix("~/") {
         if let Some(home) = std::env::var_os("HOME") {

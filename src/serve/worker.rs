@@ -236,11 +236,11 @@ fn generate(
             let (text, hit) = stop.push(&piece);
             if !text.is_empty() && events.send(Event::Text(text)).is_err() {
                 halt = Some(Halt::ClientGone);
-                return Err(anymal_llm::Error::Msg("the client went away".into()));
+                return Err(anymal_llm::Error::Stopped("the client went away".into()));
             }
             if hit {
                 halt = Some(Halt::StopString);
-                return Err(anymal_llm::Error::Msg("stop string".into()));
+                return Err(anymal_llm::Error::Stopped("stop string".into()));
             }
         }
         Ok(())
