@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
 
-use crate::decoder::Block;
+use crate::block::Block;
 use crate::rope::RopeTables;
 
 pub(crate) struct CheckpointedBlock {

@@ -8,8 +8,6 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 
-use crate::mlp::Activation;
-
 use anymal_quant::custom_op::{
     contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage, into_cuda_storage,
 };
@@ -141,6 +139,15 @@ impl CustomOp1 for ScaledMaskedSoftmax {
         let s = (&g * &y)?.sum_keepdim(D::Minus1)?;
         Ok(Some(((y * g.broadcast_sub(&s)?)? * self.scale)?))
     }
+}
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Llama family.
+    Silu,
+    /// Gemma: GELU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// `act(gate) * up`, the gated MLP's middle. Keeps its two inputs (which the projections that

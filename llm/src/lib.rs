@@ -22,6 +22,7 @@
 //! helpers (cache folder, atomic writes) from anymal-util.
 
 pub mod attention;
+pub mod block;
 pub mod chat;
 mod checkpoint;
 pub mod config;

@@ -3,15 +3,8 @@
 use anymal_quant::QLinear;
 use candle_core::{DType, Tensor};
 
+pub use crate::fused_ops::Activation;
 use crate::Result;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Llama family.
-    Silu,
-    /// Gemma: GELU with the tanh approximation (`gelu_pytorch_tanh`).
-    GeluTanh,
-}
 
 #[derive(Debug, Clone)]
 pub struct Mlp {

@@ -13,8 +13,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::Attention;
+use crate::block::Block;
 use crate::config::{Arch, LlmConfig};
-use crate::decoder::{Block, Llm};
+use crate::decoder::Llm;
 use crate::mlp::{Activation, Mlp};
 use crate::norm::RmsNorm;
 use crate::{Error, Result};
