@@ -207,7 +207,7 @@ fn a_modality_added_outside_the_crates_aligns_evaluates_and_generates() {
         serde_json::json!({"type": "input_embedding", "input_embedding": {"data": npy, "format": "npy"}}),
         serde_json::json!({"type": "input_embedding", "input_embedding": {"data": npy}}),
     ] {
-        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+        let body = serde_json::json!({"model": "run", "messages": [{"role": "user", "content": [
             part, {"type": "text", "text": "Caption:"}]}]});
         let (status, reply) = server.post(&body.to_string());
         assert_eq!(status, 200, "{reply}\n{}", server.log());
@@ -217,7 +217,7 @@ fn a_modality_added_outside_the_crates_aligns_evaluates_and_generates() {
         assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 8, "{reply}");
     }
     // A modality the model has no projector for is named.
-    let audio = serde_json::json!({"messages": [{"role": "user", "content": [
+    let audio = serde_json::json!({"model": "run", "messages": [{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": npy}}]}]});
     let (status, reply) = server.post(&audio.to_string());
     assert_eq!(status, 400, "{reply}");
