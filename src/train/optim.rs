@@ -166,9 +166,13 @@ pub fn accumulate(
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    // Summed in name order: a HashMap's order changes from process to process, and with it
+    // the last bits of the norm, the clipping scale and so the weights of a resumed run.
+    let mut names: Vec<&String> = grads.keys().collect();
+    names.sort();
     let mut sq = 0f64;
-    for g in grads.values() {
-        sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    for n in names {
+        sq += grads[n].sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {
