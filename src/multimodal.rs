@@ -269,16 +269,8 @@ impl MultimodalModel {
             .find(|a| a.modality == modality)
             .with_context(|| {
                 format!(
-                    "this model has no {modality} projector (it takes: {})",
-                    if self.adapters.is_empty() {
-                        "text only".to_string()
-                    } else {
-                        self.adapters
-                            .iter()
-                            .map(|a| a.modality.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
+                    "this model has no {modality} projector (it takes {})",
+                    self.takes()
                 )
             })
     }
