@@ -119,6 +119,28 @@ enum Piece {
     Slot(String),
 }
 
+/// A stretch of the rendered conversation before placeholders are cut out of it.
+struct Run {
+    text: String,
+    answer: bool,
+}
+
+impl Run {
+    fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            answer: false,
+        }
+    }
+
+    fn answer(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            answer: true,
+        }
+    }
+}
+
 impl<'a> ConversationFormat<'a> {
     pub fn new(model: &'a LoadedModel, chat: bool, slots: Vec<(String, usize)>) -> Self {
         Self {
@@ -223,17 +245,14 @@ impl<'a> ConversationFormat<'a> {
         };
         let mut out = Vec::new();
         for run in runs {
-            let text = match run {
-                Piece::Answer(text) => {
-                    if self.slots.iter().any(|(ph, _)| text.contains(ph.as_str())) {
-                        bail!("an assistant turn holds a modality placeholder; media go in user turns");
-                    }
-                    out.push(Piece::Answer(text));
-                    continue;
+            let Run { text, answer } = run;
+            if answer {
+                if self.slots.iter().any(|(ph, _)| text.contains(ph.as_str())) {
+                    bail!("an assistant turn holds a modality placeholder; media go in user turns");
                 }
-                Piece::Text(text) => text,
-                Piece::Slot(_) => unreachable!("runs hold text only"),
-            };
+                out.push(Piece::Answer(text));
+                continue;
+            }
             let mut rest = text.as_str();
             while let Some((i, ph)) = self
                 .slots
@@ -255,7 +274,7 @@ impl<'a> ConversationFormat<'a> {
     }
 
     /// Text and answer runs of the chat template's rendering.
-    fn template_runs(&self, turns: &[Turn]) -> Result<Vec<Piece>> {
+    fn template_runs(&self, turns: &[Turn]) -> Result<Vec<Run>> {
         let tpl = self
             .model
             .chat_template
@@ -288,17 +307,17 @@ impl<'a> ConversationFormat<'a> {
             if before.len() < at {
                 bail!("the chat template renders turn {} out of order", k + 1);
             }
-            runs.push(Piece::Text(full[at..before.len()].to_string()));
-            runs.push(Piece::Answer(full[before.len()..through.len()].to_string()));
+            runs.push(Run::text(&full[at..before.len()]));
+            runs.push(Run::answer(&full[before.len()..through.len()]));
             at = through.len();
         }
-        runs.push(Piece::Text(full[at..].to_string()));
+        runs.push(Run::text(&full[at..]));
         Ok(runs)
     }
 }
 
 /// Text and answer runs of the plain format (see the module docs).
-fn plain_runs(turns: &[Turn]) -> Vec<Piece> {
+fn plain_runs(turns: &[Turn]) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut prev_ends_in_space = true;
     for (i, t) in turns.iter().enumerate() {
@@ -306,19 +325,19 @@ fn plain_runs(turns: &[Turn]) -> Vec<Piece> {
         match t.role {
             Role::Assistant => {
                 let sep = if prev_ends_in_space { "" } else { " " };
-                runs.push(Piece::Answer(format!("{sep}{}", t.text.trim())));
+                runs.push(Run::answer(format!("{sep}{}", t.text.trim())));
                 if !last {
-                    runs.push(Piece::Text("\n".into()));
+                    runs.push(Run::text("\n"));
                 }
                 prev_ends_in_space = true;
             }
             Role::System => {
-                runs.push(Piece::Text(format!("{}\n", t.text)));
+                runs.push(Run::text(format!("{}\n", t.text)));
                 prev_ends_in_space = true;
             }
             Role::User => {
                 prev_ends_in_space = t.text.ends_with(char::is_whitespace);
-                runs.push(Piece::Text(t.text.clone()));
+                runs.push(Run::text(t.text.clone()));
             }
         }
     }

@@ -83,6 +83,18 @@ impl ModalityAdapter {
     }
 }
 
+/// "text only", or "text, audio, image": what a model with these modalities takes.
+pub fn describe_inputs<'a>(modalities: impl IntoIterator<Item = &'a str>) -> String {
+    let mut names = modalities.into_iter().peekable();
+    if names.peek().is_none() {
+        return "text only".into();
+    }
+    std::iter::once("text")
+        .chain(names)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What to load.
 #[derive(Debug, Clone, Default)]
 pub struct ModelSpec {
@@ -254,13 +266,16 @@ impl MultimodalModel {
 
     /// "text only", or "text, audio, image".
     pub fn takes(&self) -> String {
-        if self.adapters.is_empty() {
-            return "text only".into();
+        describe_inputs(self.adapters.iter().map(|a| a.modality.as_str()))
+    }
+
+    /// The user turn a projector of `modality` was trained with (what evaluation asks).
+    pub fn training_prompt(&self, modality: &str) -> Result<String> {
+        let trained = &self.adapter(modality)?.projector.cfg.prompt;
+        if trained.is_empty() {
+            bail!("the {modality} projector records no training prompt; give one");
         }
-        std::iter::once("text")
-            .chain(self.adapters.iter().map(|a| a.modality.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        Ok(trained.clone())
     }
 
     pub fn adapter(&self, modality: &str) -> Result<&ModalityAdapter> {
@@ -296,14 +311,7 @@ impl MultimodalModel {
             let m = media
                 .first()
                 .context("no prompt given and no media file whose projector has one")?;
-            let trained = &self.adapter(&m.modality)?.projector.cfg.prompt;
-            if trained.is_empty() {
-                bail!(
-                    "the {} projector records no training prompt; give one",
-                    m.modality
-                );
-            }
-            return Ok(trained.clone());
+            return self.training_prompt(&m.modality);
         };
         let used: usize = self
             .adapters

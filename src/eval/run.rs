@@ -112,16 +112,7 @@ pub fn evaluate(
     }
     let mut right = vec![0usize; attributes.len()];
     // The user turn the projector was trained with.
-    let turns = [Turn::new(
-        Role::User,
-        m.user_prompt(
-            None,
-            &[MediaRef {
-                modality: modality.clone(),
-                path: Default::default(),
-            }],
-        )?,
-    )];
+    let turns = [Turn::new(Role::User, m.training_prompt(&modality)?)];
     let n = if limit == 0 {
         manifest.items.len()
     } else {

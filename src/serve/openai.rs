@@ -67,13 +67,7 @@ pub struct ServedModality {
 
 /// "text only", or "text, audio, image".
 pub fn takes(modalities: &[ServedModality]) -> String {
-    if modalities.is_empty() {
-        return "text only".into();
-    }
-    std::iter::once("text")
-        .chain(modalities.iter().map(|m| m.name.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::multimodal::describe_inputs(modalities.iter().map(|m| m.name.as_str()))
 }
 
 /// A request ready for the worker.

@@ -23,7 +23,7 @@ use super::optim::clip_grad_norm;
 use super::run::{load_llm, optimizer, RunSummary, SplitCounts, StepLoop, TrainingRun};
 use super::step::{encode_all, eval_loss, step_gradients, TrainItem, Trainables};
 use crate::conversation::{MediaRef, Role, Turn};
-use crate::data::manifest::Manifest;
+use crate::data::manifest::{Manifest, ManifestItem};
 use crate::features::{load_encoder, FeatureSource};
 use crate::multimodal::{ModalityAdapter, MultimodalModel};
 use crate::recipe::{expand_path, AlignRecipe};
@@ -236,16 +236,13 @@ fn load_split(
     let t0 = std::time::Instant::now();
     let mut manifest =
         Manifest::read(path, &recipe.modality).with_context(|| format!("data.{what}"))?;
-    let media: Vec<Vec<MediaRef>> = manifest
-        .items
-        .iter()
-        .map(|it| {
-            vec![MediaRef {
-                modality: recipe.modality.clone(),
-                path: it.path.clone(),
-            }]
-        })
-        .collect();
+    let media_of = |it: &ManifestItem| {
+        vec![MediaRef {
+            modality: recipe.modality.clone(),
+            path: it.path.clone(),
+        }]
+    };
+    let media: Vec<Vec<MediaRef>> = manifest.items.iter().map(media_of).collect();
     let refs: Vec<&[MediaRef]> = media.iter().map(|m| m.as_slice()).collect();
     let failed = encode_all(model, &refs, what);
     for (i, why) in failed.into_iter().enumerate().rev() {
@@ -269,10 +266,7 @@ fn load_split(
             ];
             Ok(TrainItem {
                 rendered: format.render(&turns)?,
-                media: vec![MediaRef {
-                    modality: recipe.modality.clone(),
-                    path: it.path.clone(),
-                }],
+                media: media_of(it),
             })
         })
         .collect::<Result<Vec<_>>>()?;

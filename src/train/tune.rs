@@ -55,12 +55,6 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
         let dir = expand_path(&p.from);
         let mut a = ModalityAdapter::load(&opts.registry, &dir, llm.llm.cfg.hidden_size, true)
             .with_context(|| format!("projectors[{i}].from"))?;
-        if adapters.iter().any(|b| b.modality == a.modality) {
-            bail!(
-                "projectors[{i}]: a second projector for modality '{}'",
-                a.modality
-            );
-        }
         a.trainable = p.train;
         adapters.push(a);
     }
@@ -83,7 +77,8 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
         }
     );
     let name = recipe.output_dir.clone();
-    let model = MultimodalModel::new(llm, adapters, lora, recipe.data.chat_template, name)?;
+    let model = MultimodalModel::new(llm, adapters, lora, recipe.data.chat_template, name)
+        .context("[[projectors]]")?;
     let lora = model.lora.as_ref();
 
     let (train, train_counts) = load_split(
