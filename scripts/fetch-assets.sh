@@ -4,7 +4,7 @@
 #
 #   scripts/fetch-assets.sh            # every default asset
 #   scripts/fetch-assets.sh smollm2    # one of: system smollm2 gemma3 whisper-tiny-en mel-filters speech
-#                                        mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos
+#                                        mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos tts
 #
 # Cache folder: $ANYMAL_CACHE, else ~/.cache/anymal. Files land at
 #   $ANYMAL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -12,6 +12,7 @@
 #   $ANYMAL_CACHE/models/whisper-tiny.en/{model.bin,config.json,tokenizer.json,vocabulary.txt}  (CTranslate2, fp16)
 #   $ANYMAL_CACHE/whisper/mel_filters.npz       (Whisper's own mel filter bank, from its sdist)
 #   $ANYMAL_CACHE/data/asterisk-en/en_US_f_Allison/**.wav + core-sounds-en.txt.gz  (speech clips)
+#   espeak-ng, flite, fortunes-min (+ festival if available) as Debian packages  (tts)
 # A file already there with the right checksum is not fetched again.
 set -euo pipefail
 
@@ -218,12 +219,15 @@ fetch_videos() {
 # generated with libclang) and the ffmpeg tool that renders the lavfi training clips.
 SYSTEM_PKGS=(pkg-config clang libclang-dev ffmpeg libavcodec-dev libavformat-dev libavutil-dev
   libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev)
-fetch_system() {
+# apt_install WHAT PKGS...: install the Debian packages not yet installed (root, or sudo;
+# `apt-get update` once when the lists are missing or stale).
+apt_install() {
+  local what="$1"; shift
   local missing=() p
-  for p in "${SYSTEM_PKGS[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
-  [ ${#missing[@]} -eq 0 ] && { echo "fetch-assets: system packages present" >&2; return; }
+  [ ${#missing[@]} -eq 0 ] && { echo "fetch-assets: $what packages present" >&2; return; }
   command -v apt-get >/dev/null || die "needs apt-get to install: ${missing[*]}"
   local SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "fetch-assets: installing ${missing[*]}" >&2
@@ -234,8 +238,23 @@ fetch_system() {
   }
 }
 
+fetch_system() { apt_install system "${SYSTEM_PKGS[@]}"; }
+
+# Speech synthesizers for `anymal data tts` (espeak-ng, flite; festival with a voice when the
+# distribution has it) and the fortune files `anymal data tts-text` takes general sentences from.
+TTS_PKGS=(espeak-ng flite fortunes-min)
+TTS_OPTIONAL_PKGS=(fortunes festival festvox-kallpc16k)
+fetch_tts() {
+  apt_install tts "${TTS_PKGS[@]}"
+  # Optional extras: more sentences and a third engine; their absence is not an error.
+  local p
+  for p in "${TTS_OPTIONAL_PKGS[@]}"; do
+    (apt_install "$p" "$p") || echo "fetch-assets: optional package $p not installed (skipped)" >&2
+  done
+}
+
 targets=("$@")
-ALL=(system smollm2 gemma3 whisper-tiny-en mel-filters speech mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos)
+ALL=(system smollm2 gemma3 whisper-tiny-en mel-filters speech mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos tts)
 [ ${#targets[@]} -eq 0 ] && targets=("${ALL[@]}")
 for t in "${targets[@]}"; do
   case "$t" in
@@ -245,6 +264,7 @@ for t in "${targets[@]}"; do
     mel-filters) fetch_mel_filters ;;
     speech) fetch_speech ;;
     system) fetch_system ;;
+    tts) fetch_tts ;;
     mobilenet-v2) fetch_mobilenet_v2 ;;
     efficientnet-lite0) fetch_efficientnet_lite0 ;;
     photos) fetch_photos ;;
