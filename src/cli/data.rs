@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::data::{basic_motions, digits, speech, speech_instruct, video_shapes};
+use crate::data::{basic_motions, digits, speech, speech_instruct, tts, tts_text, video_shapes};
 use crate::recipe::expand_path;
 
 #[derive(clap::Args)]
@@ -75,6 +75,46 @@ pub enum DataCommand {
         valid: usize,
         #[arg(long, default_value_t = 100)]
         test: usize,
+    },
+    /// Text for the synthesized speech corpus, one utterance a line: generated phone-menu
+    /// prompts (~50%), sentences from Debian's fortune files (~35%) and the speech corpus's
+    /// train transcripts; never a valid or test transcript.
+    TtsText {
+        #[arg(long, default_value = "{cache}/data/tts/text.txt")]
+        out: String,
+        #[arg(long, default_value_t = 6000)]
+        lines: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Folder of the speech manifests (train.jsonl, valid.jsonl, test.jsonl).
+        #[arg(long, default_value = "{cache}/data/speech")]
+        speech: String,
+    },
+    /// Synthesize every line of a text file with espeak-ng / flite (festival) in drawn voices,
+    /// rates and pitches, augment (speed, room, phone line, noise) -> DIR/clips/*.wav (16 kHz)
+    /// and DIR/tts.jsonl. Resumable: clips already there are kept. Needs the engines
+    /// (scripts/fetch-assets.sh tts).
+    Tts {
+        /// One utterance a line; built with `tts-text`'s defaults when it is the default and
+        /// missing.
+        #[arg(long, default_value = "{cache}/data/tts/text.txt")]
+        text: String,
+        #[arg(long, default_value = "{cache}/data/tts")]
+        out: String,
+        /// Comma-separated: espeak-ng, flite, festival.
+        #[arg(long, default_value = "espeak-ng,flite")]
+        engines: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// `default`: a random chain per clip (about a quarter clean); `none`: clean clips.
+        #[arg(long, default_value = "default")]
+        augment: String,
+        /// Manifests whose transcripts are never synthesized (default: the speech corpus's
+        /// valid.jsonl and test.jsonl, when they exist).
+        #[arg(long)]
+        exclude: Vec<String>,
     },
 }
 
@@ -168,6 +208,95 @@ pub fn run(a: DataArgs) -> Result<()> {
                 r.test
             );
         }
+        DataCommand::TtsText {
+            out,
+            lines,
+            seed,
+            speech,
+        } => {
+            let out = expand_path(&out);
+            let opts = tts_text::TextOptions {
+                lines,
+                seed,
+                speech: expand_path(&speech),
+                fortunes: tts_text::FORTUNE_DIR.into(),
+            };
+            let r = tts_text::write(&opts, &out)?;
+            print_text_report(&r, &out);
+        }
+        DataCommand::Tts {
+            text,
+            out,
+            engines,
+            seed,
+            jobs,
+            augment,
+            exclude,
+        } => {
+            let default_text = text == "{cache}/data/tts/text.txt";
+            let text = expand_path(&text);
+            if !text.exists() && default_text {
+                let opts = tts_text::TextOptions {
+                    lines: 6000,
+                    seed,
+                    speech: expand_path("{cache}/data/speech"),
+                    fortunes: tts_text::FORTUNE_DIR.into(),
+                };
+                let r = tts_text::write(&opts, &text)?;
+                eprintln!("no text file yet: built one");
+                print_text_report(&r, &text);
+            }
+            let augment = match augment.as_str() {
+                "default" => true,
+                "none" => false,
+                o => anyhow::bail!("--augment {o}: expected default or none"),
+            };
+            let engines = engines
+                .split(',')
+                .filter(|e| !e.trim().is_empty())
+                .map(tts::Engine::parse)
+                .collect::<Result<Vec<_>>>()?;
+            let exclude: Vec<PathBuf> = if exclude.is_empty() {
+                ["valid.jsonl", "test.jsonl"]
+                    .iter()
+                    .map(|f| expand_path("{cache}/data/speech").join(f))
+                    .filter(|p| p.exists())
+                    .collect()
+            } else {
+                exclude.iter().map(|e| expand_path(e)).collect()
+            };
+            let opts = tts::TtsOptions {
+                text,
+                out: expand_path(&out),
+                engines,
+                seed,
+                jobs,
+                augment,
+                exclude,
+                progress: true,
+            };
+            let r = tts::build(&opts)?;
+            for f in &r.failures {
+                eprintln!("  {f}");
+            }
+            println!("{}", r.summary());
+        }
     }
     Ok(())
+}
+
+fn print_text_report(r: &tts_text::TextReport, out: &std::path::Path) {
+    if let Some(why) = &r.fortunes_missing {
+        eprintln!("no fortune sentences ({why}); the generator filled their share");
+    }
+    println!(
+        "wrote {}: {} lines ({} generated prompts, {} fortune sentences of {} found, {} train transcripts; {} candidates dropped as valid/test transcripts)",
+        out.display(),
+        r.lines.len(),
+        r.generated,
+        r.fortunes,
+        r.fortunes_available,
+        r.train,
+        r.held_out_dropped
+    );
 }
