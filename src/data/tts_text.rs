@@ -826,8 +826,9 @@ mod tests {
     fn the_generator_varies() {
         let mut rng = SplitMix64::new(1);
         let set: HashSet<String> = (0..2000).map(|_| generate_prompt(&mut rng)).collect();
+        // Some templates are fixed sentences ("Goodbye."), so not every draw is new.
         assert!(
-            set.len() > 1500,
+            set.len() > 1200,
             "only {} distinct prompts in 2000",
             set.len()
         );
@@ -873,29 +874,30 @@ mod tests {
         })?;
         assert_eq!(r.lines.len(), 400);
         assert!(r.held_out_dropped >= 3, "dropped {}", r.held_out_dropped);
-        let mut held = held_out(&speech)?;
-        // The real corpus, when it is here.
-        let real = anymal_util::fs::cache_dir().join("data/speech");
-        if real.join("test.jsonl").exists() {
-            held.extend(held_out(&real)?);
-            let r = build(&TextOptions {
-                lines: 3000,
-                seed: 9,
-                speech: real,
-                fortunes: PathBuf::from(FORTUNE_DIR),
-            })?;
-            for l in &r.lines {
-                assert!(
-                    !held.contains(&normalize_text(l)),
-                    "held-out line kept: {l}"
-                );
-            }
-        }
+        let held = held_out(&speech)?;
         for l in &r.lines {
             assert!(
                 !held.contains(&normalize_text(l)),
                 "held-out line kept: {l}"
             );
+        }
+        // The real corpus, when it is here.
+        let real = anymal_util::fs::cache_dir().join("data/speech");
+        if real.join("test.jsonl").exists() {
+            let real_held = held_out(&real)?;
+            let rr = build(&TextOptions {
+                lines: 3000,
+                seed: 9,
+                speech: real,
+                fortunes: PathBuf::from(FORTUNE_DIR),
+            })?;
+            assert_eq!(rr.lines.len(), 3000);
+            for l in &rr.lines {
+                assert!(
+                    !real_held.contains(&normalize_text(l)),
+                    "test/valid line kept: {l}"
+                );
+            }
         }
         assert!(r.lines.iter().any(|l| l == "Press 1 for sales."));
         assert!(r.lines.iter().any(|l| l == "dollar"), "notes stripped");
