@@ -89,7 +89,7 @@ pub fn number_words(n: u64) -> String {
         }
         if r < 20 {
             out.push(ONES[r as usize].into());
-        } else if r % 10 == 0 {
+        } else if r.is_multiple_of(10) {
             out.push(TENS[(r / 10) as usize].into());
         } else {
             out.push(format!(
@@ -588,9 +588,9 @@ pub fn fortune_sentences(dir: &Path) -> Result<Vec<String>> {
             // Dialogue, verse and code put structure in the lines; keep prose only.
             if body.iter().any(|l| {
                 l.contains(':')
-                    && l.split(':').next().is_some_and(|h| {
-                        h.trim().split_whitespace().count() <= 2 && !h.trim().is_empty()
-                    })
+                    && l.split(':')
+                        .next()
+                        .is_some_and(|h| h.split_whitespace().count() <= 2 && !h.trim().is_empty())
             }) {
                 continue;
             }
