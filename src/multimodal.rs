@@ -120,6 +120,15 @@ impl ModelSpec {
         let Some(run) = self.run.clone() else {
             return Ok((self, None));
         };
+        let (run, best) = RunDir::new(&run).for_inference();
+        if let Some(b) = best {
+            eprintln!(
+                "using {} (step {}, validation loss {:.4}); pass a checkpoint folder for other weights",
+                run.display(),
+                b.step,
+                b.eval_loss
+            );
+        }
         let dir = RunDir::new(&run);
         match dir.kind() {
             RunKind::Tuned => {
@@ -337,7 +346,8 @@ impl MultimodalModel {
         Ok(format!("{}\n{prompt}", phs.join("\n")))
     }
 
-    /// One `(k, d)` tensor per slot of each rendered conversation, from its media in slot
+    /// One `(k_i, d)` tensor per slot of each rendered conversation (`k_i` follows the file's
+    /// length for a projector with a rate reduction), from its media in slot
     /// order. The files of one modality go through its projector together; `train` keeps the
     /// graph to the projectors marked `trainable`.
     pub fn media_tokens(
@@ -386,12 +396,10 @@ impl MultimodalModel {
                 .get(&paths)
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
-            let mut toks = adapters[a].projector.forward_items(&feats)?;
-            if !(train && adapters[a].trainable) {
-                toks = toks.detach();
-            }
-            for (j, &(i, s, _)) in files.iter().enumerate() {
-                out[i][s] = Some(toks.get(j)?);
+            let toks = adapters[a].projector.forward_items(&feats)?;
+            let keep_graph = train && adapters[a].trainable;
+            for (t, &(i, s, _)) in toks.into_iter().zip(files) {
+                out[i][s] = Some(if keep_graph { t } else { t.detach() });
             }
         }
         out.into_iter()

@@ -67,16 +67,23 @@ impl EncoderSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectorSection {
-    /// linear | mlp2x_gelu | perceiver
+    /// linear | mlp2x_gelu | perceiver | qwen2_audio | ultravox
     pub kind: String,
-    /// LLM tokens per item (AnyMAL: 32 for audio).
+    /// LLM tokens per item (AnyMAL: 32 for audio) for `pool`, `concat` and the Perceiver.
+    #[serde(default = "default_num_tokens")]
     pub num_tokens: usize,
-    /// pool | concat (linear/mlp only).
-    #[serde(default = "default_reduce")]
+    /// How frames become tokens (not the Perceiver): `pool` / `concat` give `num_tokens` per
+    /// item; `stack` / `avg_pool` keep a rate of one token per `stride` frames. Default: the
+    /// kind's own (`qwen2_audio`: avg_pool 2, `ultravox`: stack 8), else `pool`.
+    #[serde(default)]
     pub reduce: String,
-    /// Frames concatenated per token when `reduce = "concat"`.
-    #[serde(default = "default_stride")]
-    pub stride: usize,
+    /// Frames per token for `concat` (default 1), `stack` and `avg_pool` (default: the kind's,
+    /// else required).
+    #[serde(default)]
+    pub stride: Option<usize>,
+    /// Ultravox's hidden width (SwiGLU halves it); default 4 x the LLM's width.
+    #[serde(default)]
+    pub hidden: Option<usize>,
     #[serde(default)]
     pub perceiver: Option<PerceiverConfig>,
     /// A trainable stage in front of the projection, trained with it, e.g.
@@ -156,6 +163,10 @@ pub struct TrainSection {
     /// Stop cleanly (with a checkpoint) after this many minutes; 0: no limit.
     #[serde(default)]
     pub max_minutes: f64,
+    /// Stop (with a checkpoint) after this many evaluations in a row without a better
+    /// validation loss; 0: never. `best/` keeps the weights of the best evaluation either way.
+    #[serde(default)]
+    pub early_stopping: u64,
 }
 
 fn yes() -> bool {
@@ -164,11 +175,8 @@ fn yes() -> bool {
 fn one() -> usize {
     1
 }
-fn default_reduce() -> String {
-    "pool".into()
-}
-fn default_stride() -> usize {
-    1
+fn default_num_tokens() -> usize {
+    32
 }
 fn default_max_text_tokens() -> usize {
     64

@@ -7,6 +7,9 @@
 //!       loss.png  summary.json      the curves and the final report
 //!       checkpoint-<step>/          written as .checkpoint-<step>.tmp, then renamed
 //!           optimizer.safetensors  trainer_state.json   + the trainable parts, as below
+//!       best/                       the trainable parts at the lowest validation loss so far,
+//!           best.json               with its step and loss (written as .best.tmp, then renamed);
+//!                                   `--run <run>` loads it when present
 //!       projector.json  projector.safetensors        the result of `align`
 //!       model.json                  the result of `tune`: what to load, relative to the run
 //!       projector-<modality>/       tune's projectors (trained ones, and copies of frozen ones)
@@ -27,6 +30,15 @@ pub const MODEL_FILE: &str = "model.json";
 pub const LORA_DIR: &str = "lora";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
+pub const BEST_DIR: &str = "best";
+pub const BEST_FILE: &str = "best.json";
+
+/// What `best/best.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BestRecord {
+    pub step: u64,
+    pub eval_loss: f64,
+}
 
 /// A run folder (which need not exist yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +145,28 @@ impl RunDir {
             .collect();
         out.sort();
         out
+    }
+
+    /// The weights at the best validation loss, and the folder they are written in first.
+    pub fn best(&self) -> PathBuf {
+        self.0.join(BEST_DIR)
+    }
+
+    pub fn best_in_progress(&self) -> PathBuf {
+        self.0.join(".best.tmp")
+    }
+
+    /// The folder inference loads for this run: its `best/` when the run kept one (a
+    /// checkpoint or `best/` itself is loaded as given), with what `best.json` says of it.
+    pub fn for_inference(&self) -> (PathBuf, Option<BestRecord>) {
+        let best = self.best();
+        let record = std::fs::read_to_string(best.join(BEST_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<BestRecord>(&t).ok());
+        match record {
+            Some(r) if RunDir::new(&best).kind() != RunKind::Other => (best, Some(r)),
+            _ => (self.0.clone(), None),
+        }
     }
 
     pub fn latest_checkpoint(&self) -> Option<(u64, PathBuf)> {

@@ -1,7 +1,13 @@
 //! Splicing modality tokens into the LLM's input: a rendered conversation (see
-//! [`crate::conversation`]) holds `k` empty slots per placeholder; they are filled with the
+//! [`crate::conversation`]) holds empty slots per placeholder; they are filled with the
 //! projectors' output in embedding space, rows are padded into a batch, and the loss is taken
 //! on the answer tokens only.
+//!
+//! A projector with a rate reduction gives each item as many tokens as its length asks, which
+//! the rendering cannot know: a slot is then resized to the tokens it receives
+//! ([`Example::with_slot_lens`]), moving the text, labels and later slots with it, before the
+//! rows are padded. Padding is on the right and masked, so positions and labels of every row
+//! are what they would be alone.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -24,6 +30,36 @@ impl Example {
     pub fn num_labels(&self) -> usize {
         self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
+
+    /// The same sequence with slot `g` holding `lens[g]` tokens: the text between slots, the
+    /// labels and the slot starts move with the change.
+    pub fn with_slot_lens(&self, lens: &[usize]) -> Result<Example> {
+        if lens.len() != self.slots.len() || self.slot_lens.len() != self.slots.len() {
+            bail!(
+                "the prompt has {} placeholder(s) but {} modality input(s) were given",
+                self.slots.len(),
+                lens.len()
+            );
+        }
+        let mut out = Example {
+            input_ids: Vec::with_capacity(self.input_ids.len()),
+            slots: Vec::with_capacity(lens.len()),
+            slot_lens: lens.to_vec(),
+            labels: Vec::with_capacity(self.labels.len()),
+        };
+        let mut cur = 0;
+        for (g, &s) in self.slots.iter().enumerate() {
+            out.input_ids.extend_from_slice(&self.input_ids[cur..s]);
+            out.labels.extend_from_slice(&self.labels[cur..s]);
+            out.slots.push(out.input_ids.len());
+            out.input_ids.extend(std::iter::repeat_n(0u32, lens[g]));
+            out.labels.extend(std::iter::repeat_n(IGNORE_INDEX, lens[g]));
+            cur = s + self.slot_lens[g];
+        }
+        out.input_ids.extend_from_slice(&self.input_ids[cur..]);
+        out.labels.extend_from_slice(&self.labels[cur..]);
+        Ok(out)
+    }
 }
 
 /// A padded batch ready for the LLM.
@@ -39,9 +75,9 @@ pub struct Batch {
 }
 
 /// Embed `examples`, fill their slots from `modality_tokens[i]` (one `(k, d)` tensor per slot
-/// of example `i`: slots of different modalities may hold different numbers of tokens), and
-/// right-pad to the longest. The number of token groups must equal each example's slot count:
-/// a mismatch is an error rather than a silently shifted prompt.
+/// of example `i`: slots may hold different numbers of tokens, and a slot is resized to the
+/// tokens given), and right-pad to the longest. The number of token groups must equal each
+/// example's slot count: a mismatch is an error rather than a silently shifted prompt.
 pub fn build_batch(
     llm: &anymal_llm::Llm,
     examples: &[Example],
@@ -54,6 +90,21 @@ pub fn build_batch(
             modality_tokens.len()
         );
     }
+    let examples = examples
+        .iter()
+        .zip(modality_tokens)
+        .map(|(ex, toks)| {
+            let lens = toks
+                .iter()
+                .map(|t| t.dim(0))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            if lens == ex.slot_lens {
+                Ok(ex.clone())
+            } else {
+                ex.with_slot_lens(&lens)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     let t = examples
         .iter()
         .map(|e| e.input_ids.len())

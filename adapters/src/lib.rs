@@ -5,12 +5,13 @@
 //!
 //! ```text
 //! features (b, n, d_enc) [--front stage-->] --reduce (pool | concat)--> (b, k, d') --linear | mlp--> (b, k, d_llm)
+//! features (b, n, d_enc) [--front stage-->] --reduce (stack n | avg_pool n)--> (b, ceil(len/n), d') --linear | mlp | ultravox--> (b, t, d_llm)
 //! features (b, n, d_enc) [--front stage-->] --perceiver (k latents, depth layers)------------------> (b, k, d_llm)
 //! ```
 //!
 //! One component per file with its config beside it: [`projector`] (the kinds by name, saving
 //! and loading `projector.json` + `projector.safetensors`), [`pool`] (the reductions),
-//! [`perceiver`], [`imu_encoder`], [`layer_norm`], [`params`] (the seeded store). Errors are
+//! [`perceiver`], [`imu_encoder`], [`layer_norm`], [`rms_norm`], [`params`] (the seeded store). Errors are
 //! [`Error`]: a bad config names its field, a shape mismatch says what it expected.
 
 mod error;
@@ -21,6 +22,7 @@ pub mod params;
 pub mod perceiver;
 pub mod pool;
 pub mod projector;
+pub mod rms_norm;
 
 pub use error::{Error, Result};
 pub use front::{FrontStage, FrontStageConfig};

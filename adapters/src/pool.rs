@@ -1,9 +1,16 @@
-//! Reduce a variable number of encoder frames to a fixed number of tokens.
+//! Reduce a variable number of encoder frames to tokens, either to a fixed count or at a rate.
 //!
-//! A clip of 2 s and one of 20 s must both become `k` LLM tokens. `Pool` averages contiguous
-//! windows (adaptive average pooling, as `torch.nn.AdaptiveAvgPool1d`); `Concat` pools to
-//! `k * stride` frames and concatenates each `stride` neighbours into one wider vector, which
-//! keeps finer timing at the cost of a wider projector input (Qwen2-Audio and MiniGPT-4 style).
+//! Fixed count: a clip of 2 s and one of 20 s both become `k` LLM tokens. `Pool` averages
+//! contiguous windows (adaptive average pooling, as `torch.nn.AdaptiveAvgPool1d`); `Concat`
+//! pools to `k * stride` frames and concatenates each `stride` neighbours into one wider vector.
+//!
+//! Fixed rate: every `n` frames become one token, so an item of `L` frames gives `ceil(L / n)`
+//! tokens and a long sentence gets more tokens than a short word -- what LLM-ASR systems do.
+//! `Stack` concatenates `n` consecutive frames (SLAM-ASR, Ultravox: the last group is padded
+//! with zero frames, as Ultravox's frame stacker pads), `AvgPool` averages them (Qwen2-Audio's
+//! pooling by 2; the last window averages the frames it has). Items of one batch then hold
+//! different token counts: the output is right-padded with zeros and the counts are returned,
+//! and frames past an item's length never reach its tokens.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,32 +25,111 @@ pub enum Reduce {
     Pool,
     /// Pool to `k * stride` frames, concatenate groups of `stride`; input width `stride * d_enc`.
     Concat { stride: usize },
+    /// Concatenate every `n` consecutive frames into one token; input width `n * d_enc`.
+    Stack { n: usize },
+    /// Average every `n` consecutive frames into one token; input width `d_enc`.
+    AvgPool { n: usize },
 }
 
 impl Reduce {
     /// Width of one reduced token given the encoder width.
     pub fn out_dim(&self, d_enc: usize) -> usize {
         match self {
-            Reduce::Pool => d_enc,
+            Reduce::Pool | Reduce::AvgPool { .. } => d_enc,
             Reduce::Concat { stride } => stride * d_enc,
+            Reduce::Stack { n } => n * d_enc,
         }
     }
 
-    /// `(b, n, d)` with the real lengths of each row -> `(b, k, out_dim(d))`.
-    /// Padding frames beyond `lengths[i]` never contribute.
-    pub fn apply(&self, xs: &Tensor, lengths: &[usize], k: usize) -> Result<Tensor> {
-        let (b, n, d) = xs.dims3()?;
-        let m = match self {
-            Reduce::Pool => k,
-            Reduce::Concat { stride } => k * stride,
-        };
-        let p = pooling_matrix(lengths, b, n, m, xs.device())?;
-        let pooled = p.matmul(&xs.contiguous()?)?; // (b, m, d)
-        Ok(match self {
-            Reduce::Pool => pooled,
-            Reduce::Concat { stride } => pooled.reshape((b, k, stride * d))?,
-        })
+    /// Whether the token count follows the item's length (`Stack`, `AvgPool`).
+    pub fn is_rate(&self) -> bool {
+        matches!(self, Reduce::Stack { .. } | Reduce::AvgPool { .. })
     }
+
+    /// Frames per token of a rate reduction, or the stride of `Concat`: must be at least 1.
+    pub fn factor(&self) -> Option<usize> {
+        match self {
+            Reduce::Pool => None,
+            Reduce::Concat { stride } => Some(*stride),
+            Reduce::Stack { n } | Reduce::AvgPool { n } => Some(*n),
+        }
+    }
+
+    /// Tokens an item of `frames` frames becomes: `k` for the fixed-count reductions,
+    /// `ceil(frames / n)` (at least 1) for the rate ones.
+    pub fn tokens_for(&self, frames: usize, k: usize) -> usize {
+        match self {
+            Reduce::Pool | Reduce::Concat { .. } => k,
+            Reduce::Stack { n } | Reduce::AvgPool { n } => frames.div_ceil((*n).max(1)).max(1),
+        }
+    }
+
+    /// `(b, n, d)` with the real lengths of each row -> `(b, t, out_dim(d))` and each row's
+    /// token count (`t` is the largest; rows with fewer tokens are zero after theirs).
+    /// Padding frames beyond `lengths[i]` never contribute.
+    pub fn apply(&self, xs: &Tensor, lengths: &[usize], k: usize) -> Result<(Tensor, Vec<usize>)> {
+        let (b, n, d) = xs.dims3()?;
+        if lengths.len() != b {
+            return Err(crate::Error::Shape(format!(
+                "{} lengths for a batch of {b}",
+                lengths.len()
+            )));
+        }
+        let lengths: Vec<usize> = lengths.iter().map(|&l| l.clamp(1, n)).collect();
+        let counts: Vec<usize> = lengths.iter().map(|&l| self.tokens_for(l, k)).collect();
+        let out = match *self {
+            Reduce::Pool => pooling_matrix(&lengths, b, n, k, xs.device())?.matmul(&xs.contiguous()?)?,
+            Reduce::Concat { stride } => {
+                let p = pooling_matrix(&lengths, b, n, k * stride, xs.device())?;
+                p.matmul(&xs.contiguous()?)?.reshape((b, k, stride * d))?
+            }
+            Reduce::AvgPool { n: f } => {
+                let t = counts.iter().copied().max().unwrap_or(1);
+                rate_pooling_matrix(&lengths, n, f, t, xs.device())?.matmul(&xs.contiguous()?)?
+            }
+            Reduce::Stack { n: f } => {
+                let t = counts.iter().copied().max().unwrap_or(1);
+                // Zero every frame past its row's length, pad the frame axis to `t * f`, and
+                // read groups of `f` frames as one row.
+                let mask = frame_mask(&lengths, n, xs.device())?.to_dtype(xs.dtype())?;
+                let masked = xs.broadcast_mul(&mask)?;
+                let masked = if t * f > n {
+                    masked.pad_with_zeros(1, 0, t * f - n)?
+                } else {
+                    masked.narrow(1, 0, t * f)?
+                };
+                masked.contiguous()?.reshape((b, t, f * d))?
+            }
+        };
+        Ok((out, counts))
+    }
+}
+
+/// `(b, n, 1)`: 1 for frames within their row's length, 0 after.
+fn frame_mask(lengths: &[usize], n: usize, dev: &Device) -> Result<Tensor> {
+    let b = lengths.len();
+    let w: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| (0..n).map(move |f| if f < l { 1.0 } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(w, (b, n, 1), dev)?)
+}
+
+/// `(b, t, n)` averaging weights of a rate reduction: token `i` of a row of `L` real frames
+/// averages frames `[i*f, min((i+1)*f, L))`; tokens past `ceil(L / f)` are all zero.
+fn rate_pooling_matrix(lengths: &[usize], n: usize, f: usize, t: usize, dev: &Device) -> Result<Tensor> {
+    let b = lengths.len();
+    let mut w = vec![0f32; b * t * n];
+    for (j, &len) in lengths.iter().enumerate() {
+        for i in 0..len.div_ceil(f).min(t) {
+            let (lo, hi) = (i * f, ((i + 1) * f).min(len));
+            let inv = 1.0 / (hi - lo) as f32;
+            for fr in lo..hi {
+                w[(j * t + i) * n + fr] = inv;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(w, (b, t, n), dev)?)
 }
 
 /// `(b, m, n)` averaging weights: output row `i` of item `j` averages frames
@@ -87,6 +173,7 @@ mod tests {
         let xs = Tensor::arange(0f32, 7., &Device::Cpu)?.reshape((1, 7, 1))?;
         let y = Reduce::Pool
             .apply(&xs, &[7], 3)?
+            .0
             .flatten_all()?
             .to_vec1::<f32>()?;
         assert_eq!(y, vec![1.0, 3.0, 5.0]);
@@ -102,6 +189,7 @@ mod tests {
         )?;
         let y = Reduce::Pool
             .apply(&xs, &[4, 2], 4)?
+            .0
             .flatten_all()?
             .to_vec1::<f32>()?;
         assert_eq!(y, vec![0., 2., 4., 6., 1., 1., 3., 3.]);
@@ -113,12 +201,49 @@ mod tests {
         let xs = Tensor::arange(0f32, 8., &Device::Cpu)?.reshape((1, 4, 2))?;
         let r = Reduce::Concat { stride: 2 };
         assert_eq!(r.out_dim(2), 4);
-        let y = r.apply(&xs, &[4], 2)?;
+        let (y, counts) = r.apply(&xs, &[4], 2)?;
+        assert_eq!(counts, vec![2]);
         assert_eq!(y.dims(), &[1, 2, 4]);
         assert_eq!(
             y.flatten_all()?.to_vec1::<f32>()?,
             (0..8).map(|v| v as f32).collect::<Vec<_>>()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn stack_keeps_a_rate_and_zero_pads_the_last_group() -> Result<()> {
+        // Row 0: 5 real frames of 1..=5; row 1: 2 real frames then padding of 100s.
+        let xs = Tensor::new(
+            &[[[1f32], [2.], [3.], [4.], [5.]], [[7.], [8.], [100.], [100.], [100.]]],
+            &Device::Cpu,
+        )?;
+        let r = Reduce::Stack { n: 2 };
+        let (y, counts) = r.apply(&xs, &[5, 2], 0)?;
+        assert_eq!(counts, vec![3, 1]);
+        assert_eq!(y.dims(), &[2, 3, 2]);
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            vec![1., 2., 3., 4., 5., 0., 7., 8., 0., 0., 0., 0.]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn avg_pool_averages_each_window_and_the_partial_last_one() -> Result<()> {
+        let xs = Tensor::new(
+            &[[[1f32], [3.], [5.], [7.], [9.]], [[2.], [4.], [100.], [100.], [100.]]],
+            &Device::Cpu,
+        )?;
+        let r = Reduce::AvgPool { n: 2 };
+        let (y, counts) = r.apply(&xs, &[5, 2], 0)?;
+        assert_eq!(counts, vec![3, 1]);
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            vec![2., 6., 9., 3., 0., 0.]
+        );
+        assert_eq!(r.tokens_for(0, 7), 1);
+        assert_eq!(r.tokens_for(4, 7), 2);
         Ok(())
     }
 }

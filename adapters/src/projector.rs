@@ -1,5 +1,9 @@
-//! The projector: frozen encoder frames `(b, n, d_enc)` -> `k` LLM input embeddings
-//! `(b, k, d_llm)`, by name as in LLaVA's builder (`linear`, `mlp2x_gelu`, `perceiver`).
+//! The projector: frozen encoder frames `(b, n, d_enc)` -> LLM input embeddings `(b, t, d_llm)`,
+//! by name as in LLaVA's builder (`linear`, `mlp2x_gelu`, `perceiver`) plus the audio projectors
+//! of Qwen2-Audio (`qwen2_audio`: average-pool by 2, one linear layer) and Ultravox (`ultravox`:
+//! stack 8 frames, RMSNorm, Linear, SwiGLU, RMSNorm, Linear), with those models' parameter
+//! names so that their layouts carry over. `t` is `k` for the fixed-count reductions and
+//! follows each item's length for the rate ones (see [`crate::pool`]).
 //! Saved as `projector.safetensors` + `projector.json`, loadable without the run that made it.
 
 use std::path::Path;
@@ -12,6 +16,7 @@ use crate::front::{deserialize_front, FrontStage, FrontStageConfig};
 use crate::params::ParamStore;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
 use crate::pool::Reduce;
+use crate::rms_norm::RmsNorm;
 use crate::{Error, Result};
 
 pub const CONFIG_FILE: &str = "projector.json";
@@ -27,6 +32,14 @@ pub enum ProjectorKind {
     Mlp2xGelu,
     /// Learned latents cross-attending to the frames (AnyMAL's choice for images).
     Perceiver,
+    /// Qwen2-Audio's: frames average-pooled by 2 (25 tokens/s from Whisper), then one linear
+    /// layer (`linear.weight`, `linear.bias`).
+    #[serde(rename = "qwen2_audio")]
+    Qwen2Audio,
+    /// Ultravox's: `n` stacked frames (8 by default), RMSNorm (`ln_pre`), Linear without bias
+    /// (`linear_1`, to `hidden`), SwiGLU (halves the width: `silu(gate) * x` with `x, gate` the
+    /// two halves), RMSNorm (`ln_mid`), Linear without bias (`linear_2`).
+    Ultravox,
 }
 
 impl ProjectorKind {
@@ -35,11 +48,23 @@ impl ProjectorKind {
             "linear" => Ok(Self::Linear),
             "mlp2x_gelu" | "mlp" => Ok(Self::Mlp2xGelu),
             "perceiver" => Ok(Self::Perceiver),
+            "qwen2_audio" => Ok(Self::Qwen2Audio),
+            "ultravox" => Ok(Self::Ultravox),
             other => Err(Error::UnknownKind {
                 what: "projector kind",
                 kind: other.to_string(),
-                known: "linear, mlp2x_gelu, perceiver".into(),
+                known: "linear, mlp2x_gelu, perceiver, qwen2_audio, ultravox".into(),
             }),
+        }
+    }
+
+    /// The reduction the kind is defined with, if it has one (`qwen2_audio`: average-pool by
+    /// 2; `ultravox`: stack 8), used when a recipe names none.
+    pub fn default_reduce(&self) -> Option<Reduce> {
+        match self {
+            Self::Qwen2Audio => Some(Reduce::AvgPool { n: 2 }),
+            Self::Ultravox => Some(Reduce::Stack { n: 8 }),
+            _ => None,
         }
     }
 }
@@ -54,11 +79,15 @@ pub struct ProjectorConfig {
     pub d_enc: usize,
     /// LLM embedding width.
     pub d_llm: usize,
-    /// Tokens handed to the LLM per item (`k`).
+    /// Tokens handed to the LLM per item (`k`) by the fixed-count reductions and the
+    /// Perceiver; unused by the rate reductions, whose count follows the item.
     pub num_tokens: usize,
-    /// How linear/MLP projectors reduce `n` frames to `k` tokens (the Perceiver needs none).
+    /// How the non-Perceiver kinds reduce `n` frames to tokens (the Perceiver needs none).
     #[serde(default = "default_reduce")]
     pub reduce: Reduce,
+    /// Width of Ultravox's first linear layer (before SwiGLU halves it); default `4 * d_llm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perceiver: Option<PerceiverConfig>,
     /// A trainable stage in front of the projection, trained with it (see [`crate::front`]);
@@ -106,6 +135,42 @@ enum Body {
     Linear(Linear),
     Mlp(Linear, Linear),
     Perceiver(Box<PerceiverResampler>),
+    Ultravox(Box<UltravoxMlp>),
+}
+
+/// Ultravox's projection of stacked frames (see [`ProjectorKind::Ultravox`]).
+#[derive(Debug, Clone)]
+struct UltravoxMlp {
+    ln_pre: RmsNorm,
+    linear_1: Linear,
+    ln_mid: RmsNorm,
+    linear_2: Linear,
+}
+
+impl UltravoxMlp {
+    fn new(d_in: usize, hidden: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
+        if hidden < 2 || !hidden.is_multiple_of(2) {
+            return Err(Error::config(
+                "hidden",
+                format!("ultravox's hidden width must be even (SwiGLU halves it), got {hidden}"),
+            ));
+        }
+        Ok(Self {
+            ln_pre: RmsNorm::new(d_in, 1e-6, vb.pp("ln_pre"))?,
+            linear_1: candle_nn::linear_no_bias(d_in, hidden, vb.pp("linear_1"))?,
+            ln_mid: RmsNorm::new(hidden / 2, 1e-6, vb.pp("ln_mid"))?,
+            linear_2: candle_nn::linear_no_bias(hidden / 2, d_out, vb.pp("linear_2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.linear_1.forward(&self.ln_pre.forward(xs)?)?;
+        let half = h.dim(candle_core::D::Minus1)? / 2;
+        let x = h.narrow(candle_core::D::Minus1, 0, half)?;
+        let gate = h.narrow(candle_core::D::Minus1, half, half)?;
+        let h = (candle_nn::ops::silu(&gate)? * x)?;
+        Ok(self.linear_2.forward(&self.ln_mid.forward(&h)?)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,11 +192,26 @@ impl Projector {
                 ),
             ));
         }
-        if let Reduce::Concat { stride: 0 } = cfg.reduce {
+        if cfg.reduce.factor() == Some(0) {
             return Err(Error::config(
                 "stride",
-                "projector reduce stride must be >= 1",
+                "projector reduce stride (frames per token) must be >= 1",
             ));
+        }
+        match (cfg.kind, cfg.reduce) {
+            (ProjectorKind::Qwen2Audio, Reduce::AvgPool { .. })
+            | (ProjectorKind::Ultravox, Reduce::Stack { .. }) => {}
+            (ProjectorKind::Qwen2Audio | ProjectorKind::Ultravox, other) => {
+                return Err(Error::config(
+                    "reduce",
+                    format!(
+                        "a {:?} projector reduces with {:?}, not {other:?}",
+                        cfg.kind,
+                        cfg.kind.default_reduce().expect("audio kinds have one")
+                    ),
+                ))
+            }
+            _ => {}
         }
         let (front, d_feat) = match &cfg.front {
             Some(fc) => {
@@ -152,9 +232,15 @@ impl Projector {
         };
         let d_in = cfg.reduce.out_dim(d_feat);
         let body = match cfg.kind {
-            ProjectorKind::Linear => {
+            ProjectorKind::Linear | ProjectorKind::Qwen2Audio => {
                 Body::Linear(candle_nn::linear(d_in, cfg.d_llm, vb.pp("linear"))?)
             }
+            ProjectorKind::Ultravox => Body::Ultravox(Box::new(UltravoxMlp::new(
+                d_in,
+                cfg.hidden.unwrap_or(4 * cfg.d_llm),
+                cfg.d_llm,
+                vb.clone(),
+            )?)),
             ProjectorKind::Mlp2xGelu => Body::Mlp(
                 candle_nn::linear(d_in, cfg.d_llm, vb.pp("fc1"))?,
                 candle_nn::linear(cfg.d_llm, cfg.d_llm, vb.pp("fc2"))?,
@@ -174,8 +260,10 @@ impl Projector {
         })
     }
 
-    /// `xs (b, n, d_enc)`, `lengths[i]` real frames of row `i` -> `(b, k, d_llm)`.
-    pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    /// `xs (b, n, d_enc)`, `lengths[i]` real frames of row `i` -> `(b, t, d_llm)` and the
+    /// number of tokens of each row (`k` each for fixed-count projectors; with a rate
+    /// reduction rows are right-padded to the longest, `t`).
+    pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<(Tensor, Vec<usize>)> {
         let (b, _, d) = xs.dims3()?;
         if d != self.cfg.d_enc {
             return Err(Error::Shape(format!(
@@ -198,30 +286,38 @@ impl Projector {
             }
             None => (xs, lengths),
         };
-        match &self.body {
-            Body::Linear(l) => Ok(l.forward(&self.cfg.reduce.apply(xs, lengths, k)?)?),
-            Body::Mlp(a, c) => {
-                let h = a
-                    .forward(&self.cfg.reduce.apply(xs, lengths, k)?)?
-                    .gelu_erf()?;
-                Ok(c.forward(&h)?)
-            }
-            Body::Perceiver(p) => p.forward(xs, lengths),
+        if let Body::Perceiver(p) = &self.body {
+            return Ok((p.forward(xs, lengths)?, vec![k; b]));
         }
+        let (reduced, counts) = self.cfg.reduce.apply(xs, lengths, k)?;
+        let out = match &self.body {
+            Body::Linear(l) => l.forward(&reduced)?,
+            Body::Mlp(a, c) => c.forward(&a.forward(&reduced)?.gelu_erf()?)?,
+            Body::Ultravox(u) => u.forward(&reduced)?,
+            Body::Perceiver(_) => unreachable!("returned above"),
+        };
+        Ok((out, counts))
     }
 
-    /// Project a list of per-item features `(n_i, d_enc)` of different lengths.
-    pub fn forward_items(&self, items: &[Tensor]) -> Result<Tensor> {
+    /// Project a list of per-item features `(n_i, d_enc)` of different lengths: one
+    /// `(t_i, d_llm)` tensor per item.
+    pub fn forward_items(&self, items: &[Tensor]) -> Result<Vec<Tensor>> {
         let (xs, lengths) = pad_items(items)?;
-        self.forward(&xs, &lengths)
+        let (out, counts) = self.forward(&xs, &lengths)?;
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Ok(out.get(i)?.narrow(0, 0, t)?))
+            .collect()
     }
 
-    /// Names of the parameters of the last layer (its weight and bias).
-    pub fn output_layer(&self) -> [&'static str; 2] {
+    /// Names of the parameters of the last layer (its weight, and bias where it has one).
+    pub fn output_layer(&self) -> &'static [&'static str] {
         match self.cfg.kind {
-            ProjectorKind::Linear => ["linear.weight", "linear.bias"],
-            ProjectorKind::Mlp2xGelu => ["fc2.weight", "fc2.bias"],
-            ProjectorKind::Perceiver => ["perceiver.proj_out.weight", "perceiver.proj_out.bias"],
+            ProjectorKind::Linear | ProjectorKind::Qwen2Audio => &["linear.weight", "linear.bias"],
+            ProjectorKind::Mlp2xGelu => &["fc2.weight", "fc2.bias"],
+            ProjectorKind::Perceiver => &["perceiver.proj_out.weight", "perceiver.proj_out.bias"],
+            ProjectorKind::Ultravox => &["linear_2.weight"],
         }
     }
 
@@ -230,7 +326,7 @@ impl Projector {
     /// tokens 30x louder than any word embedding make the first steps noise.
     pub fn scale_output(&self, store: &ParamStore, factor: f64) -> Result<()> {
         let vars = store.vars();
-        for name in self.output_layer() {
+        for &name in self.output_layer() {
             let (_, v) = vars
                 .iter()
                 .find(|(n, _)| n == name)

@@ -10,6 +10,7 @@ fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
         d_llm: 5,
         num_tokens: 3,
         reduce,
+        hidden: (kind == ProjectorKind::Ultravox).then_some(8),
         perceiver: (kind == ProjectorKind::Perceiver).then_some(PerceiverConfig {
             depth: 2,
             heads: 2,
@@ -35,7 +36,21 @@ fn all_kinds() -> Vec<ProjectorConfig> {
         cfg(ProjectorKind::Linear, Reduce::Concat { stride: 2 }),
         cfg(ProjectorKind::Mlp2xGelu, Reduce::Pool),
         cfg(ProjectorKind::Perceiver, Reduce::Pool),
+        cfg(ProjectorKind::Linear, Reduce::Stack { n: 3 }),
+        cfg(ProjectorKind::Mlp2xGelu, Reduce::AvgPool { n: 2 }),
+        cfg(ProjectorKind::Qwen2Audio, Reduce::AvgPool { n: 2 }),
+        cfg(ProjectorKind::Ultravox, Reduce::Stack { n: 2 }),
     ]
+}
+
+/// Tokens each kind gives for an item of `frames` frames (k = 3 for the fixed-count ones).
+fn tokens(c: &ProjectorConfig, frames: usize) -> usize {
+    match c.reduce {
+        Reduce::Stack { n } | Reduce::AvgPool { n } if c.kind != ProjectorKind::Perceiver => {
+            frames.div_ceil(n)
+        }
+        _ => 3,
+    }
 }
 
 /// Deterministic pseudo-random data (candle's CPU randn cannot be seeded).
@@ -53,10 +68,11 @@ fn shapes_and_padding_invariance() -> anyhow::Result<()> {
         let a = data(&[7, 6], 1);
         let b = data(&[4, 6], 2);
         let both = p.forward_items(&[a.clone(), b.clone()])?;
-        assert_eq!(both.dims(), &[2, 3, 5], "{:?}", c.kind);
+        assert_eq!(both[0].dims(), &[tokens(&c, 7), 5], "{:?}", c.kind);
+        assert_eq!(both[1].dims(), &[tokens(&c, 4), 5], "{:?}", c.kind);
         // Item b alone (no padding) must equal its row in the padded batch.
         let alone = p.forward_items(&[b])?;
-        let diff = (both.get(1)? - alone.get(0)?)?
+        let diff = (&both[1] - &alone[0])?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
@@ -75,10 +91,14 @@ fn gradients_match_finite_differences() -> anyhow::Result<()> {
     for c in all_kinds() {
         let (p, store) = Projector::init(&c, 5, &Device::Cpu)?;
         let xs = [data(&[7, 6], 11), data(&[3, 6], 12)];
-        let target = data(&[2, 3, 5], 13);
+        let targets = [data(&[tokens(&c, 7), 5], 13), data(&[tokens(&c, 3), 5], 14)];
         let loss_of = |p: &Projector| -> anyhow::Result<Tensor> {
-            let y = p.forward_items(&xs)?;
-            Ok((y - &target)?.sqr()?.sum(D::Minus1)?.mean_all()?)
+            let ys = p.forward_items(&xs)?;
+            let mut loss = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
+            for (y, t) in ys.iter().zip(&targets) {
+                loss = (loss + (y - t)?.sqr()?.sum(D::Minus1)?.mean_all()?)?;
+            }
+            Ok(loss)
         };
         let grads = loss_of(&p)?.backward()?;
         for (name, var) in store.vars() {
@@ -122,7 +142,7 @@ fn save_and_load_round_trip() -> anyhow::Result<()> {
         let (q, _) = Projector::load(&dir, &Device::Cpu)?;
         assert_eq!(q.cfg, c);
         let x = [data(&[5, 6], 4)];
-        let d = (p.forward_items(&x)? - q.forward_items(&x)?)?
+        let d = (&p.forward_items(&x)?[0] - &q.forward_items(&x)?[0])?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
@@ -143,5 +163,55 @@ fn save_and_load_round_trip() -> anyhow::Result<()> {
         "{err}"
     );
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn audio_kinds_have_their_models_parameter_layouts() -> anyhow::Result<()> {
+    let names = |c: &ProjectorConfig| -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+        let (_, store) = Projector::init(c, 1, &Device::Cpu)?;
+        let mut v: Vec<_> = store
+            .vars()
+            .into_iter()
+            .map(|(n, t)| (n, t.dims().to_vec()))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    // Ultravox: stacked width 2 * 6 = 12, hidden 8 (SwiGLU -> 4), out 5, no biases.
+    assert_eq!(
+        names(&cfg(ProjectorKind::Ultravox, Reduce::Stack { n: 2 }))?,
+        vec![
+            ("linear_1.weight".to_string(), vec![8, 12]),
+            ("linear_2.weight".to_string(), vec![5, 4]),
+            ("ln_mid.weight".to_string(), vec![4]),
+            ("ln_pre.weight".to_string(), vec![12]),
+        ]
+    );
+    // Qwen2-Audio: pooled frames keep the encoder width, one linear layer with a bias.
+    assert_eq!(
+        names(&cfg(ProjectorKind::Qwen2Audio, Reduce::AvgPool { n: 2 }))?,
+        vec![
+            ("linear.bias".to_string(), vec![5]),
+            ("linear.weight".to_string(), vec![5, 6]),
+        ]
+    );
+    assert_eq!(
+        ProjectorKind::parse("ultravox")?.default_reduce(),
+        Some(Reduce::Stack { n: 8 })
+    );
+    // A kind with the wrong reduction, or an odd SwiGLU width, is a config error naming it.
+    let err = Projector::init(&cfg(ProjectorKind::Ultravox, Reduce::Pool), 1, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reduce"), "{err}");
+    let mut odd = cfg(ProjectorKind::Ultravox, Reduce::Stack { n: 2 });
+    odd.hidden = Some(7);
+    let err = Projector::init(&odd, 1, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("hidden") && err.contains("even"), "{err}");
+    let err = Projector::init(&cfg(ProjectorKind::Linear, Reduce::Stack { n: 0 }), 1, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(">= 1"), "{err}");
     Ok(())
 }

@@ -22,7 +22,7 @@ impl ModalityRegistry {
     pub fn with_builtins() -> Self {
         let mut r = Self::empty();
         let builtins: Vec<Arc<dyn AnyModality>> = vec![
-            Arc::new(crate::audio::AudioModality),
+            Arc::new(crate::audio::AudioModality::default()),
             Arc::new(crate::image::ImageModality::default()),
             #[cfg(feature = "video")]
             Arc::new(crate::video::VideoModality::default()),

@@ -206,6 +206,7 @@ fn bench_align(
         d_llm: llm.cfg.hidden_size,
         num_tokens: k,
         reduce: Reduce::Pool,
+        hidden: None,
         perceiver: None,
         front: None,
         modality: "audio".into(),
@@ -263,9 +264,7 @@ fn bench_align(
     for _ in 0..reps.max(2) + 1 {
         let t0 = Instant::now();
         let toks = proj.forward_items(&feats)?;
-        let groups: Vec<Vec<Tensor>> = (0..b)
-            .map(|i| Ok(vec![toks.get(i)?]))
-            .collect::<candle_core::Result<_>>()?;
+        let groups: Vec<Vec<Tensor>> = toks.into_iter().map(|t| vec![t]).collect();
         let batch = build_batch(llm, &examples, &groups)?;
         let (nll, m) = answer_loss_sum(llm, &batch)?;
         let loss = (nll / m as f64)?;

@@ -137,7 +137,11 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         opt.step(&grads, steps.lr())?;
         steps.record(loss, grad_norm)?;
         if steps.eval_due() {
-            steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)?;
+            if steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)? {
+                steps.save_best(&run, |dir| {
+                    Ok(adapter.projector.save(dir, &adapter.store)?)
+                })?;
+            }
         }
         if steps.save_due() {
             steps.save(&run, &opt, |dir| {
@@ -165,6 +169,16 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     RunSummary::report(&finished, train_counts, valid_counts, extra, &run, &detail)
 }
 
+/// The recipe's name of a reduction method.
+fn reduce_name(r: &Reduce) -> &'static str {
+    match r {
+        Reduce::Pool => "pool",
+        Reduce::Concat { .. } => "concat",
+        Reduce::Stack { .. } => "stack",
+        Reduce::AvgPool { .. } => "avg_pool",
+    }
+}
+
 /// The projector's shape from the recipe and the two frozen models' widths.
 pub fn projector_config(
     recipe: &AlignRecipe,
@@ -173,22 +187,47 @@ pub fn projector_config(
     encoder_id: &str,
 ) -> Result<ProjectorConfig> {
     let p = &recipe.projector;
-    let reduce = match p.reduce.as_str() {
+    let kind = ProjectorKind::parse(&p.kind).context("projector.kind")?;
+    let kind_default = kind.default_reduce();
+    let method = match p.reduce.as_str() {
+        "" => match kind_default {
+            Some(Reduce::Stack { .. }) => "stack",
+            Some(Reduce::AvgPool { .. }) => "avg_pool",
+            _ => "pool",
+        },
+        m => m,
+    };
+    // Frames per token: as given, else the kind's own for its method, else (concat) 1.
+    let stride = match (p.stride, kind_default.and_then(|r| r.factor())) {
+        (Some(0), _) => bail!("projector.stride must be >= 1"),
+        (Some(n), _) => Some(n),
+        (None, Some(n)) if kind_default.is_some_and(|r| reduce_name(&r) == method) => Some(n),
+        (None, _) if method == "concat" => Some(1),
+        (None, _) => None,
+    };
+    let need_stride = || {
+        stride.with_context(|| {
+            format!("projector.stride (frames per token) is needed with reduce = \"{method}\"")
+        })
+    };
+    let reduce = match method {
         "pool" => Reduce::Pool,
-        "concat" => {
-            if p.stride == 0 {
-                bail!("projector.stride must be >= 1");
-            }
-            Reduce::Concat { stride: p.stride }
+        "concat" => Reduce::Concat {
+            stride: need_stride()?,
+        },
+        "stack" => Reduce::Stack { n: need_stride()? },
+        "avg_pool" => Reduce::AvgPool { n: need_stride()? },
+        other => {
+            bail!("projector.reduce '{other}' is not one of: pool, concat, stack, avg_pool")
         }
-        other => bail!("projector.reduce '{other}' is not one of: pool, concat"),
     };
     Ok(ProjectorConfig {
-        kind: ProjectorKind::parse(&p.kind).context("projector.kind")?,
+        kind,
         d_enc,
         d_llm,
         num_tokens: p.num_tokens,
         reduce,
+        hidden: p.hidden,
         perceiver: p.perceiver.clone(),
         front: p.front.clone().map(|f| f.with_input_width(d_enc)),
         modality: recipe.modality.clone(),
@@ -298,7 +337,8 @@ fn match_embedding_scale(model: &MultimodalModel, train: &[TrainItem]) -> Result
         .collect::<Result<Vec<_>>>()?;
     let rms =
         |t: Tensor| -> Result<f64> { Ok(t.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()? as f64) };
-    let out_rms = rms(adapter.projector.forward_items(&feats)?.detach())?;
+    let out = adapter.projector.forward_items(&feats)?;
+    let out_rms = rms(Tensor::cat(&out, 0)?.detach())?;
     let ids: Vec<u32> = items
         .iter()
         .flat_map(|i| {

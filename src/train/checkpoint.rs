@@ -20,6 +20,12 @@ pub struct TrainerState {
     /// Training wall time so far, across resumes.
     pub elapsed_s: f64,
     pub seed: u64,
+    /// The best validation loss so far and its step (`best/`), and the evaluations since it
+    /// (early stopping); absent in checkpoints of older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<crate::run_dir::BestRecord>,
+    #[serde(default)]
+    pub evals_since_best: u64,
 }
 
 /// Write a checkpoint whose trainable parts `write` puts into the folder it is given, with the
@@ -69,4 +75,37 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid trainer state", p.display()))
+}
+
+/// Write the trainable parts (`write` fills the folder it is given) as the run's `best/`,
+/// with `best.json`, replacing the earlier best only once the new one is complete.
+pub fn save_best(
+    run: &RunDir,
+    record: &crate::run_dir::BestRecord,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let (dir, tmp) = (run.best(), run.best_in_progress());
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("{}: cannot clear", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    write(&tmp)?;
+    crate::run_dir::write_json(&tmp.join(crate::run_dir::BEST_FILE), record)?;
+    // rename() cannot replace a non-empty folder: move the old one aside first, so that a
+    // crash leaves either the old best or the new one in place (plus a folder to clear).
+    let old = run.path().join(".best.old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("{}: cannot clear", old.display()))?;
+    }
+    if dir.exists() {
+        std::fs::rename(&dir, &old).with_context(|| format!("{}: cannot replace", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("{}: cannot remove", old.display()))?;
+    }
+    Ok(dir)
 }

@@ -32,7 +32,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::progress::Progress;
 use super::schedule::lr_at;
 use crate::recipe::{LlmSection, TrainSection};
-use crate::run_dir::RunDir;
+use crate::run_dir::{BestRecord, RunDir};
 
 /// A run folder made ready for training.
 pub struct TrainingRun {
@@ -43,10 +43,13 @@ pub struct TrainingRun {
 }
 
 /// Where training starts: step 0, or a checkpoint's step and the time it had taken.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Resumed {
     pub step: u64,
     pub elapsed_s: f64,
+    /// The best evaluation so far and the evaluations since it, as the checkpoint kept them.
+    pub best: Option<crate::run_dir::BestRecord>,
+    pub evals_since_best: u64,
 }
 
 impl TrainingRun {
@@ -102,6 +105,8 @@ impl TrainingRun {
         Ok(Resumed {
             step: *step,
             elapsed_s: state.elapsed_s,
+            best: state.best,
+            evals_since_best: state.evals_since_best,
         })
     }
 
@@ -150,6 +155,10 @@ pub struct StepLoop<'a> {
     last_eval: Option<f64>,
     out_of_time: bool,
     stopped_early: bool,
+    best: Option<BestRecord>,
+    evals_since_best: u64,
+    /// `train.early_stopping` evaluations passed without a new best.
+    patience_out: bool,
 }
 
 impl<'a> StepLoop<'a> {
@@ -167,6 +176,9 @@ impl<'a> StepLoop<'a> {
             last_eval: None,
             out_of_time: false,
             stopped_early: false,
+            best: resumed.best.clone(),
+            evals_since_best: resumed.evals_since_best,
+            patience_out: false,
         })
     }
 
@@ -174,6 +186,16 @@ impl<'a> StepLoop<'a> {
     /// `train.max_minutes` reached (then `--resume` continues).
     pub fn next_step(&mut self) -> Option<u64> {
         if self.step >= self.t.max_steps {
+            return None;
+        }
+        if self.patience_out {
+            self.progress.message(&format!(
+                "stopping at step {}: no better validation loss in {} evaluations (train.early_stopping); best/ holds step {}",
+                self.step,
+                self.t.early_stopping,
+                self.best.as_ref().map_or(0, |b| b.step)
+            ));
+            self.stopped_early = true;
             return None;
         }
         if self.out_of_time {
@@ -236,20 +258,57 @@ impl<'a> StepLoop<'a> {
 
     /// Whether the step just done is the run's last (all steps, or out of time).
     fn last(&self) -> bool {
-        self.step == self.t.max_steps || self.out_of_time
+        self.step == self.t.max_steps || self.out_of_time || self.patience_out
     }
 
     pub fn eval_due(&self) -> bool {
         (self.t.eval_every > 0 && self.step % self.t.eval_every == 0) || self.last()
     }
 
-    pub fn record_eval(&mut self, loss: f64) -> Result<()> {
+    /// Record a validation loss; true when it is the best so far (then call
+    /// [`save_best`](Self::save_best)). `train.early_stopping` evaluations in a row without a
+    /// new best end the run after this step.
+    pub fn record_eval(&mut self, loss: f64) -> Result<bool> {
         self.metrics
             .push(serde_json::json!({"step": self.step, "eval_loss": loss}))?;
-        self.progress
-            .message(&format!("step {}: eval loss {loss:.4}", self.step));
         self.last_eval = Some(loss);
+        let is_best = loss.is_finite() && self.best.as_ref().is_none_or(|b| loss < b.eval_loss);
+        if is_best {
+            self.best = Some(BestRecord {
+                step: self.step,
+                eval_loss: loss,
+            });
+            self.evals_since_best = 0;
+        } else {
+            self.evals_since_best += 1;
+        }
+        self.progress.message(&format!(
+            "step {}: eval loss {loss:.4}{}",
+            self.step,
+            if is_best { " (best so far)" } else { "" }
+        ));
+        self.patience_out =
+            self.t.early_stopping > 0 && self.evals_since_best >= self.t.early_stopping;
+        Ok(is_best)
+    }
+
+    /// Write the trainable parts as the run's `best/` (see [`checkpoint::save_best`]).
+    pub fn save_best(
+        &mut self,
+        run: &TrainingRun,
+        write: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
+        let record = self
+            .best
+            .clone()
+            .context("internal: save_best without a best evaluation")?;
+        checkpoint::save_best(&run.dir, &record, write)?;
         Ok(())
+    }
+
+    /// The best evaluation of the run so far.
+    pub fn best(&self) -> Option<&BestRecord> {
+        self.best.as_ref()
     }
 
     pub fn save_due(&self) -> bool {
@@ -267,6 +326,8 @@ impl<'a> StepLoop<'a> {
             step: self.step,
             elapsed_s: self.elapsed_s(),
             seed: self.t.seed,
+            best: self.best.clone(),
+            evals_since_best: self.evals_since_best,
         };
         let dir = checkpoint::save(&run.dir, opt, &state, self.t.keep_checkpoints, write)?;
         self.progress.message(&format!("saved {}", dir.display()));

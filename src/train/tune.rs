@@ -161,7 +161,9 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
             if let Some(set) = lora {
                 set.set_training(false);
             }
-            steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)?;
+            if steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)? {
+                steps.save_best(&run, |dir| save_trainables(dir, &model, recipe, false))?;
+            }
         }
         if steps.save_due() {
             steps.save(&run, &opt, |dir| {

@@ -5,13 +5,26 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use super::{load_audio_16k, whisper::resolve_encoder_ref_in, WhisperEncoder};
+use super::whisper::{resolve_encoder_ref_in, Context};
+use super::{load_audio_16k, WhisperEncoder};
 use crate::modality::{Batch, Encoder, EncoderContext, Modality};
 use crate::{Error, Result};
 
+/// `[encoder.options]` of the audio modality.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioOptions {
+    /// `window` (each clip padded to Whisper's 30 s) or `clip` (its own length, rounded up to
+    /// 0.5 s); see [`Context`].
+    #[serde(default)]
+    pub context: Context,
+}
+
 /// The built-in audio modality (`<audio>`, manifest key `audio`).
 #[derive(Debug, Clone, Default)]
-pub struct AudioModality;
+pub struct AudioModality {
+    pub options: AudioOptions,
+}
 
 impl Modality for AudioModality {
     /// 16 kHz mono samples.
@@ -23,6 +36,12 @@ impl Modality for AudioModality {
 
     fn default_extension(&self) -> Option<&str> {
         Some("wav")
+    }
+
+    fn configure(&self, ctx: &EncoderContext) -> Result<Self> {
+        Ok(Self {
+            options: ctx.parse_options("audio")?,
+        })
     }
 
     /// symphonia first; with the `video` feature, a codec or layout it lacks (5.1 AAC, Opus, a
@@ -41,7 +60,9 @@ impl Modality for AudioModality {
         ctx: &EncoderContext,
     ) -> Result<Box<dyn Encoder<Vec<f32>>>> {
         let path = resolve_encoder_ref_in(reference, &ctx.cache_dir)?;
-        Ok(Box::new(WhisperEncoder::load(&path, &ctx.device)?))
+        Ok(Box::new(
+            WhisperEncoder::load(&path, &ctx.device)?.with_context(self.options.context),
+        ))
     }
 }
 

@@ -1,6 +1,13 @@
 //! The frozen Whisper audio encoder: 16 kHz samples -> log-mel -> candle-transformers'
 //! `AudioEncoder` -> `(n_frames, d_model)` features, one frame per 20 ms of audio.
 //!
+//! Two ways to encode a clip ([`Context`]): as Whisper was trained, each 30 s window padded with
+//! silence to 30 s and all 1500 positions encoded (`window`); or only as many positions as the
+//! clip needs (`clip`, whisper.cpp's `audio_ctx`): the log-mel is cut to the clip's length
+//! rounded up to a bucket of 0.5 s and the positional table is cut with it, so a 3 s clip costs
+//! ~1/9 of the work. Rounding to buckets keeps a clip's features independent of the batch it is
+//! encoded in (clips of one bucket share a forward), which the feature cache relies on.
+//!
 //! Weights come from either a CTranslate2 folder (`model.bin`, what faster-whisper users hold,
 //! fp16 in the fetched tiny.en) or a Hugging Face Whisper folder (`model.safetensors` +
 //! `config.json`). Both are mapped onto the HF names candle expects.
@@ -25,6 +32,30 @@ pub const FRAMES_PER_WINDOW: usize = N_FRAMES / 2;
 /// 30 s windows per encoder forward in [`WhisperEncoder::encode_batch`]; bounds memory (the
 /// attention scores of one window are heads x 1500 x 1500 f32, 54 MB for tiny).
 const MAX_WINDOWS_PER_FORWARD: usize = 8;
+/// Encoder frames per bucket of the `clip` context: 25 frames = 0.5 s.
+pub const CLIP_BUCKET_FRAMES: usize = 25;
+
+/// How much of Whisper's 30 s window a clip is encoded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Context {
+    /// The whole 30 s window, padded with silence (as Whisper was trained).
+    #[default]
+    Window,
+    /// The clip's own length, rounded up to 0.5 s (whisper.cpp's `audio_ctx`).
+    Clip,
+}
+
+/// Encoder frames a window of `len` samples is encoded with in `context`.
+fn encoded_frames(len: usize, context: Context) -> usize {
+    match context {
+        Context::Window => FRAMES_PER_WINDOW,
+        Context::Clip => kept_frames(len)
+            .div_ceil(CLIP_BUCKET_FRAMES)
+            .saturating_mul(CLIP_BUCKET_FRAMES)
+            .min(FRAMES_PER_WINDOW),
+    }
+}
 
 /// Resolves an encoder reference to a folder or file: the short names `whisper-tiny-en` (the
 /// default; also `whisper-tiny.en`) and `whisper-base` map to the fetched models under
@@ -88,6 +119,7 @@ pub struct WhisperEncoder {
     mel: LogMel,
     device: Device,
     id: String,
+    context: Context,
 }
 
 impl WhisperEncoder {
@@ -133,7 +165,25 @@ impl WhisperEncoder {
             mel: LogMel::new(dims.n_mels)?,
             device: device.clone(),
             id,
+            context: Context::Window,
         })
+    }
+
+    /// This encoder with `context`; the id of a `clip` encoder ends in `-clip`, since its
+    /// features differ from the window's.
+    pub fn with_context(mut self, context: Context) -> Self {
+        if self.context != context {
+            self.id = match context {
+                Context::Clip => format!("{}-clip", self.id),
+                Context::Window => self.id.trim_end_matches("-clip").to_string(),
+            };
+            self.context = context;
+        }
+        self
+    }
+
+    pub fn context(&self) -> Context {
+        self.context
     }
 
     /// A stable id for feature caches: `whisper-<d_model>-<layers>-<16 hex of sha256(weights)>`.
@@ -209,16 +259,18 @@ impl WhisperEncoder {
     }
 
     /// Encodes the windows of [`log_mel_windows`](Self::log_mel_windows) for clips of
-    /// `lengths` samples: one `(n_kept_i, d_model)` tensor per clip.
+    /// `lengths` samples: one `(n_kept_i, d_model)` tensor per clip. Windows encoded with the
+    /// same number of positions share forwards (all of them in the `window` context; those of
+    /// one 0.5 s bucket in the `clip` context), at most ~8 windows' worth of positions each.
     pub fn encode_windows(&self, mels: &Tensor, lengths: &[usize]) -> Result<Vec<Tensor>> {
-        // (clip index, kept frames) of every window, in order.
-        let jobs: Vec<(usize, usize)> = lengths
+        // (clip index, kept frames, encoded frames) of every window, in order.
+        let jobs: Vec<(usize, usize, usize)> = lengths
             .iter()
             .enumerate()
             .flat_map(|(ci, &n)| {
-                windows(n)
-                    .into_iter()
-                    .map(move |(s, e)| (ci, kept_frames(e - s)))
+                windows(n).into_iter().map(move |(s, e)| {
+                    (ci, kept_frames(e - s), encoded_frames(e - s, self.context))
+                })
             })
             .collect();
         if jobs.len() != mels.dim(0)? {
@@ -228,20 +280,37 @@ impl WhisperEncoder {
                 got: mels.dim(0)?.to_string(),
             });
         }
-        let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); lengths.len()];
-        for (ci0, chunk) in jobs.chunks(MAX_WINDOWS_PER_FORWARD).enumerate() {
-            let start = ci0 * MAX_WINDOWS_PER_FORWARD;
-            // (b, n_mels, 3000) -> (b, 1500, d)
-            let xs = mels
-                .narrow(0, start, chunk.len())?
-                .to_device(&self.device)?;
-            // AudioEncoder::forward takes &mut self only for the decoder's KV cache, which the
-            // encoder never fills; a clone shares the weights (Arc) and keeps `encode` &self.
-            let ys = self.encoder.clone().forward(&xs, true)?;
-            for (b, &(ci, keep)) in chunk.iter().enumerate() {
-                let y = ys.i(b)?.narrow(0, 0, keep)?.to_device(&Device::Cpu)?;
-                per_clip[ci].push(y.to_dtype(DType::F32)?);
+        let mut sizes: Vec<usize> = jobs.iter().map(|j| j.2).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut per_window: Vec<Option<Tensor>> = vec![None; jobs.len()];
+        for size in sizes {
+            let members: Vec<usize> = (0..jobs.len()).filter(|&w| jobs[w].2 == size).collect();
+            let per_forward = (MAX_WINDOWS_PER_FORWARD * FRAMES_PER_WINDOW / size).max(1);
+            for group in members.chunks(per_forward) {
+                let idx = Tensor::new(
+                    group.iter().map(|&w| w as u32).collect::<Vec<_>>().as_slice(),
+                    mels.device(),
+                )?;
+                // (b, n_mels, 2 * size) -> (b, size, d): conv2's stride halves the mel frames.
+                let xs = mels
+                    .index_select(&idx, 0)?
+                    .narrow(2, 0, 2 * size)?
+                    .to_device(&self.device)?;
+                // AudioEncoder::forward takes &mut self only for the decoder's KV cache, which
+                // the encoder never fills; a clone shares the weights (Arc) and keeps `encode`
+                // &self.
+                let ys = self.encoder.clone().forward(&xs, true)?;
+                for (b, &w) in group.iter().enumerate() {
+                    let y = ys.i(b)?.narrow(0, 0, jobs[w].1)?.to_device(&Device::Cpu)?;
+                    per_window[w] = Some(y.to_dtype(DType::F32)?);
+                }
             }
+        }
+        let mut per_clip: Vec<Vec<Tensor>> = vec![Vec::new(); lengths.len()];
+        for (w, y) in per_window.into_iter().enumerate() {
+            let y = y.ok_or_else(|| Error::Internal(format!("window {w} was not encoded")))?;
+            per_clip[jobs[w].0].push(y);
         }
         per_clip
             .into_iter()
