@@ -109,6 +109,10 @@ pub struct DataSection {
     /// JSONL manifests: one `{"<modality>": "path", "text": "..."}` per line.
     pub train: String,
     pub valid: String,
+    /// More training manifests, used with `train` (e.g. a synthesized corpus from
+    /// `anymal data tts` beside the real recordings); each is checked on its own.
+    #[serde(default)]
+    pub train_extra: Vec<String>,
     /// User turn with the placeholder; the item's text is the answer.
     pub prompt: String,
     /// Wrap the prompt in the LLM's chat template (when it has one).

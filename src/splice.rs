@@ -53,7 +53,8 @@ impl Example {
             out.labels.extend_from_slice(&self.labels[cur..s]);
             out.slots.push(out.input_ids.len());
             out.input_ids.extend(std::iter::repeat_n(0u32, lens[g]));
-            out.labels.extend(std::iter::repeat_n(IGNORE_INDEX, lens[g]));
+            out.labels
+                .extend(std::iter::repeat_n(IGNORE_INDEX, lens[g]));
             cur = s + self.slot_lens[g];
         }
         out.input_ids.extend_from_slice(&self.input_ids[cur..]);

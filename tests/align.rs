@@ -259,6 +259,95 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
     assert!(report["wer"].as_f64().unwrap() >= 0.0);
     assert!(stdout.contains("| manifest | items | WER"), "{stdout}");
     assert!(a.join("predictions-valid.jsonl").is_file());
+    // best/ holds the projector of the lowest validation loss, and --run loads it.
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("best/best.json")).unwrap()).unwrap();
+    let evals: Vec<(u64, f64)> = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_u64()?, v.get("eval_loss")?.as_f64()?))
+        })
+        .collect();
+    let min = evals
+        .iter()
+        .copied()
+        .fold((0, f64::INFINITY), |m, e| if e.1 < m.1 { e } else { m });
+    assert_eq!(
+        (
+            best["step"].as_u64().unwrap(),
+            best["eval_loss"].as_f64().unwrap()
+        ),
+        min
+    );
+    assert!(a.join("best/projector.safetensors").is_file());
+    assert!(stderr.contains("best"), "{stderr}");
+    // The resumed run kept the same best.
+    assert_eq!(
+        std::fs::read(a.join("best/projector.safetensors")).unwrap(),
+        std::fs::read(b.join("best/projector.safetensors")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rate_projector_trains_on_clip_length_features_and_runs() {
+    let dir = workdir("rate");
+    let (train, valid) = manifests(&dir, 8, &[]);
+    let out = dir.join("run");
+    let args = align_args(
+        &train,
+        &valid,
+        &out,
+        &[
+            "--set",
+            "projector.kind=ultravox",
+            "--set",
+            "projector.reduce=stack",
+            "--set",
+            "projector.hidden=256",
+            "--set",
+            "encoder.options.context=clip",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.early_stopping=1",
+        ],
+    );
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("projector.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["kind"], "ultravox");
+    assert_eq!(cfg["reduce"]["method"], "stack");
+    assert_eq!(cfg["reduce"]["n"], 8);
+    assert_eq!(cfg["encoder_options"]["context"], "clip");
+    let (code, _, stderr) = run(&[
+        "generate",
+        "--projector",
+        &out.display().to_string(),
+        "--audio",
+        &fixture("tone440.mp3").display().to_string(),
+        "--prompt",
+        "Transcript:",
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    // A misspelt option names its key.
+    let args = align_args(
+        &train,
+        &valid,
+        &dir.join("bad"),
+        &["--set", "encoder.options.contxt=clip"],
+    );
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("contxt"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -78,7 +78,9 @@ impl Reduce {
         let lengths: Vec<usize> = lengths.iter().map(|&l| l.clamp(1, n)).collect();
         let counts: Vec<usize> = lengths.iter().map(|&l| self.tokens_for(l, k)).collect();
         let out = match *self {
-            Reduce::Pool => pooling_matrix(&lengths, b, n, k, xs.device())?.matmul(&xs.contiguous()?)?,
+            Reduce::Pool => {
+                pooling_matrix(&lengths, b, n, k, xs.device())?.matmul(&xs.contiguous()?)?
+            }
             Reduce::Concat { stride } => {
                 let p = pooling_matrix(&lengths, b, n, k * stride, xs.device())?;
                 p.matmul(&xs.contiguous()?)?.reshape((b, k, stride * d))?
@@ -117,7 +119,13 @@ fn frame_mask(lengths: &[usize], n: usize, dev: &Device) -> Result<Tensor> {
 
 /// `(b, t, n)` averaging weights of a rate reduction: token `i` of a row of `L` real frames
 /// averages frames `[i*f, min((i+1)*f, L))`; tokens past `ceil(L / f)` are all zero.
-fn rate_pooling_matrix(lengths: &[usize], n: usize, f: usize, t: usize, dev: &Device) -> Result<Tensor> {
+fn rate_pooling_matrix(
+    lengths: &[usize],
+    n: usize,
+    f: usize,
+    t: usize,
+    dev: &Device,
+) -> Result<Tensor> {
     let b = lengths.len();
     let mut w = vec![0f32; b * t * n];
     for (j, &len) in lengths.iter().enumerate() {
@@ -215,7 +223,10 @@ mod tests {
     fn stack_keeps_a_rate_and_zero_pads_the_last_group() -> Result<()> {
         // Row 0: 5 real frames of 1..=5; row 1: 2 real frames then padding of 100s.
         let xs = Tensor::new(
-            &[[[1f32], [2.], [3.], [4.], [5.]], [[7.], [8.], [100.], [100.], [100.]]],
+            &[
+                [[1f32], [2.], [3.], [4.], [5.]],
+                [[7.], [8.], [100.], [100.], [100.]],
+            ],
             &Device::Cpu,
         )?;
         let r = Reduce::Stack { n: 2 };
@@ -232,7 +243,10 @@ mod tests {
     #[test]
     fn avg_pool_averages_each_window_and_the_partial_last_one() -> Result<()> {
         let xs = Tensor::new(
-            &[[[1f32], [3.], [5.], [7.], [9.]], [[2.], [4.], [100.], [100.], [100.]]],
+            &[
+                [[1f32], [3.], [5.], [7.], [9.]],
+                [[2.], [4.], [100.], [100.], [100.]],
+            ],
             &Device::Cpu,
         )?;
         let r = Reduce::AvgPool { n: 2 };

@@ -207,11 +207,17 @@ fn audio_kinds_have_their_models_parameter_layouts() -> anyhow::Result<()> {
     assert!(err.contains("reduce"), "{err}");
     let mut odd = cfg(ProjectorKind::Ultravox, Reduce::Stack { n: 2 });
     odd.hidden = Some(7);
-    let err = Projector::init(&odd, 1, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("hidden") && err.contains("even"), "{err}");
-    let err = Projector::init(&cfg(ProjectorKind::Linear, Reduce::Stack { n: 0 }), 1, &Device::Cpu)
+    let err = Projector::init(&odd, 1, &Device::Cpu)
         .unwrap_err()
         .to_string();
+    assert!(err.contains("hidden") && err.contains("even"), "{err}");
+    let err = Projector::init(
+        &cfg(ProjectorKind::Linear, Reduce::Stack { n: 0 }),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(">= 1"), "{err}");
     Ok(())
 }

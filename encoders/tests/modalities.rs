@@ -90,7 +90,7 @@ fn options_are_checked_by_the_modality() {
             "audio",
             "whisper-tiny-en",
             serde_json::json!({"frames": 8}),
-            "takes no",
+            "unknown field `frames`",
         ),
         (
             "video",

@@ -153,3 +153,30 @@ fn ct2_reader_reads_the_real_file_and_refuses_broken_ones() {
     let e = parse_model_bin(&bad, fake, &Device::Cpu, |_| true).unwrap_err();
     assert!(e.to_string().contains("binary version 99"), "{e}");
 }
+
+#[test]
+fn clip_context_encodes_the_clips_length_and_is_independent_of_its_batch() {
+    use anymal_encoders::audio::whisper::Context;
+    let window = encoder();
+    let clip = encoder().with_context(Context::Clip);
+    assert_eq!(clip.id(), format!("{}-clip", window.id()));
+    // 1.3 s, 2.9 s and 31 s (two windows) of a real clip, repeated to length.
+    let doc = reference();
+    let file = doc["clips"][0]["file"].as_str().unwrap().to_string();
+    let long = repeat_16k(&file);
+    let long: Vec<f32> = long.iter().cycle().take(16_000 * 31).copied().collect();
+    let (a, b) = (&long[..20_800], &long[..46_400]);
+    let outs = clip.encode_batch(&[a, b, &long]).unwrap();
+    // Frames kept are the same as the window context's: one per 20 ms of audio.
+    for (o, x) in outs.iter().zip([a, b, &long[..]]) {
+        assert_eq!(o.dim(0).unwrap(), WhisperEncoder::frames_for(x.len()));
+    }
+    // A clip's features do not depend on the clips encoded beside it.
+    let alone = clip.encode_batch(&[b]).unwrap();
+    let d = max_abs_diff(&alone[0], &outs[1]);
+    assert!(d < 1e-4, "batch changed a clip's features by {d}");
+    // They are close to, but not the same as, the 30 s window's (a shorter context).
+    let full = window.encode_batch(&[b]).unwrap();
+    let d = max_abs_diff(&full[0], &outs[1]);
+    assert!(d > 1e-3, "clip and window contexts gave the same features");
+}

@@ -643,8 +643,36 @@ fn clean_sentence(s: &str) -> Option<String> {
     if letters * 10 < s.len() * 7 {
         return None;
     }
+    // The fortunes packages carry some crude jokes: a corpus users train on should not.
+    let lower = s.to_ascii_lowercase();
+    if lower
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|w| CRUDE.iter().any(|c| w.starts_with(c)))
+    {
+        return None;
+    }
     Some(s)
 }
+
+/// Word stems whose sentences are left out of the fortune text.
+const CRUDE: [&str; 16] = [
+    "masturbat",
+    "fuck",
+    "shit",
+    "sex",
+    "penis",
+    "vagina",
+    "rape",
+    "whore",
+    "bitch",
+    "nigg",
+    "fag",
+    "cunt",
+    "dick",
+    "orgasm",
+    "porn",
+    "breast",
+];
 
 /// Transcripts of a speech manifest (`text` of every line).
 pub fn manifest_texts(path: &Path) -> Result<Vec<String>> {
@@ -927,6 +955,10 @@ mod tests {
 
     #[test]
     fn fortune_sentences_are_clean() {
+        assert_eq!(
+            clean_sentence("I have bad news for you, you've been masturbating again."),
+            None
+        );
         for (s, ok) in [
             ("Hello there my friend.", true),
             ("x = y + 1;", false),

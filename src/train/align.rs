@@ -92,7 +92,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
 
     // Data: validated, every file through the encoder once, rendered.
     let (train, train_counts) =
-        load_split(&expand_path(&recipe.data.train), recipe, &model, "train")?;
+        load_splits(&recipe.data.train, &recipe.data.train_extra, recipe, &model)?;
     let (valid, valid_counts) =
         load_split(&expand_path(&recipe.data.valid), recipe, &model, "valid")?;
 
@@ -266,6 +266,32 @@ fn init_from(store: &ParamStore, path: &Path) -> Result<usize> {
 
 /// A manifest's items that pass validation and decode, as conversations: the recipe's prompt,
 /// then the item's text as the answer (cut to `data.max_text_tokens`).
+/// The training items of `data.train` and every `data.train_extra` manifest, in that order.
+fn load_splits(
+    train: &str,
+    extra: &[String],
+    recipe: &AlignRecipe,
+    model: &MultimodalModel,
+) -> Result<(Vec<TrainItem>, SplitCounts)> {
+    let mut items = Vec::new();
+    let mut counts = SplitCounts::default();
+    for (i, m) in std::iter::once(train)
+        .chain(extra.iter().map(|s| s.as_str()))
+        .enumerate()
+    {
+        let what = if i == 0 {
+            "train".to_string()
+        } else {
+            format!("train_extra.{}", i - 1)
+        };
+        let (part, c) = load_split(&expand_path(m), recipe, model, &what)?;
+        items.extend(part);
+        counts.items += c.items;
+        counts.skipped += c.skipped;
+    }
+    Ok((items, counts))
+}
+
 fn load_split(
     path: &Path,
     recipe: &AlignRecipe,

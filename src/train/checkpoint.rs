@@ -100,7 +100,8 @@ pub fn save_best(
             .with_context(|| format!("{}: cannot clear", old.display()))?;
     }
     if dir.exists() {
-        std::fs::rename(&dir, &old).with_context(|| format!("{}: cannot replace", dir.display()))?;
+        std::fs::rename(&dir, &old)
+            .with_context(|| format!("{}: cannot replace", dir.display()))?;
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
     if old.exists() {

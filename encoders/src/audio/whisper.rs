@@ -289,7 +289,11 @@ impl WhisperEncoder {
             let per_forward = (MAX_WINDOWS_PER_FORWARD * FRAMES_PER_WINDOW / size).max(1);
             for group in members.chunks(per_forward) {
                 let idx = Tensor::new(
-                    group.iter().map(|&w| w as u32).collect::<Vec<_>>().as_slice(),
+                    group
+                        .iter()
+                        .map(|&w| w as u32)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
                     mels.device(),
                 )?;
                 // (b, n_mels, 2 * size) -> (b, size, d): conv2's stride halves the mel frames.
