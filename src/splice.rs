@@ -99,10 +99,11 @@ pub fn build_batch(
                 .iter()
                 .map(|t| t.dim(0))
                 .collect::<candle_core::Result<Vec<_>>>()?;
+            // Rows already laid out as given (every fixed-count projector) are used as they are.
             if lens == ex.slot_lens {
-                Ok(ex.clone())
+                Ok(std::borrow::Cow::Borrowed(ex))
             } else {
-                ex.with_slot_lens(&lens)
+                ex.with_slot_lens(&lens).map(std::borrow::Cow::Owned)
             }
         })
         .collect::<Result<Vec<_>>>()?;

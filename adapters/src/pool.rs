@@ -126,18 +126,31 @@ fn rate_pooling_matrix(
     t: usize,
     dev: &Device,
 ) -> Result<Tensor> {
+    averaging_matrix(lengths, n, t, dev, |len, i| {
+        (i < len.div_ceil(f)).then(|| (i * f, ((i + 1) * f).min(len)))
+    })
+}
+
+/// `(b, m, n)` weights whose row `i` of item `j` averages the frames `window(len_j, i)` gives
+/// (`[lo, hi)`, non-empty), or is zero when it gives none.
+fn averaging_matrix(
+    lengths: &[usize],
+    n: usize,
+    m: usize,
+    dev: &Device,
+    window: impl Fn(usize, usize) -> Option<(usize, usize)>,
+) -> Result<Tensor> {
     let b = lengths.len();
-    let mut w = vec![0f32; b * t * n];
+    let mut w = vec![0f32; b * m * n];
     for (j, &len) in lengths.iter().enumerate() {
-        for i in 0..len.div_ceil(f).min(t) {
-            let (lo, hi) = (i * f, ((i + 1) * f).min(len));
-            let inv = 1.0 / (hi - lo) as f32;
-            for fr in lo..hi {
-                w[(j * t + i) * n + fr] = inv;
+        for i in 0..m {
+            if let Some((lo, hi)) = window(len, i) {
+                let row = (j * m + i) * n;
+                w[row + lo..row + hi].fill(1.0 / (hi - lo) as f32);
             }
         }
     }
-    Ok(Tensor::from_vec(w, (b, t, n), dev)?)
+    Ok(Tensor::from_vec(w, (b, m, n), dev)?)
 }
 
 /// `(b, m, n)` averaging weights: output row `i` of item `j` averages frames
@@ -156,19 +169,11 @@ pub fn pooling_matrix(
             lengths.len()
         )));
     }
-    let mut w = vec![0f32; b * m * n];
-    for (j, &len) in lengths.iter().enumerate() {
+    averaging_matrix(lengths, n, m, dev, |len, i| {
         let len = len.clamp(1, n);
-        for i in 0..m {
-            let lo = i * len / m;
-            let hi = ((i + 1) * len).div_ceil(m).max(lo + 1).min(len);
-            let inv = 1.0 / (hi - lo) as f32;
-            for f in lo..hi {
-                w[(j * m + i) * n + f] = inv;
-            }
-        }
-    }
-    Ok(Tensor::from_vec(w, (b, m, n), dev)?)
+        let lo = i * len / m;
+        Some((lo, ((i + 1) * len).div_ceil(m).max(lo + 1).min(len)))
+    })
 }
 
 #[cfg(test)]

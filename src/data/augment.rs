@@ -8,8 +8,9 @@
 //! feature cache keys on file content, so each variant is its own file.
 //!
 //! Why hand-written: each piece is a few lines (a biquad, an exponentially decaying noise
-//! burst, a radix-2 FFT for the convolution), their behaviour is pinned by the tests below,
-//! and no new dependency is needed; resampling reuses the encoders' windowed-sinc resampler.
+//! burst) and their behaviour is pinned by the tests below; the convolution's FFT is
+//! `rustfft` (which the encoders use for the log-mel), and resampling reuses the encoders'
+//! windowed-sinc resampler.
 //! All functions take and return mono f32 at [`SR`].
 
 use anyhow::{anyhow, Result};
@@ -129,59 +130,27 @@ pub fn peak(xs: &[f32]) -> f32 {
 /// Full linear convolution through the FFT (a 5 s clip with a 0.7 s room would take ~10^9
 /// multiply-adds directly, ~10^7 this way).
 pub fn convolve(a: &[f32], b: &[f32]) -> Vec<f32> {
+    use rustfft::num_complex::Complex;
     let n_out = a.len() + b.len() - 1;
     let n = n_out.next_power_of_two();
-    let mut fa: Vec<(f64, f64)> = a.iter().map(|&v| (v as f64, 0.0)).collect();
-    fa.resize(n, (0.0, 0.0));
-    let mut fb: Vec<(f64, f64)> = b.iter().map(|&v| (v as f64, 0.0)).collect();
-    fb.resize(n, (0.0, 0.0));
-    fft(&mut fa, false);
-    fft(&mut fb, false);
+    let spectrum = |xs: &[f32]| -> Vec<Complex<f64>> {
+        let mut v: Vec<Complex<f64>> = xs.iter().map(|&x| Complex::new(x as f64, 0.0)).collect();
+        v.resize(n, Complex::new(0.0, 0.0));
+        v
+    };
+    let mut planner = rustfft::FftPlanner::<f64>::new();
+    let (forward, inverse) = (planner.plan_fft_forward(n), planner.plan_fft_inverse(n));
+    let (mut fa, mut fb) = (spectrum(a), spectrum(b));
+    forward.process(&mut fa);
+    forward.process(&mut fb);
     for (x, y) in fa.iter_mut().zip(&fb) {
-        *x = (x.0 * y.0 - x.1 * y.1, x.0 * y.1 + x.1 * y.0);
+        *x *= y;
     }
-    fft(&mut fa, true);
+    inverse.process(&mut fa);
     fa[..n_out]
         .iter()
-        .map(|&(re, _)| (re / n as f64) as f32)
+        .map(|c| (c.re / n as f64) as f32)
         .collect()
-}
-
-/// In-place iterative radix-2 FFT (`xs.len()` a power of two); `inverse` flips the twiddle
-/// sign and leaves the 1/n to the caller.
-fn fft(xs: &mut [(f64, f64)], inverse: bool) {
-    let n = xs.len();
-    // Bit-reversal permutation.
-    let mut j = 0;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            xs.swap(i, j);
-        }
-    }
-    let sign = if inverse { 1.0 } else { -1.0 };
-    let mut len = 2;
-    while len <= n {
-        let ang = sign * 2.0 * std::f64::consts::PI / len as f64;
-        let (wr, wi) = (ang.cos(), ang.sin());
-        for start in (0..n).step_by(len) {
-            let (mut cr, mut ci) = (1.0, 0.0);
-            for k in 0..len / 2 {
-                let (ur, ui) = xs[start + k];
-                let (vr0, vi0) = xs[start + k + len / 2];
-                let (vr, vi) = (vr0 * cr - vi0 * ci, vr0 * ci + vi0 * cr);
-                xs[start + k] = (ur + vr, ui + vi);
-                xs[start + k + len / 2] = (ur - vr, ui - vi);
-                (cr, ci) = (cr * wr - ci * wi, cr * wi + ci * wr);
-            }
-        }
-        len <<= 1;
-    }
 }
 
 /// A second-order section (RBJ audio-EQ cookbook), run in direct form I.
