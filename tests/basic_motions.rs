@@ -53,12 +53,17 @@ fn lines(path: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Root mean square of every sample.
+fn rms(a: &[f32]) -> f64 {
+    (a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
+}
+
 #[test]
 fn build_writes_csvs_equal_to_the_archive() {
     let cache = cache();
     let out = out_dir("build");
-    let s = basic_motions::build(&cache, &out).unwrap();
-    assert_eq!((s.train, s.valid, s.test), (32, 8, 40));
+    let s = basic_motions::build(&cache, &out, 2).unwrap();
+    assert_eq!((s.train, s.valid, s.test, s.augmented), (32, 8, 40, 64));
     for c in CLASSES {
         assert_eq!(s.per_class[c], (8, 2, 10), "{c}");
     }
@@ -75,6 +80,30 @@ fn build_writes_csvs_equal_to_the_archive() {
     for split in ["train", "valid", "test"] {
         let m = Manifest::read(&out.join(format!("{split}.jsonl")), "imu").unwrap();
         assert!(m.problems.is_empty(), "{:?}", m.problems);
+    }
+
+    // Augmented variants: two of each train recording (never of valid or test), its label,
+    // readable, close to it but not equal.
+    let augmented = lines(&out.join(basic_motions::AUGMENTED_MANIFEST));
+    assert_eq!(augmented.len(), 64);
+    for (label, rel) in &augmented {
+        let source = rel.split("_aug").next().unwrap().to_string() + ".csv";
+        let (src_label, _) = train
+            .iter()
+            .find(|(_, p)| *p == source)
+            .unwrap_or_else(|| panic!("{rel}: not a variant of a train recording"));
+        assert_eq!(label, src_label, "{rel}");
+        let a = read_csv(&out.join(rel), &ImuCsvOptions::default()).unwrap();
+        let o = read_csv(&out.join(&source), &ImuCsvOptions::default()).unwrap();
+        assert_eq!((a.len(), a.channels), (o.len(), o.channels), "{rel}");
+        assert_ne!(a.data, o.data, "{rel}");
+        // Of the same energy: rotation keeps it, gains and noise move it by ~10%, a crop can
+        // cut a burst at either end (15% at most).
+        let ratio = rms(&a.data) / rms(&o.data);
+        assert!(
+            (0.25..1.5).contains(&ratio),
+            "{rel}: RMS {ratio} x its recording's"
+        );
     }
 
     // Every CSV reads back to the archive's values, exactly.
@@ -106,7 +135,12 @@ fn build_writes_csvs_equal_to_the_archive() {
     // Building again changes nothing.
     let before = std::fs::read(out.join("recordings/test_017.csv")).unwrap();
     let man = std::fs::read(out.join("valid.jsonl")).unwrap();
-    assert_eq!(basic_motions::build(&cache, &out).unwrap(), s);
+    let aug = std::fs::read(out.join("recordings/train_000_aug2.csv")).unwrap();
+    assert_eq!(basic_motions::build(&cache, &out, 2).unwrap(), s);
+    assert_eq!(
+        std::fs::read(out.join("recordings/train_000_aug2.csv")).unwrap(),
+        aug
+    );
     assert_eq!(
         std::fs::read(out.join("recordings/test_017.csv")).unwrap(),
         before
@@ -152,7 +186,7 @@ fn pooled(enc: &ImuEncoder, xs: &Tensor, lens: &[usize]) -> candle_core::Result<
 #[test]
 fn imu_encoder_learns_basic_motions() -> anyhow::Result<()> {
     let out = out_dir("learn");
-    basic_motions::build(&cache(), &out)?;
+    basic_motions::build(&cache(), &out, 0)?;
     let pre = ImuPreprocessConfig::default();
     let (xs, lens, ys) = load_split(&out, "train", &pre);
     let (xs_test, lens_test, ys_test) = load_split(&out, "test", &pre);

@@ -61,6 +61,10 @@ pub enum DataCommand {
         /// Folder for recordings/ and train.jsonl, valid.jsonl, test.jsonl.
         #[arg(long, default_value = "{cache}/data/imu")]
         out: String,
+        /// Augmented variants of each train recording (rotation, time warp, gains, noise),
+        /// listed in train-augmented.jsonl; 0 for none.
+        #[arg(long, default_value_t = 8)]
+        augment: usize,
     },
     /// Generate short clips with FFmpeg's lavfi sources -- a coloured square moving left,
     /// right, up or down -- with captions naming colour and motion ("A red square moves to
@@ -162,15 +166,17 @@ pub fn run(a: DataArgs) -> Result<()> {
                 println!("{l}");
             }
         }
-        DataCommand::BasicMotions { root, out } => {
+        DataCommand::BasicMotions { root, out, augment } => {
             let out: PathBuf = expand_path(&out);
-            let r = basic_motions::build(&expand_path(&root), &out)?;
+            let r = basic_motions::build(&expand_path(&root), &out, augment)?;
             println!(
-                "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} recordings",
+                "wrote {}/{{train,valid,test}}.jsonl: {} / {} / {} recordings; {}: {} augmented variants",
                 out.display(),
                 r.train,
                 r.valid,
-                r.test
+                r.test,
+                basic_motions::AUGMENTED_MANIFEST,
+                r.augmented
             );
         }
         DataCommand::VideoShapes {

@@ -8,6 +8,7 @@
 //! out/train.jsonl  (32 of TRAIN)   {"imu": "recordings/train_000.csv", "label": "running",
 //! out/valid.jsonl  (8 of TRAIN)     "text": "The person is running."}
 //! out/test.jsonl   (all of TEST)
+//! out/train-augmented.jsonl  (--augment N variants of each train recording: train_000_aug1.csv)
 //! ```
 //!
 //! The validation split is fixed and stratified: of each class's TRAIN recordings in file
@@ -21,12 +22,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use anymal_encoders::imu::read_ts;
 
+use super::imu_augment;
+
 /// The four classes, lower case, in the order of [`caption`].
 pub const CLASSES: [&str; 4] = ["standing", "walking", "running", "badminton"];
 /// The archive states one sample every tenth of a second.
 pub const RATE_HZ: f32 = 10.0;
 /// Header of every written CSV; the channels in the archive's order of dimensions.
 pub const CSV_HEADER: &str = "t,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z";
+
+/// The manifest of the train recordings' augmented variants (`--augment N` of each).
+pub const AUGMENTED_MANIFEST: &str = "train-augmented.jsonl";
 
 const FETCH: &str = "scripts/fetch-assets.sh basic-motions";
 
@@ -36,6 +42,8 @@ pub struct Summary {
     pub train: usize,
     pub valid: usize,
     pub test: usize,
+    /// Augmented variants of the train recordings (in [`AUGMENTED_MANIFEST`]).
+    pub augmented: usize,
     /// Per class: recordings in (train, valid, test).
     pub per_class: BTreeMap<String, (usize, usize, usize)>,
 }
@@ -63,13 +71,17 @@ pub fn is_held_out(ordinal: usize) -> bool {
 }
 
 /// Writes `recordings/*.csv` and `train.jsonl`, `valid.jsonl`, `test.jsonl` into `out_dir`
-/// from `BasicMotions_TRAIN.ts` and `BasicMotions_TEST.ts` in `cache` (see the module docs).
-pub fn build(cache: &Path, out_dir: &Path) -> Result<Summary> {
+/// from `BasicMotions_TRAIN.ts` and `BasicMotions_TEST.ts` in `cache` (see the module docs),
+/// and `augment` variants of each train recording ([`super::imu_augment`];
+/// `recordings/train_000_aug1.csv` ...) listed in [`AUGMENTED_MANIFEST`]. Validation and test
+/// recordings are never augmented.
+pub fn build(cache: &Path, out_dir: &Path, augment: usize) -> Result<Summary> {
     let rec_dir = out_dir.join("recordings");
     std::fs::create_dir_all(&rec_dir)
         .with_context(|| format!("{}: cannot create", rec_dir.display()))?;
     let mut summary = Summary::default();
     let mut manifests: BTreeMap<&str, String> = BTreeMap::new();
+    let mut augmented = String::new();
     for (file, prefix) in [
         ("BasicMotions_TRAIN.ts", "train"),
         ("BasicMotions_TEST.ts", "test"),
@@ -107,19 +119,22 @@ pub fn build(cache: &Path, out_dir: &Path) -> Result<Summary> {
             *ordinal += 1;
 
             let rel = format!("recordings/{prefix}_{i:03}.csv");
-            let mut csv = String::with_capacity(rec.data.len() * 10);
-            csv.push_str(CSV_HEADER);
-            csv.push('\n');
-            for (k, row) in rec.data.chunks(rec.channels).enumerate() {
-                // One decimal is exact for k / 10 s; `{}` of an f32 is its shortest exact text,
-                // so reading the CSV back gives the very same samples.
-                csv.push_str(&format!("{:.1}", k as f64 / RATE_HZ as f64));
-                for v in row {
-                    csv.push_str(&format!(",{v}"));
+            write_csv(&out_dir.join(&rel), &rec.data, rec.channels)?;
+            if split == "train" {
+                for v in 1..=augment {
+                    let arel = format!("recordings/{prefix}_{i:03}_aug{v}.csv");
+                    let seed = anymal_util::rng::fnv1a(arel.as_bytes());
+                    write_csv(
+                        &out_dir.join(&arel),
+                        &imu_augment::augment(&rec.data, seed),
+                        rec.channels,
+                    )?;
+                    let line = serde_json::json!({"imu": arel, "text": text, "label": label});
+                    augmented.push_str(&line.to_string());
+                    augmented.push('\n');
+                    summary.augmented += 1;
                 }
-                csv.push('\n');
             }
-            anymal_util::fs::write_atomic(&out_dir.join(&rel), csv.as_bytes())?;
 
             let line = serde_json::json!({"imu": rel, "text": text, "label": label});
             let m = manifests.entry(split).or_default();
@@ -146,7 +161,24 @@ pub fn build(cache: &Path, out_dir: &Path) -> Result<Summary> {
         let text = manifests.get(split).cloned().unwrap_or_default();
         anymal_util::fs::write_atomic(&out_dir.join(format!("{split}.jsonl")), text.as_bytes())?;
     }
+    anymal_util::fs::write_atomic(&out_dir.join(AUGMENTED_MANIFEST), augmented.as_bytes())?;
     Ok(summary)
+}
+
+/// One recording as CSV: a time column, then the channels. One decimal is exact for k / 10 s;
+/// `{}` of an f32 is its shortest exact text, so reading the CSV back gives the same samples.
+fn write_csv(path: &Path, data: &[f32], channels: usize) -> Result<()> {
+    let mut csv = String::with_capacity(data.len() * 10);
+    csv.push_str(CSV_HEADER);
+    csv.push('\n');
+    for (k, row) in data.chunks(channels).enumerate() {
+        csv.push_str(&format!("{:.1}", k as f64 / RATE_HZ as f64));
+        for v in row {
+            csv.push_str(&format!(",{v}"));
+        }
+        csv.push('\n');
+    }
+    Ok(anymal_util::fs::write_atomic(path, csv.as_bytes())?)
 }
 
 #[cfg(test)]
@@ -166,7 +198,7 @@ mod tests {
     #[test]
     fn missing_files_name_the_fetch_command() {
         let out = std::env::temp_dir().join(format!("anymal-bm-missing-{}", std::process::id()));
-        let err = build(Path::new("/nonexistent/basic-motions"), &out)
+        let err = build(Path::new("/nonexistent/basic-motions"), &out, 0)
             .unwrap_err()
             .to_string();
         assert!(

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod basic_motions;
 pub mod digits;
+pub mod imu_augment;
 pub mod instruct;
 pub mod manifest;
 pub mod speech;

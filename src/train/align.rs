@@ -18,6 +18,7 @@ use anymal_encoders::ModalityRegistry;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use super::ctc_warmup;
 use super::data_order::DataOrder;
 use super::optim::clip_grad_norm;
 use super::run::{load_llm, optimizer, RunSummary, SplitCounts, StepLoop, TrainingRun};
@@ -33,6 +34,9 @@ use crate::recipe::{expand_path, AlignRecipe};
 pub struct AlignExtra {
     pub feature_cache: String,
     pub projector_params: usize,
+    /// The CTC warm start, when this process ran one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctc: Option<ctc_warmup::CtcReport>,
 }
 
 pub type AlignSummary = RunSummary<AlignExtra>;
@@ -103,6 +107,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
             .store
             .load_safetensors(&ckpt.join(anymal_adapters::projector::WEIGHTS_FILE))?)
     })?;
+    let mut ctc = None;
     if !run.is_resuming() {
         match_embedding_scale(&model, &train)?;
         if !recipe.projector.init_from.is_empty() {
@@ -113,13 +118,23 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
                 recipe.projector.init_from
             );
         }
+        ctc = ctc_warmup::warm_start(&recipe.ctc, t.seed, &model, &train, &valid, run.dir.path())?;
+        if ctc.is_some() {
+            eprintln!(
+                "after the ctc warm start: valid loss {:.4} through the LLM",
+                eval_loss(&model, &valid, t.batch_size, t.eval_items)?
+            );
+        }
     }
+    let tokens = match (pcfg.reduce.is_rate(), pcfg.reduce.factor()) {
+        (true, Some(n)) => format!("1 token per {n} frames ({})", reduce_name(&pcfg.reduce)),
+        _ => format!("{} tokens", pcfg.num_tokens),
+    };
     eprintln!(
-        "projector {:?} {} -> {} x {} tokens: {} parameters",
+        "projector {:?} {} -> {} x {tokens}: {} parameters",
         pcfg.kind,
         pcfg.d_enc,
         pcfg.d_llm,
-        pcfg.num_tokens,
         adapter.store.num_params()
     );
 
@@ -136,12 +151,12 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         steps.check_finite(loss, grad_norm, "train.lr")?;
         opt.step(&grads, steps.lr())?;
         steps.record(loss, grad_norm)?;
-        if steps.eval_due() {
-            if steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)? {
-                steps.save_best(&run, |dir| {
-                    Ok(adapter.projector.save(dir, &adapter.store)?)
-                })?;
-            }
+        if steps.eval_due()
+            && steps.record_eval(eval_loss(&model, &valid, t.batch_size, t.eval_items)?)?
+        {
+            steps.save_best(&run, |dir| {
+                Ok(adapter.projector.save(dir, &adapter.store)?)
+            })?;
         }
         if steps.save_due() {
             steps.save(&run, &opt, |dir| {
@@ -165,6 +180,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let extra = AlignExtra {
         feature_cache: cache,
         projector_params: adapter.store.num_params(),
+        ctc,
     };
     RunSummary::report(&finished, train_counts, valid_counts, extra, &run, &detail)
 }

@@ -7,6 +7,8 @@
 
 pub mod align;
 pub mod checkpoint;
+pub mod ctc;
+pub mod ctc_warmup;
 pub mod data_order;
 pub mod metrics;
 pub mod optim;

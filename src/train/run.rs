@@ -262,7 +262,7 @@ impl<'a> StepLoop<'a> {
     }
 
     pub fn eval_due(&self) -> bool {
-        (self.t.eval_every > 0 && self.step % self.t.eval_every == 0) || self.last()
+        (self.t.eval_every > 0 && self.step.is_multiple_of(self.t.eval_every)) || self.last()
     }
 
     /// Record a validation loss; true when it is the best so far (then call
@@ -312,7 +312,7 @@ impl<'a> StepLoop<'a> {
     }
 
     pub fn save_due(&self) -> bool {
-        (self.t.save_every > 0 && self.step % self.t.save_every == 0) || self.last()
+        (self.t.save_every > 0 && self.step.is_multiple_of(self.t.save_every)) || self.last()
     }
 
     /// Write a checkpoint of the step just done (see [`checkpoint::save`]).

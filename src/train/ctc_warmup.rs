@@ -1,0 +1,412 @@
+//! CTC warm start of a projector (`[ctc]` in an alignment recipe): before the projector learns
+//! through the frozen LLM, it learns to put each audio token near the LLM's embedding of the
+//! word piece spoken there, with a CTC loss over the LLM's own (input) embedding table.
+//!
+//! Why: through the LLM, a fresh projector gets one weak signal per answer token and needs
+//! thousands of steps before the LLM starts to read it (on a 2-core CPU the LLM step is ~10 s;
+//! see the README's speech figures). The CTC head costs one `(tokens, d) x (d, vocab)` product,
+//! ~10x less than the LLM's forward and backward, and gives every audio token a target. The
+//! LLM stage then starts from tokens that already spell the transcript in the LLM's own
+//! embedding space, and only has to teach the LLM to read them (the approach of CTC-compressed
+//! LLM speech front ends, e.g. Wu et al. 2023, "On decoder-only architecture for
+//! speech-to-text and large language model integration").
+//!
+//! The head: `logits = exp(log_scale) * h . [E_sub ; blank]`, where `E_sub` holds the LLM's
+//! input embeddings of the token ids the training transcripts use (fixed), `blank` is a
+//! trainable vector and `log_scale` a trainable temperature. Both belong to this stage only and
+//! are dropped after it. Only the rate-based reductions (`stack`, `avg_pool`) are accepted: a
+//! fixed token count has no time axis to align.
+//!
+//! The result is written to `ctc-init/` in the run folder; a restarted run (`--resume` before
+//! the first checkpoint) loads it instead of warming up again.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::ctc::{ctc_loss, greedy_decode, min_frames};
+use super::data_order::DataOrder;
+use super::optim::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
+use super::progress::Progress;
+use super::schedule::lr_at;
+use super::step::TrainItem;
+use crate::eval::wer::corpus_wer;
+use crate::multimodal::MultimodalModel;
+
+/// The `[ctc]` section of an alignment recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtcWarmupConfig {
+    /// Optimizer steps of the warm start; 0 turns it off.
+    #[serde(default)]
+    pub steps: u64,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Items per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Report the validation CTC loss and greedy-decoding WER every N steps (0: at the end).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+}
+
+impl Default for CtcWarmupConfig {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            lr: default_lr(),
+            batch_size: default_batch(),
+            eval_every: default_eval_every(),
+        }
+    }
+}
+
+fn default_lr() -> f64 {
+    2e-3
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_eval_every() -> u64 {
+    250
+}
+
+impl CtcWarmupConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.steps > 0 {
+            if self.batch_size == 0 {
+                bail!("ctc.batch_size must be >= 1");
+            }
+            if !(self.lr > 0.0 && self.lr.is_finite()) {
+                bail!("ctc.lr must be a positive number, got {}", self.lr);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The folder of a run that holds the warm-started projector weights.
+pub const INIT_DIR: &str = "ctc-init";
+const WEIGHTS: &str = anymal_adapters::projector::WEIGHTS_FILE;
+
+/// The stage's own parameters and the fixed embedding rows it scores against.
+struct Head {
+    /// Token id of each class but the last (the blank).
+    class_ids: Vec<u32>,
+    /// Class index of each token id that appears in a transcript.
+    class_of: BTreeMap<u32, usize>,
+    /// `(classes - 1, d)`: the LLM's input embeddings of `class_ids`.
+    embeddings: Tensor,
+    /// Mean norm of the embedding rows.
+    embedding_norm: f64,
+    blank: Var,
+    log_scale: Var,
+}
+
+impl Head {
+    fn new(model: &MultimodalModel, train: &[TrainItem]) -> Result<Self> {
+        let llm = &model.model.llm;
+        let mut class_ids: Vec<u32> = train.iter().flat_map(|i| targets(model, i)).collect();
+        class_ids.sort_unstable();
+        class_ids.dedup();
+        if class_ids.is_empty() {
+            bail!("ctc: the training transcripts hold no tokens");
+        }
+        let ids = Tensor::new(class_ids.as_slice(), &llm.device)?.unsqueeze(0)?;
+        let embeddings = llm
+            .embed_tokens(&ids)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .detach();
+        // Start the temperature where an output equal to a token's embedding gets a logit of
+        // ~10 for that token: 10 / mean squared norm of the embeddings.
+        let norms = embeddings.sqr()?.sum(1)?.sqrt()?;
+        let embedding_norm = norms.mean_all()?.to_scalar::<f32>()? as f64;
+        let sq = embedding_norm * embedding_norm;
+        let d = embeddings.dim(1)?;
+        let class_of = class_ids.iter().enumerate().map(|(i, &t)| (t, i)).collect();
+        Ok(Self {
+            class_of,
+            class_ids,
+            embeddings,
+            embedding_norm,
+            blank: Var::zeros((1, d), DType::F32, &Device::Cpu)?,
+            log_scale: Var::new(&[(10.0 / sq.max(1e-6)).ln() as f32], &Device::Cpu)?,
+        })
+    }
+
+    fn classes(&self) -> usize {
+        self.class_ids.len() + 1
+    }
+
+    fn blank_index(&self) -> usize {
+        self.class_ids.len()
+    }
+
+    /// `(n, classes)` logits of the projector outputs `h (n, d)`, each row scored by its
+    /// direction only (scaled to the embeddings' mean norm): the loss cannot grow the outputs'
+    /// norms away from the embeddings' scale, where the LLM stage needs them.
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let table = Tensor::cat(&[&self.embeddings, self.blank.as_tensor()], 0)?;
+        let norms = (h.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
+        let unit = (h.broadcast_div(&norms)? * self.embedding_norm)?;
+        let scale = self.log_scale.as_tensor().exp()?;
+        Ok(unit.matmul(&table.t()?)?.broadcast_mul(&scale)?)
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        vec![
+            ("ctc.blank".to_string(), self.blank.clone()),
+            ("ctc.log_scale".to_string(), self.log_scale.clone()),
+        ]
+    }
+
+    /// Class indices of an item's transcript tokens; None when one is not a class.
+    fn labels(&self, model: &MultimodalModel, item: &TrainItem) -> Option<Vec<usize>> {
+        targets(model, item)
+            .map(|t| self.class_of.get(&t).copied())
+            .collect()
+    }
+}
+
+/// The answer's token ids, without the end-of-turn tokens the LLM stage also learns.
+fn targets<'a>(model: &'a MultimodalModel, item: &'a TrainItem) -> impl Iterator<Item = u32> + 'a {
+    let stop =
+        |t: u32| model.model.tokenizer.eos_id == Some(t) || model.model.stop_ids.contains(&t);
+    item.rendered
+        .example
+        .labels
+        .iter()
+        .filter(|&&l| l >= 0)
+        .map(|&l| l as u32)
+        .filter(move |&t| !stop(t))
+}
+
+/// Loss and gradient terms of a batch: the summed CTC loss, the labels it covered, and the
+/// items it had to leave out (too few tokens for their transcript, or an unknown token).
+struct BatchCtc {
+    nll: f64,
+    labels: usize,
+    skipped: usize,
+    /// `(n, classes)` d(sum nll)/d logits.
+    grad: Vec<f32>,
+    /// Per item: its logits rows, for decoding.
+    rows: Vec<Vec<f32>>,
+}
+
+fn batch_ctc(
+    head: &Head,
+    model: &MultimodalModel,
+    items: &[&TrainItem],
+    logits: &Tensor,
+    lens: &[usize],
+) -> Result<BatchCtc> {
+    let classes = head.classes();
+    let all: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let mut out = BatchCtc {
+        nll: 0.0,
+        labels: 0,
+        skipped: 0,
+        grad: vec![0.0; all.len()],
+        rows: Vec::with_capacity(items.len()),
+    };
+    let mut row = 0;
+    for (item, &len) in items.iter().zip(lens) {
+        let span = row * classes..(row + len) * classes;
+        row += len;
+        out.rows.push(all[span.clone()].to_vec());
+        let Some(labels) = head.labels(model, item) else {
+            out.skipped += 1;
+            continue;
+        };
+        if len < min_frames(&labels) {
+            out.skipped += 1;
+            continue;
+        }
+        let Some(loss) = ctc_loss(&all[span.clone()], classes, &labels, head.blank_index()) else {
+            out.skipped += 1;
+            continue;
+        };
+        out.nll += loss.nll;
+        out.labels += labels.len().max(1);
+        out.grad[span].copy_from_slice(&loss.grad);
+    }
+    Ok(out)
+}
+
+/// Projector outputs of `items` as one `(n, d)` tensor, and each item's token count.
+fn project(model: &MultimodalModel, items: &[&TrainItem]) -> Result<(Tensor, Vec<usize>)> {
+    let adapter = &model.adapters[0];
+    let paths: Vec<&std::path::Path> = items.iter().map(|i| i.media[0].path.as_path()).collect();
+    let feats = adapter
+        .source
+        .get(&paths)
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let outs = adapter.projector.forward_items(&feats)?;
+    let lens = outs
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((Tensor::cat(&outs, 0)?, lens))
+}
+
+/// Validation CTC loss per label and the WER of greedy decoding.
+fn evaluate(model: &MultimodalModel, head: &Head, valid: &[TrainItem]) -> Result<(f64, f64)> {
+    let (mut nll, mut labels) = (0.0, 0);
+    let mut pairs = Vec::new();
+    for chunk in valid.chunks(16) {
+        let items: Vec<&TrainItem> = chunk.iter().collect();
+        let (h, lens) = project(model, &items)?;
+        let logits = head.logits(&h.detach())?;
+        let b = batch_ctc(head, model, &items, &logits, &lens)?;
+        nll += b.nll;
+        labels += b.labels;
+        for (item, rows) in items.iter().zip(&b.rows) {
+            let ids: Vec<u32> = greedy_decode(rows, head.classes(), head.blank_index())
+                .into_iter()
+                .map(|k| head.class_ids[k])
+                .collect();
+            let said = model.model.tokenizer.decode(&ids)?;
+            let truth: Vec<u32> = targets(model, item).collect();
+            pairs.push((model.model.tokenizer.decode(&truth)?, said));
+        }
+    }
+    Ok((nll / labels.max(1) as f64, corpus_wer(&pairs)))
+}
+
+/// What a warm start did (in the run's `summary.json` as `ctc`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CtcReport {
+    pub steps: u64,
+    pub minutes: f64,
+    /// CTC loss per label of the first step, and the mean of the last tenth of the steps.
+    pub first_train_loss: f64,
+    pub last_train_loss: f64,
+    /// On `data.valid`: CTC loss per label, and the WER of greedy CTC decoding (the head's own
+    /// transcription, before the LLM sees anything).
+    pub valid_loss: f64,
+    pub valid_greedy_wer: f64,
+}
+
+/// Warm-start the (only) adapter's projector of `model` on `train`, or load an earlier warm
+/// start from `run_dir` (then None: nothing was trained here).
+pub fn warm_start(
+    cfg: &CtcWarmupConfig,
+    seed: u64,
+    model: &MultimodalModel,
+    train: &[TrainItem],
+    valid: &[TrainItem],
+    run_dir: &std::path::Path,
+) -> Result<Option<CtcReport>> {
+    if cfg.steps == 0 {
+        return Ok(None);
+    }
+    let adapter = &model.adapters[0];
+    if !adapter.projector.cfg.reduce.is_rate() {
+        bail!(
+            "ctc.steps needs a rate-based projector.reduce (stack or avg_pool): a fixed token count has no time axis to align"
+        );
+    }
+    let dir = run_dir.join(INIT_DIR);
+    let weights = dir.join(WEIGHTS);
+    if weights.is_file() {
+        adapter
+            .store
+            .load_safetensors(&weights)
+            .with_context(|| format!("{}", weights.display()))?;
+        eprintln!(
+            "ctc: projector warm start loaded from {}",
+            weights.display()
+        );
+        return Ok(None);
+    }
+
+    let head = Head::new(model, train)?;
+    let mut params = adapter.store.vars();
+    params.extend(head.vars());
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
+    eprintln!(
+        "ctc warm start: {} steps x {} items over {} token classes + blank",
+        cfg.steps,
+        cfg.batch_size,
+        head.class_ids.len()
+    );
+    let order = DataOrder::new(train.len(), seed ^ 0xC7C);
+    let warmup = (cfg.steps / 20).max(1);
+    let mut progress = Progress::new(cfg.steps, 0);
+    let started = Instant::now();
+    let mut losses = Vec::with_capacity(cfg.steps as usize);
+    let mut last_eval = (f64::NAN, f64::NAN);
+    for step in 0..cfg.steps {
+        let t0 = Instant::now();
+        let n = cfg.batch_size;
+        let items: Vec<&TrainItem> = (step as usize * n..(step as usize + 1) * n)
+            .map(|j| &train[order.item(j)])
+            .collect();
+        let (h, lens) = project(model, &items)?;
+        let logits = head.logits(&h)?;
+        let b = batch_ctc(&head, model, &items, &logits, &lens)?;
+        if b.labels == 0 {
+            continue;
+        }
+        // sum(logits * g) has gradient g: the CTC gradient enters the graph as a constant.
+        let g = Tensor::from_vec(b.grad, logits.shape(), &Device::Cpu)?;
+        let surrogate = ((logits * g)?.sum_all()? / b.labels as f64)?;
+        let mut grads = collect_grads(&params, &surrogate.backward()?)?;
+        let grad_norm = clip_grad_norm(&mut grads, 1.0)?;
+        let loss = b.nll / b.labels as f64;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            bail!(
+                "ctc step {}: loss {loss} is not finite; lower ctc.lr",
+                step + 1
+            );
+        }
+        losses.push(loss);
+        let lr = lr_at(step, cfg.steps, cfg.lr, warmup, 0.1);
+        opt.step(&grads, lr)?;
+        progress.update(step + 1, loss, lr, n as f64 / t0.elapsed().as_secs_f64());
+        let last = step + 1 == cfg.steps;
+        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+            let (vloss, wer) = evaluate(model, &head, valid)?;
+            last_eval = (vloss, wer);
+            progress.message(&format!(
+                "ctc step {}: valid CTC loss {vloss:.3} per token, greedy WER {:.1}%{}",
+                step + 1,
+                wer * 100.0,
+                if b.skipped > 0 {
+                    format!(" ({} items of the last batch skipped)", b.skipped)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    progress.finish();
+    adapter.projector.save(&dir, &adapter.store)?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    eprintln!(
+        "ctc warm start done in {minutes:.1} min; {}",
+        weights.display()
+    );
+    let tail = &losses[losses.len() - (losses.len() / 10).max(1).min(losses.len())..];
+    Ok(Some(CtcReport {
+        steps: cfg.steps,
+        minutes,
+        first_train_loss: losses.first().copied().unwrap_or(f64::NAN),
+        last_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        valid_loss: last_eval.0,
+        valid_greedy_wer: last_eval.1,
+    }))
+}
