@@ -14,14 +14,16 @@
 //! is written, atomically, at the end, from every line whose clip exists.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use anymal_util::rng::{fnv1a, SplitMix64};
+use wait_timeout::ChildExt;
 
 use crate::data::augment::{self, SR};
 use crate::eval::wer::normalize_text;
@@ -228,23 +230,59 @@ impl Plan {
                 c
             }
         };
-        let out = cmd
-            .output()
-            .with_context(|| format!("{}: cannot run", self.engine.program()))?;
+        let ran = run_with_timeout(&mut cmd, self.engine.program(), ENGINE_TIMEOUT);
         if self.engine == Engine::Festival {
             let _ = std::fs::remove_file(wav.with_extension("txt"));
         }
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
+        ran
+    }
+}
+
+/// Longest one line may take an engine (a line is at most 40 words; engines take well under a
+/// second for it on the 2-core machine). A hung engine is killed and the line counted as
+/// failed, so a build never stalls.
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run `cmd` (named `program` in errors) to completion: an error when it cannot start, exits
+/// with failure (its first stderr line quoted) or runs past `timeout` (then it is killed).
+fn run_with_timeout(cmd: &mut Command, program: &str, timeout: Duration) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{program}: cannot run"))?;
+    // Drained on a thread, so an engine that writes much to stderr never blocks on the pipe.
+    let stderr = child.stderr.take();
+    let drain = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let status = match child
+        .wait_timeout(timeout)
+        .with_context(|| format!("{program}: cannot wait for it"))?
+    {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
             bail!(
-                "{} failed ({}): {}",
-                self.engine.program(),
-                out.status,
-                err.lines().next().unwrap_or("").trim()
+                "{program} did not finish within {} s (killed)",
+                timeout.as_secs_f64()
             );
         }
-        Ok(())
+    };
+    let err = drain.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "{program} failed ({status}): {}",
+            err.lines().next().unwrap_or("").trim()
+        );
     }
+    Ok(())
 }
 
 /// Options for [`build`].
@@ -564,6 +602,29 @@ mod tests {
             exclude: vec![],
             progress: false,
         }
+    }
+
+    #[test]
+    fn a_hung_or_failing_engine_is_an_error_naming_it() {
+        let e = run_with_timeout(
+            Command::new("sleep").arg("30"),
+            "sleep",
+            Duration::from_millis(200),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sleep did not finish within 0.2 s"), "{e}");
+        let e = run_with_timeout(
+            Command::new("sh").args(["-c", "echo bad voice >&2; exit 3"]),
+            "sh",
+            Duration::from_secs(30),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sh failed") && e.contains("bad voice"), "{e}");
+        assert!(
+            run_with_timeout(&mut Command::new("true"), "true", Duration::from_secs(30)).is_ok()
+        );
     }
 
     #[test]
