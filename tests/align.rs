@@ -401,6 +401,18 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("warm start loaded"), "{stderr}");
     assert!(!stderr.contains("ctc warm start:"), "{stderr}");
+    // Without --resume a warm start left in the folder (maybe another recipe's) is not reused.
+    let fresh = dir.join("fresh");
+    std::fs::create_dir_all(fresh.join("ctc-init")).unwrap();
+    std::fs::copy(&init, fresh.join("ctc-init/projector.safetensors")).unwrap();
+    let args = align_args(&train, &valid, &fresh, &extra_ref);
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("ctc warm start:") && !stderr.contains("warm start loaded"),
+        "{stderr}"
+    );
 
     // A fixed token count has no time axis to align: a clear error.
     let args = align_args(

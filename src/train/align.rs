@@ -118,7 +118,15 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
                 recipe.projector.init_from
             );
         }
-        ctc = ctc_warmup::warm_start(&recipe.ctc, t.seed, &model, &train, &valid, run.dir.path())?;
+        ctc = ctc_warmup::warm_start(
+            &recipe.ctc,
+            t.seed,
+            &model,
+            &train,
+            &valid,
+            run.dir.path(),
+            opts.resume,
+        )?;
         if ctc.is_some() {
             eprintln!(
                 "after the ctc warm start: valid loss {:.4} through the LLM",

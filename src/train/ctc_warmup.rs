@@ -18,7 +18,8 @@
 //! fixed token count has no time axis to align.
 //!
 //! The result is written to `ctc-init/` in the run folder; a restarted run (`--resume` before
-//! the first checkpoint) loads it instead of warming up again.
+//! the first checkpoint) loads it instead of warming up again; a run without `--resume`
+//! warms up anew.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -292,8 +293,9 @@ pub struct CtcReport {
     pub valid_greedy_wer: f64,
 }
 
-/// Warm-start the (only) adapter's projector of `model` on `train`, or load an earlier warm
-/// start from `run_dir` (then None: nothing was trained here).
+/// Warm-start the (only) adapter's projector of `model` on `train`, or, when `resume`, load
+/// an earlier warm start from `run_dir` (then None: nothing was trained here). Without
+/// `resume` an earlier warm start in the folder is replaced: it may come from another recipe.
 pub fn warm_start(
     cfg: &CtcWarmupConfig,
     seed: u64,
@@ -301,6 +303,7 @@ pub fn warm_start(
     train: &[TrainItem],
     valid: &[TrainItem],
     run_dir: &std::path::Path,
+    resume: bool,
 ) -> Result<Option<CtcReport>> {
     if cfg.steps == 0 {
         return Ok(None);
@@ -313,7 +316,7 @@ pub fn warm_start(
     }
     let dir = run_dir.join(INIT_DIR);
     let weights = dir.join(WEIGHTS);
-    if weights.is_file() {
+    if resume && weights.is_file() {
         adapter
             .store
             .load_safetensors(&weights)
