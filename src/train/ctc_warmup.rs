@@ -4,18 +4,21 @@
 //!
 //! Why: through the LLM, a fresh projector gets one weak signal per answer token and needs
 //! thousands of steps before the LLM starts to read it (on a 2-core CPU the LLM step is ~10 s;
-//! see the README's speech figures). The CTC head costs one `(tokens, d) x (d, vocab)` product,
-//! ~10x less than the LLM's forward and backward, and gives every audio token a target. The
-//! LLM stage then starts from tokens that already spell the transcript in the LLM's own
-//! embedding space, and only has to teach the LLM to read them (the approach of CTC-compressed
-//! LLM speech front ends, e.g. Wu et al. 2023, "On decoder-only architecture for
-//! speech-to-text and large language model integration").
+//! see the README's speech figures). The CTC head needs no pass through the LLM (measured
+//! ~50x more items per second) and gives every audio token a target, and its greedy decoding
+//! measures within minutes how much the encoder and projector alone can carry. The hope, as in
+//! CTC-compressed LLM speech front ends (e.g. Wu et al. 2023, "On decoder-only architecture
+//! for speech-to-text and large language model integration"), is an LLM stage that starts from
+//! tokens already spelling the transcript in the LLM's embedding space. Measured so far it
+//! does not help that stage (README, "CTC warm start"): the blank tokens between the word
+//! pieces are still there for the LLM to read; dropping them is the next step.
 //!
-//! The head: `logits = exp(log_scale) * h . [E_sub ; blank]`, where `E_sub` holds the LLM's
-//! input embeddings of the token ids the training transcripts use (fixed), `blank` is a
-//! trainable vector and `log_scale` a trainable temperature. Both belong to this stage only and
-//! are dropped after it. Only the rate-based reductions (`stack`, `avg_pool`) are accepted: a
-//! fixed token count has no time axis to align.
+//! The head: `logits = exp(log_scale) * (|e| h / |h|) . [E_sub ; blank]`: each output row's
+//! direction only, at the embeddings' mean norm `|e|` (so the loss cannot move the outputs'
+//! norms off the embeddings' scale), against `E_sub`, the LLM's input embeddings of the token
+//! ids the training transcripts use (fixed); `blank` is a trainable vector and `log_scale` a
+//! trainable temperature, both dropped after this stage. Only the rate-based reductions
+//! (`stack`, `avg_pool`) are accepted: a fixed token count has no time axis to align.
 //!
 //! The result is written to `ctc-init/` in the run folder; a restarted run (`--resume` before
 //! the first checkpoint) loads it instead of warming up again; a run without `--resume`
