@@ -522,6 +522,12 @@ fn full_queue_is_503_and_a_client_leaving_stops_generation() {
             String::from_utf8_lossy(&got)
         );
         got.extend_from_slice(&buf[..n]);
+        // A refusal (the connection then stays open) fails here, not after the read timeout.
+        assert!(
+            got.len() < 12 || got.starts_with(b"HTTP/1.1 200"),
+            "the first request was not accepted: {}",
+            String::from_utf8_lossy(&got)
+        );
     }
     let short =
         json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});

@@ -9,7 +9,7 @@
 //! on with the next.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,27 +89,51 @@ pub struct Worker {
     tx: SyncSender<Job>,
     alive: Arc<AtomicBool>,
     queue: usize,
+    /// Jobs accepted and not yet answered (the one being answered included).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Worker {
     /// Start the thread; at most `queue` jobs wait while one is being answered.
     pub fn spawn(model: MultimodalModel, queue: usize) -> anyhow::Result<Self> {
-        let (tx, rx) = sync_channel(queue);
+        // Admission is counted in `pending`, not by the channel: a zero-capacity channel
+        // accepts a job only while the worker sits in `recv`, so with `--queue 0` a request
+        // arriving just before the idle worker got there was refused as "busy".
+        let (tx, rx) = sync_channel(queue + 1);
         let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (flag, done) = (alive.clone(), pending.clone());
         std::thread::Builder::new()
             .name("anymal-worker".into())
             .spawn(move || {
-                run(&model, rx);
+                run(&model, rx, &done);
                 flag.store(false, Ordering::SeqCst);
             })?;
-        Ok(Self { tx, alive, queue })
+        Ok(Self {
+            tx,
+            alive,
+            queue,
+            pending,
+        })
     }
 
-    /// Queue a job, or refuse it at once when the queue is full (the client can retry; a
-    /// request silently left hanging cannot).
+    /// Queue a job, or refuse it at once when `queue` jobs already wait behind the one being
+    /// answered (the client can retry; a request silently left hanging cannot).
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        match self.tx.try_send(job) {
+        let admitted = self
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= self.queue).then_some(n + 1)
+            })
+            .is_ok();
+        let sent = if admitted {
+            self.tx.try_send(job).inspect_err(|_| {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            })
+        } else {
+            Err(TrySendError::Full(job))
+        };
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ApiError::unavailable(
                 "server_busy",
@@ -130,9 +154,17 @@ impl Worker {
     }
 }
 
-fn run(model: &MultimodalModel, rx: Receiver<Job>) {
+fn run(model: &MultimodalModel, rx: Receiver<Job>, pending: &AtomicUsize) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     while let Ok(job) = rx.recv() {
+        // However this job ends, it no longer counts against the queue afterwards.
+        struct Finished<'a>(&'a AtomicUsize);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _finished = Finished(pending);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // The client left while its request waited: nothing to do.
         if job.events.is_closed() {
