@@ -31,6 +31,14 @@ impl Example {
         self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
 
+    /// The token ids the loss is taken on, in order (the answer and its end token).
+    pub fn label_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.labels
+            .iter()
+            .filter(|&&l| l != IGNORE_INDEX)
+            .map(|&l| l as u32)
+    }
+
     /// The same sequence with slot `g` holding `lens[g]` tokens: the text between slots, the
     /// labels and the slot starts move with the change.
     pub fn with_slot_lens(&self, lens: &[usize]) -> Result<Example> {

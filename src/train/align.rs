@@ -391,14 +391,7 @@ fn match_embedding_scale(model: &MultimodalModel, train: &[TrainItem]) -> Result
     let out_rms = rms(Tensor::cat(&out, 0)?.detach())?;
     let ids: Vec<u32> = items
         .iter()
-        .flat_map(|i| {
-            i.rendered
-                .example
-                .labels
-                .iter()
-                .filter(|&&l| l >= 0)
-                .map(|&l| l as u32)
-        })
+        .flat_map(|i| i.rendered.example.label_ids())
         .collect();
     let llm = &model.model.llm;
     let ids = Tensor::new(ids.as_slice(), &llm.device)?.unsqueeze(0)?;

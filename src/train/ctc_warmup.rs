@@ -180,13 +180,7 @@ impl Head {
 fn targets<'a>(model: &'a MultimodalModel, item: &'a TrainItem) -> impl Iterator<Item = u32> + 'a {
     let stop =
         |t: u32| model.model.tokenizer.eos_id == Some(t) || model.model.stop_ids.contains(&t);
-    item.rendered
-        .example
-        .labels
-        .iter()
-        .filter(|&&l| l >= 0)
-        .map(|&l| l as u32)
-        .filter(move |&t| !stop(t))
+    item.rendered.example.label_ids().filter(move |&t| !stop(t))
 }
 
 /// Loss and gradient terms of a batch: the summed CTC loss, the labels it covered, and the
