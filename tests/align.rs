@@ -67,6 +67,19 @@ fn recipe() -> PathBuf {
         .join("recipes/align/audio_whisper-tiny-en_smollm2-135m.toml")
 }
 
+/// Copy a folder and everything under it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 fn align_args(train: &Path, valid: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "align".into(),
@@ -425,6 +438,106 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
     let (code, _, stderr) = run(&args_ref);
     assert_eq!(code, 1);
     assert!(stderr.contains("ctc.steps needs a rate-based"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_ctc_compressed_projector_trains_resumes_and_generates() {
+    let dir = workdir("ctc-compress");
+    let (train, valid) = manifests(&dir, 8, &[]);
+    let out = dir.join("run");
+    let sets = [
+        "projector.reduce=stack",
+        "projector.stride=5",
+        "encoder.options.context=clip",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "ctc.steps=40",
+        "ctc.batch_size=8",
+        "ctc.eval_every=0",
+        "ctc.compress=nearest",
+    ];
+    let extra: Vec<String> = sets
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect();
+    let extra_ref: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let args = align_args(&train, &valid, &out, &extra_ref);
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("ctc compression"), "{stderr}");
+    // The result and the warm start both carry the table and say so in projector.json.
+    for folder in [out.clone(), out.join("ctc-init")] {
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("projector.json")).unwrap())
+                .unwrap();
+        let classes = cfg["ctc_compress"]["classes"].as_u64().unwrap_or(0);
+        assert!(classes > 1, "{}: {cfg}", folder.display());
+    }
+    let weights = std::fs::read(out.join("projector.safetensors")).unwrap();
+
+    // Resumed from its checkpoint after step 1, the run ends where the uninterrupted one did.
+    let again = dir.join("again");
+    copy_tree(&out, &again);
+    std::fs::remove_dir_all(again.join("checkpoint-2")).unwrap();
+    for f in ["projector.safetensors", "projector.json", "summary.json"] {
+        std::fs::remove_file(again.join(f)).unwrap();
+    }
+    let mut args = align_args(&train, &valid, &again, &extra_ref);
+    args.push("--resume".into());
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("ctc warm start:"), "{stderr}");
+    assert!(
+        std::fs::read(again.join("projector.safetensors")).unwrap() == weights,
+        "the resumed compressing run's projector differs"
+    );
+
+    // The compressing projector runs outside the run that made it.
+    let (code, _, stderr) = run(&[
+        "generate",
+        "--projector",
+        &out.display().to_string(),
+        "--audio",
+        &fixture("tone440.mp3").display().to_string(),
+        "--prompt",
+        "Transcript:",
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Compression without a warm start to learn its table is refused before anything loads.
+    let args = align_args(
+        &train,
+        &valid,
+        &dir.join("no-table"),
+        &[
+            "--set",
+            "projector.reduce=stack",
+            "--set",
+            "ctc.compress=mean",
+        ],
+    );
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("ctc.compress needs"), "{stderr}");
+    let args = align_args(
+        &train,
+        &valid,
+        &dir.join("bad-dropout"),
+        &["--set", "ctc.feature_dropout=1.5"],
+    );
+    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (code, _, stderr) = run(&args_ref);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("ctc.feature_dropout must be in [0, 1)"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

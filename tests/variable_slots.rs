@@ -32,6 +32,7 @@ fn setup() -> (
         hidden: None,
         perceiver: None,
         front: None,
+        ctc_compress: None,
         modality: "audio".into(),
         encoder: String::new(),
         encoder_id: String::new(),

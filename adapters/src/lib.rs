@@ -11,9 +11,11 @@
 //!
 //! One component per file with its config beside it: [`projector`] (the kinds by name, saving
 //! and loading `projector.json` + `projector.safetensors`), [`pool`] (the reductions),
-//! [`perceiver`], [`imu_encoder`], [`layer_norm`], [`rms_norm`], [`params`] (the seeded store). Errors are
+//! [`perceiver`], [`ctc_compress`] (dropping a CTC-trained rate projector's blank tokens),
+//! [`imu_encoder`], [`layer_norm`], [`rms_norm`], [`params`] (the seeded store). Errors are
 //! [`Error`]: a bad config names its field, a shape mismatch says what it expected.
 
+pub mod ctc_compress;
 mod error;
 pub mod front;
 pub mod imu_encoder;

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::ctc_compress::{CompressOutput, CtcCompress, CtcCompressConfig, TABLE as CTC_TABLE};
 use crate::front::{deserialize_front, FrontStage, FrontStageConfig};
 use crate::params::ParamStore;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
@@ -99,6 +100,10 @@ pub struct ProjectorConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub front: Option<FrontStageConfig>,
+    /// CTC compression of a rate projector's tokens (see [`crate::ctc_compress`]): set by a
+    /// CTC warm start that asked for it, with the frozen table's row count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctc_compress: Option<CtcCompressConfig>,
     /// Modality name, e.g. `audio`; its placeholder is `<audio>`.
     #[serde(default)]
     pub modality: String,
@@ -178,6 +183,7 @@ pub struct Projector {
     pub cfg: ProjectorConfig,
     front: Option<FrontStage>,
     body: Body,
+    compress: Option<CtcCompress>,
 }
 
 impl Projector {
@@ -230,6 +236,19 @@ impl Projector {
             }
             None => (None, cfg.d_enc),
         };
+        let compress = match cfg.ctc_compress {
+            None => None,
+            Some(c) => {
+                if !cfg.reduce.is_rate() || cfg.kind == ProjectorKind::Perceiver {
+                    return Err(Error::config(
+                        "ctc_compress",
+                        "CTC compression needs a rate-based reduce (stack or avg_pool): a fixed token count has no time axis",
+                    ));
+                }
+                let table = vb.get((c.classes, cfg.d_llm), CTC_TABLE)?;
+                Some(CtcCompress::new(table, c.output)?)
+            }
+        };
         let d_in = cfg.reduce.out_dim(d_feat);
         let body = match cfg.kind {
             ProjectorKind::Linear | ProjectorKind::Qwen2Audio => {
@@ -257,13 +276,65 @@ impl Projector {
             cfg: cfg.clone(),
             front,
             body,
+            compress,
         })
+    }
+
+    /// This projector with CTC compression by `table` (`(classes, d_llm)`, the blank last):
+    /// the table goes into `store` (frozen) and the config records it.
+    pub fn with_ctc_compress(
+        &self,
+        store: &ParamStore,
+        table: &Tensor,
+        output: CompressOutput,
+    ) -> Result<Self> {
+        let (classes, d) = table.dims2()?;
+        if d != self.cfg.d_llm {
+            return Err(Error::Shape(format!(
+                "a CTC table of width {d} for a projector of width {}",
+                self.cfg.d_llm
+            )));
+        }
+        // A copy: the table may be read from this very store, and a Var cannot be set to a
+        // tensor that shares its storage.
+        let table = table.detach().copy()?;
+        store.set_tensors([(CTC_TABLE.to_string(), table)].into_iter().collect())?;
+        let mut cfg = self.cfg.clone();
+        cfg.ctc_compress = Some(CtcCompressConfig { classes, output });
+        Self::new(&cfg, store.var_builder())
+    }
+
+    /// The parameters training may change: all of `store` but the frozen CTC table.
+    pub fn trainable_vars(&self, store: &ParamStore) -> Vec<(String, candle_core::Var)> {
+        store
+            .vars()
+            .into_iter()
+            .filter(|(n, _)| n != CTC_TABLE)
+            .collect()
+    }
+
+    /// How many numbers training may change (the frozen CTC table not counted).
+    pub fn trainable_params(&self, store: &ParamStore) -> usize {
+        self.trainable_vars(store)
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum()
     }
 
     /// `xs (b, n, d_enc)`, `lengths[i]` real frames of row `i` -> `(b, t, d_llm)` and the
     /// number of tokens of each row (`k` each for fixed-count projectors; with a rate
-    /// reduction rows are right-padded to the longest, `t`).
+    /// reduction rows are right-padded to the longest, `t`; with CTC compression, the tokens
+    /// it keeps).
     pub fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+        let (out, counts) = self.forward_frames(xs, lengths)?;
+        match &self.compress {
+            Some(c) => c.apply(&out, &counts),
+            None => Ok((out, counts)),
+        }
+    }
+
+    /// [`Self::forward`] before CTC compression: one token per `n` frames of a rate reduction.
+    pub fn forward_frames(&self, xs: &Tensor, lengths: &[usize]) -> Result<(Tensor, Vec<usize>)> {
         let (b, _, d) = xs.dims3()?;
         if d != self.cfg.d_enc {
             return Err(Error::Shape(format!(
@@ -303,12 +374,13 @@ impl Projector {
     /// `(t_i, d_llm)` tensor per item.
     pub fn forward_items(&self, items: &[Tensor]) -> Result<Vec<Tensor>> {
         let (xs, lengths) = pad_items(items)?;
-        let (out, counts) = self.forward(&xs, &lengths)?;
-        counts
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| Ok(out.get(i)?.narrow(0, 0, t)?))
-            .collect()
+        split_items(self.forward(&xs, &lengths)?)
+    }
+
+    /// [`Self::forward_items`] before CTC compression.
+    pub fn frame_items(&self, items: &[Tensor]) -> Result<Vec<Tensor>> {
+        let (xs, lengths) = pad_items(items)?;
+        split_items(self.forward_frames(&xs, &lengths)?)
     }
 
     /// Names of the parameters of the last layer (its weight, and bias where it has one).
@@ -389,6 +461,15 @@ impl Projector {
             json.as_bytes(),
         )?)
     }
+}
+
+/// A right-padded batch and its counts -> one `(t_i, d)` tensor per item.
+fn split_items((out, counts): (Tensor, Vec<usize>)) -> Result<Vec<Tensor>> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Ok(out.get(i)?.narrow(0, 0, t)?))
+        .collect()
 }
 
 /// Read and check `projector.json` in `dir`.

@@ -20,6 +20,7 @@ fn cfg(kind: ProjectorKind, reduce: Reduce) -> ProjectorConfig {
             positions: Some(8),
         }),
         front: None,
+        ctc_compress: None,
         modality: "audio".into(),
         encoder: "test".into(),
         encoder_id: "test".into(),
@@ -219,5 +220,65 @@ fn audio_kinds_have_their_models_parameter_layouts() -> anyhow::Result<()> {
     .unwrap_err()
     .to_string();
     assert!(err.contains(">= 1"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_ctc_compressing_projector_saves_loads_and_keeps_its_table_frozen() -> anyhow::Result<()> {
+    use anymal_adapters::ctc_compress::{CompressOutput, TABLE};
+    let c = cfg(ProjectorKind::Linear, Reduce::Stack { n: 2 });
+    let (p, store) = Projector::init(&c, 3, &Device::Cpu)?;
+    // 4 classes (3 word pieces + the blank) of width d_llm = 5.
+    let table = data(&[4, 5], 11);
+    let p = p.with_ctc_compress(&store, &table, CompressOutput::Mean)?;
+    assert_eq!(p.cfg.ctc_compress.map(|c| c.classes), Some(4));
+    assert_eq!(
+        p.cfg.ctc_compress.map(|c| c.output),
+        Some(CompressOutput::Mean)
+    );
+    // Attaching the table the store already holds (a resumed run) works too.
+    let held = store.tensors()[TABLE].clone();
+    let p = p.with_ctc_compress(&store, &held, CompressOutput::Nearest)?;
+    let trainable: Vec<String> = p
+        .trainable_vars(&store)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!trainable.iter().any(|n| n == TABLE), "{trainable:?}");
+    assert_eq!(trainable.len() + 1, store.vars().len());
+
+    let items = [data(&[14, 6], 1), data(&[9, 6], 2)];
+    let frames = p.frame_items(&items)?;
+    let kept = p.forward_items(&items)?;
+    for (f, k) in frames.iter().zip(&kept) {
+        // Never more tokens than frames-based ones, never none.
+        assert!(k.dim(0)? >= 1 && k.dim(0)? <= f.dim(0)?);
+    }
+
+    let dir = std::env::temp_dir().join(format!("anymal-ctc-proj-{}", std::process::id()));
+    p.save(&dir, &store)?;
+    let (q, _) = Projector::load(&dir, &Device::Cpu)?;
+    assert_eq!(q.cfg, p.cfg);
+    for (a, b) in kept.iter().zip(q.forward_items(&items)?) {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0);
+    }
+    // A file without the table its config names is an error naming what is missing.
+    let mut plain = store.tensors();
+    plain.remove(TABLE);
+    let plain: std::collections::HashMap<String, Tensor> = plain.into_iter().collect();
+    candle_core::safetensors::save(&plain, dir.join("projector.safetensors"))?;
+    let err = Projector::load(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains(TABLE), "{err}");
+    std::fs::remove_dir_all(&dir)?;
+
+    // Compression has no time axis to work on with a fixed token count.
+    let (p, store) = Projector::init(&cfg(ProjectorKind::Linear, Reduce::Pool), 3, &Device::Cpu)?;
+    let err = p
+        .with_ctc_compress(&store, &table, CompressOutput::Mean)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rate-based"), "{err}");
     Ok(())
 }

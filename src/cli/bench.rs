@@ -209,6 +209,7 @@ fn bench_align(
         hidden: None,
         perceiver: None,
         front: None,
+        ctc_compress: None,
         modality: "audio".into(),
         encoder: String::new(),
         encoder_id: String::new(),

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::ctc_warmup;
 use super::data_order::DataOrder;
+use super::embedding_scale::match_embedding_scale;
 use super::optim::clip_grad_norm;
 use super::run::{load_llm, optimizer, RunSummary, SplitCounts, StepLoop, TrainingRun};
 use super::step::{encode_all, eval_loss, step_gradients, TrainItem, Trainables};
@@ -91,7 +92,8 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         trainable: true,
     };
     let name = recipe.output_dir.clone();
-    let model = MultimodalModel::new(llm, vec![adapter], None, recipe.data.chat_template, name)?;
+    let mut model =
+        MultimodalModel::new(llm, vec![adapter], None, recipe.data.chat_template, name)?;
     let adapter = &model.adapters[0];
 
     // Data: validated, every file through the encoder once, rendered.
@@ -100,7 +102,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let (valid, valid_counts) =
         load_split(&expand_path(&recipe.data.valid), recipe, &model, "valid")?;
 
-    let params = adapter.store.vars();
+    let params = adapter.projector.trainable_vars(&adapter.store);
     let mut opt = optimizer(vec![(params.clone(), 1.0)], t)?;
     let resumed = run.resume(t.seed, &mut opt, |ckpt| {
         Ok(adapter
@@ -127,12 +129,28 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
             run.dir.path(),
             opts.resume,
         )?;
-        if ctc.is_some() {
-            eprintln!(
-                "after the ctc warm start: valid loss {:.4} through the LLM",
-                eval_loss(&model, &valid, t.batch_size, t.eval_items)?
-            );
-        }
+    }
+    if let Some(output) = recipe.ctc.compress {
+        // Fresh, restarted from `ctc-init/` or resumed from a checkpoint: the table is in the
+        // store by now.
+        let a = &mut model.adapters[0];
+        let table = a
+            .store
+            .tensors()
+            .remove(anymal_adapters::ctc_compress::TABLE)
+            .context("ctc.compress: this run has no CTC table (it was started without it)")?;
+        a.projector = a.projector.with_ctc_compress(&a.store, &table, output)?;
+        eprintln!(
+            "ctc compression ({output:?}): the LLM reads the tokens not called blank among {} classes",
+            table.dim(0)?
+        );
+    }
+    let adapter = &model.adapters[0];
+    if ctc.is_some() {
+        eprintln!(
+            "after the ctc warm start: valid loss {:.4} through the LLM",
+            eval_loss(&model, &valid, t.batch_size, t.eval_items)?
+        );
     }
     let tokens = match (pcfg.reduce.is_rate(), pcfg.reduce.factor()) {
         (true, Some(n)) => format!("1 token per {n} frames ({})", reduce_name(&pcfg.reduce)),
@@ -143,7 +161,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
         pcfg.kind,
         pcfg.d_enc,
         pcfg.d_llm,
-        adapter.store.num_params()
+        adapter.projector.trainable_params(&adapter.store)
     );
 
     let trainables = Trainables {
@@ -187,7 +205,7 @@ pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
     let detail = format!("{cache}; projector in {}", run.dir.path().display());
     let extra = AlignExtra {
         feature_cache: cache,
-        projector_params: adapter.store.num_params(),
+        projector_params: adapter.projector.trainable_params(&adapter.store),
         ctc,
     };
     RunSummary::report(&finished, train_counts, valid_counts, extra, &run, &detail)
@@ -254,6 +272,7 @@ pub fn projector_config(
         hidden: p.hidden,
         perceiver: p.perceiver.clone(),
         front: p.front.clone().map(|f| f.with_input_width(d_enc)),
+        ctc_compress: None,
         modality: recipe.modality.clone(),
         encoder: recipe.encoder.model.clone(),
         encoder_options: recipe.encoder.options_json()?,
@@ -372,35 +391,4 @@ fn load_split(
         skipped: manifest.problems.len(),
     };
     Ok((items, counts))
-}
-
-/// Scale the fresh projector so its tokens have the RMS of the LLM's embeddings of the
-/// answers they should lead to (measured on up to 16 training items).
-fn match_embedding_scale(model: &MultimodalModel, train: &[TrainItem]) -> Result<()> {
-    let adapter = &model.adapters[0];
-    let items = &train[..train.len().min(16)];
-    let paths: Vec<&Path> = items.iter().map(|i| i.media[0].path.as_path()).collect();
-    let feats = adapter
-        .source
-        .get(&paths)
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
-    let rms =
-        |t: Tensor| -> Result<f64> { Ok(t.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()? as f64) };
-    let out = adapter.projector.forward_items(&feats)?;
-    let out_rms = rms(Tensor::cat(&out, 0)?.detach())?;
-    let ids: Vec<u32> = items
-        .iter()
-        .flat_map(|i| i.rendered.example.label_ids())
-        .collect();
-    let llm = &model.model.llm;
-    let ids = Tensor::new(ids.as_slice(), &llm.device)?.unsqueeze(0)?;
-    let emb_rms = rms(llm.embed_tokens(&ids)?)?;
-    if out_rms > 0.0 && emb_rms > 0.0 {
-        adapter
-            .projector
-            .scale_output(&adapter.store, emb_rms / out_rms)?;
-        eprintln!("projector init: output RMS {out_rms:.3} scaled to the embeddings' {emb_rms:.3}");
-    }
-    Ok(())
 }

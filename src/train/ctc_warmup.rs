@@ -9,9 +9,10 @@
 //! measures within minutes how much the encoder and projector alone can carry. The hope, as in
 //! CTC-compressed LLM speech front ends (e.g. Wu et al. 2023, "On decoder-only architecture
 //! for speech-to-text and large language model integration"), is an LLM stage that starts from
-//! tokens already spelling the transcript in the LLM's embedding space. Measured so far it
-//! does not help that stage (README, "CTC warm start"): the blank tokens between the word
-//! pieces are still there for the LLM to read; dropping them is the next step.
+//! tokens already spelling the transcript in the LLM's embedding space. Measured (README,
+//! "CTC warm start" and "CTC compression"): with the blanks still there it does not help that
+//! stage; with them dropped (`compress`) and the kept runs snapped to the word pieces'
+//! embeddings, the frozen LLM reads the tokens as words.
 //!
 //! The head: `logits = exp(log_scale) * (|e| h / |h|) . [E_sub ; blank]`: each output row's
 //! direction only, at the embeddings' mean norm `|e|` (so the loss cannot move the outputs'
@@ -19,6 +20,10 @@
 //! ids the training transcripts use (fixed); `blank` is a trainable vector and `log_scale` a
 //! trainable temperature, both dropped after this stage. Only the rate-based reductions
 //! (`stack`, `avg_pool`) are accepted: a fixed token count has no time axis to align.
+//!
+//! With `compress = "mean" | "nearest"` the head's table (the word pieces' embeddings and the blank) stays
+//! with the projector and the LLM stage reads only the tokens it does not call blank (see
+//! `anymal_adapters::ctc_compress`).
 //!
 //! The result is written to `ctc-init/` in the run folder; a restarted run (`--resume` before
 //! the first checkpoint) loads it instead of warming up again; a run without `--resume`
@@ -28,11 +33,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use anymal_adapters::ctc_compress::CompressOutput;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::ctc::{ctc_loss, greedy_decode, min_frames};
 use super::data_order::DataOrder;
+use super::embedding_scale::match_embedding_scale;
 use super::optim::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use super::progress::Progress;
 use super::schedule::lr_at;
@@ -55,6 +62,16 @@ pub struct CtcWarmupConfig {
     /// Report the validation CTC loss and greedy-decoding WER every N steps (0: at the end).
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
+    /// Dropout on the encoder features during the warm start (each number zeroed with this
+    /// probability, the rest scaled up; seeded per step): the head otherwise learns the
+    /// training clips by heart (train CTC loss 0.2 against 1.04 on the valid clips).
+    #[serde(default)]
+    pub feature_dropout: f64,
+    /// Keep the head's table and drop the blank tokens before the LLM from then on (see
+    /// `anymal_adapters::ctc_compress`): the LLM reads one token per word piece, the `mean`
+    /// of its audio tokens or the `nearest` word piece's own embedding. Unset: no compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressOutput>,
 }
 
 impl Default for CtcWarmupConfig {
@@ -64,6 +81,8 @@ impl Default for CtcWarmupConfig {
             lr: default_lr(),
             batch_size: default_batch(),
             eval_every: default_eval_every(),
+            feature_dropout: 0.0,
+            compress: None,
         }
     }
 }
@@ -80,6 +99,15 @@ fn default_eval_every() -> u64 {
 
 impl CtcWarmupConfig {
     pub fn check(&self) -> Result<()> {
+        if self.compress.is_some() && self.steps == 0 {
+            bail!("ctc.compress needs a CTC warm start to learn its table: set ctc.steps > 0");
+        }
+        if !(0.0..1.0).contains(&self.feature_dropout) {
+            bail!(
+                "ctc.feature_dropout must be in [0, 1), got {}",
+                self.feature_dropout
+            );
+        }
         if self.steps > 0 {
             if self.batch_size == 0 {
                 bail!("ctc.batch_size must be >= 1");
@@ -161,6 +189,11 @@ impl Head {
         Ok(unit.matmul(&table.t()?)?.broadcast_mul(&scale)?)
     }
 
+    /// `(classes, d)`: the word pieces' embeddings and the blank, as CTC compression uses it.
+    fn table(&self) -> Result<Tensor> {
+        Ok(Tensor::cat(&[&self.embeddings, self.blank.as_tensor()], 0)?.detach())
+    }
+
     fn vars(&self) -> Vec<(String, Var)> {
         vec![
             ("ctc.blank".to_string(), self.blank.clone()),
@@ -235,16 +268,33 @@ fn batch_ctc(
     Ok(out)
 }
 
-/// Projector outputs of `items` as one `(n, d)` tensor, and each item's token count.
-fn project(model: &MultimodalModel, items: &[&TrainItem]) -> Result<(Tensor, Vec<usize>)> {
+/// Projector outputs (one per frame group, before any compression) of `items` as one
+/// `(n, d)` tensor, and each item's token count; `dropout`: the probability and seed of
+/// feature dropout.
+fn project(
+    model: &MultimodalModel,
+    items: &[&TrainItem],
+    dropout: Option<(f64, u64)>,
+) -> Result<(Tensor, Vec<usize>)> {
     let adapter = &model.adapters[0];
     let paths: Vec<&std::path::Path> = items.iter().map(|i| i.media[0].path.as_path()).collect();
-    let feats = adapter
+    let mut feats = adapter
         .source
         .get(&paths)
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
-    let outs = adapter.projector.forward_items(&feats)?;
+    if let Some((p, seed)) = dropout.filter(|(p, _)| *p > 0.0) {
+        let mut rng = anymal_util::rng::SplitMix64::new(seed);
+        let keep = (1.0 / (1.0 - p)) as f32;
+        for f in feats.iter_mut() {
+            let mask: Vec<f32> = (0..f.elem_count())
+                .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
+                .collect();
+            let mask = Tensor::from_vec(mask, f.shape(), f.device())?.to_dtype(f.dtype())?;
+            *f = (&*f * mask)?;
+        }
+    }
+    let outs = adapter.projector.frame_items(&feats)?;
     let lens = outs
         .iter()
         .map(|t| t.dim(0))
@@ -258,7 +308,7 @@ fn evaluate(model: &MultimodalModel, head: &Head, valid: &[TrainItem]) -> Result
     let mut pairs = Vec::new();
     for chunk in valid.chunks(16) {
         let items: Vec<&TrainItem> = chunk.iter().collect();
-        let (h, lens) = project(model, &items)?;
+        let (h, lens) = project(model, &items, None)?;
         let logits = head.logits(&h.detach())?;
         let b = batch_ctc(head, model, &items, &logits, &lens)?;
         nll += b.nll;
@@ -355,7 +405,11 @@ pub fn warm_start(
         let items: Vec<&TrainItem> = (step as usize * n..(step as usize + 1) * n)
             .map(|j| &train[order.item(j)])
             .collect();
-        let (h, lens) = project(model, &items)?;
+        let dropout = (
+            cfg.feature_dropout,
+            seed ^ 0xD0 ^ step.wrapping_mul(0x9E37_79B9),
+        );
+        let (h, lens) = project(model, &items, Some(dropout))?;
         let logits = head.logits(&h)?;
         let b = batch_ctc(&head, model, &items, &logits, &lens)?;
         if b.labels == 0 {
@@ -394,7 +448,18 @@ pub fn warm_start(
         }
     }
     progress.finish();
-    adapter.projector.save(&dir, &adapter.store)?;
+    // The head scored directions only: the tokens' norms went wherever the steps took them
+    // (measured: 66x the embeddings' after 1,500 steps), and the LLM reads norms.
+    match_embedding_scale(model, train)?;
+    if let Some(output) = cfg.compress {
+        // The folder then holds a complete compressing projector: `generate` can use it as is.
+        adapter
+            .projector
+            .with_ctc_compress(&adapter.store, &head.table()?, output)?
+            .save(&dir, &adapter.store)?;
+    } else {
+        adapter.projector.save(&dir, &adapter.store)?;
+    }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     eprintln!(
         "ctc warm start done in {minutes:.1} min; {}",

@@ -2,7 +2,8 @@
 //! loop ([`tune`]), on shared pieces: the run's life around the step ([`run`]: folder, resume,
 //! cadence, report), the step itself ([`step`]: micro-batches through the multimodal model,
 //! gradients of the trainable parts), [`checkpoint`]s, AdamW with saved moments ([`optim`]),
-//! the learning-rate [`schedule`], the seeded [`data_order`], [`metrics`], [`progress`] and the
+//! the learning-rate [`schedule`], the seeded [`data_order`], the projector's start at the
+//! [`embedding_scale`], [`metrics`], [`progress`] and the
 //! loss [`plot`].
 
 pub mod align;
@@ -10,6 +11,7 @@ pub mod checkpoint;
 pub mod ctc;
 pub mod ctc_warmup;
 pub mod data_order;
+pub mod embedding_scale;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

@@ -103,8 +103,8 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
     for (a, p) in model.adapters.iter().zip(&recipe.projectors) {
         if a.trainable {
             let vars: Vec<(String, Var)> = a
-                .store
-                .vars()
+                .projector
+                .trainable_vars(&a.store)
                 .into_iter()
                 .map(|(n, v)| (format!("{}/{n}", a.modality), v))
                 .collect();
@@ -120,7 +120,7 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
         .adapters
         .iter()
         .filter(|a| a.trainable)
-        .map(|a| a.store.num_params())
+        .map(|a| a.projector.trainable_params(&a.store))
         .sum();
 
     let resumed = run.resume(t.seed, &mut opt, |ckpt| {
