@@ -67,6 +67,19 @@ fn recipe() -> PathBuf {
         .join("recipes/align/audio_whisper-tiny-en_smollm2-135m.toml")
 }
 
+/// `run` with owned arguments, as `align_args` builds them.
+fn run_owned(args: &[String]) -> (i32, String, String) {
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    run(&args)
+}
+
+/// `--set` flags for each `key=value`.
+fn set_flags(sets: &[&str]) -> Vec<String> {
+    sets.iter()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect()
+}
+
 /// Copy a folder and everything under it.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -378,14 +391,10 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
         "ctc.batch_size=8",
         "ctc.eval_every=0",
     ];
-    let extra: Vec<String> = sets
-        .iter()
-        .flat_map(|s| ["--set".to_string(), s.to_string()])
-        .collect();
+    let extra = set_flags(&sets);
     let extra_ref: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
     let args = align_args(&train, &valid, &out, &extra_ref);
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 0, "{stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -409,8 +418,7 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
     std::fs::copy(&init, again.join("ctc-init/projector.safetensors")).unwrap();
     let mut args = align_args(&train, &valid, &again, &extra_ref);
     args.push("--resume".into());
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("warm start loaded"), "{stderr}");
     assert!(!stderr.contains("ctc warm start:"), "{stderr}");
@@ -419,8 +427,7 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
     std::fs::create_dir_all(fresh.join("ctc-init")).unwrap();
     std::fs::copy(&init, fresh.join("ctc-init/projector.safetensors")).unwrap();
     let args = align_args(&train, &valid, &fresh, &extra_ref);
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("ctc warm start:") && !stderr.contains("warm start loaded"),
@@ -434,8 +441,7 @@ fn a_ctc_warm_start_lowers_its_loss_and_is_kept_for_a_restart() {
         &dir.join("fixed"),
         &["--set", "ctc.steps=5"],
     );
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 1);
     assert!(stderr.contains("ctc.steps needs a rate-based"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -457,14 +463,10 @@ fn a_ctc_compressed_projector_trains_resumes_and_generates() {
         "ctc.eval_every=0",
         "ctc.compress=nearest",
     ];
-    let extra: Vec<String> = sets
-        .iter()
-        .flat_map(|s| ["--set".to_string(), s.to_string()])
-        .collect();
+    let extra = set_flags(&sets);
     let extra_ref: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
     let args = align_args(&train, &valid, &out, &extra_ref);
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("ctc compression"), "{stderr}");
     // The result and the warm start both carry the table and say so in projector.json.
@@ -486,8 +488,7 @@ fn a_ctc_compressed_projector_trains_resumes_and_generates() {
     }
     let mut args = align_args(&train, &valid, &again, &extra_ref);
     args.push("--resume".into());
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("ctc warm start:"), "{stderr}");
     assert!(
@@ -521,8 +522,7 @@ fn a_ctc_compressed_projector_trains_resumes_and_generates() {
             "ctc.compress=mean",
         ],
     );
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 1);
     assert!(stderr.contains("ctc.compress needs"), "{stderr}");
     let args = align_args(
@@ -531,8 +531,7 @@ fn a_ctc_compressed_projector_trains_resumes_and_generates() {
         &dir.join("bad-dropout"),
         &["--set", "ctc.feature_dropout=1.5"],
     );
-    let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let (code, _, stderr) = run(&args_ref);
+    let (code, _, stderr) = run_owned(&args);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("ctc.feature_dropout must be in [0, 1)"),

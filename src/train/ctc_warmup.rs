@@ -183,16 +183,21 @@ impl Head {
     /// direction only (scaled to the embeddings' mean norm): the loss cannot grow the outputs'
     /// norms away from the embeddings' scale, where the LLM stage needs them.
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let table = Tensor::cat(&[&self.embeddings, self.blank.as_tensor()], 0)?;
+        let table = self.rows()?;
         let norms = (h.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
         let unit = (h.broadcast_div(&norms)? * self.embedding_norm)?;
         let scale = self.log_scale.as_tensor().exp()?;
         Ok(unit.matmul(&table.t()?)?.broadcast_mul(&scale)?)
     }
 
-    /// `(classes, d)`: the word pieces' embeddings and the blank, as CTC compression uses it.
+    /// `(classes, d)`: the word pieces' embeddings and the (trainable) blank, the blank last.
+    fn rows(&self) -> Result<Tensor> {
+        Ok(Tensor::cat(&[&self.embeddings, self.blank.as_tensor()], 0)?)
+    }
+
+    /// [`Self::rows`] as CTC compression keeps it: a constant.
     fn table(&self) -> Result<Tensor> {
-        Ok(Tensor::cat(&[&self.embeddings, self.blank.as_tensor()], 0)?.detach())
+        Ok(self.rows()?.detach())
     }
 
     fn vars(&self) -> Vec<(String, Var)> {
