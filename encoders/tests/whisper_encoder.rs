@@ -3,7 +3,7 @@
 mod common;
 
 use anymal_encoders::audio::ct2::{parse_model_bin, read_model_bin};
-use anymal_encoders::audio::whisper::resolve_encoder_ref_in;
+use anymal_encoders::audio::whisper::{resolve_encoder_ref_in, Context};
 use anymal_encoders::audio::{resolve_encoder_ref, WhisperEncoder};
 use anymal_encoders::Error;
 use anymal_util::testing::max_abs_diff;
@@ -47,7 +47,7 @@ fn matches_ctranslate2() {
             .map(|w| w["encoder"]["kept_frames"].as_u64().unwrap() as usize)
             .sum();
         assert_eq!(out.dims(), &[want_total, 384], "{name}");
-        assert_eq!(WhisperEncoder::frames_for(x.len()), want_total);
+        assert_eq!(enc.frames_for(x.len()), want_total);
         for w in clip["windows"].as_array().unwrap() {
             let e = &w["encoder"];
             let keep = e["kept_frames"].as_u64().unwrap() as usize;
@@ -156,7 +156,6 @@ fn ct2_reader_reads_the_real_file_and_refuses_broken_ones() {
 
 #[test]
 fn clip_context_encodes_the_clips_length_and_is_independent_of_its_batch() {
-    use anymal_encoders::audio::whisper::Context;
     let window = encoder();
     let clip = encoder().with_context(Context::Clip);
     assert_eq!(clip.id(), format!("{}-clip", window.id()));
@@ -169,7 +168,7 @@ fn clip_context_encodes_the_clips_length_and_is_independent_of_its_batch() {
     let outs = clip.encode_batch(&[a, b, &long]).unwrap();
     // Frames kept are the same as the window context's: one per 20 ms of audio.
     for (o, x) in outs.iter().zip([a, b, &long[..]]) {
-        assert_eq!(o.dim(0).unwrap(), WhisperEncoder::frames_for(x.len()));
+        assert_eq!(o.dim(0).unwrap(), window.frames_for(x.len()));
     }
     // A clip's features do not depend on the clips encoded beside it.
     let alone = clip.encode_batch(&[b]).unwrap();
@@ -179,4 +178,35 @@ fn clip_context_encodes_the_clips_length_and_is_independent_of_its_batch() {
     let full = window.encode_batch(&[b]).unwrap();
     let d = max_abs_diff(&full[0], &outs[1]);
     assert!(d > 1e-3, "clip and window contexts gave the same features");
+}
+
+/// `full_window` keeps all 1500 frames of every window, in llama.cpp's windows: the clip's own
+/// frames equal the `window` context's (the same forward), the rest encode the silence after
+/// it, and a clip within 0.01 s of 30 s gets a second, silent, window as in `mtmd`.
+#[test]
+fn full_window_keeps_every_frame_in_llama_cpp_windows() {
+    let window = encoder();
+    let full = encoder().with_context(Context::FullWindow);
+    assert_eq!(full.id(), format!("{}-full", window.id()));
+    assert_eq!(
+        encoder().with_context(Context::FullWindow).with_context(Context::Clip).id(),
+        format!("{}-clip", window.id())
+    );
+    let doc = reference();
+    let file = doc["clips"][0]["file"].as_str().unwrap().to_string();
+    let x = repeat_16k(&file);
+    let x: Vec<f32> = x.iter().cycle().take(46_400).copied().collect();
+    let outs = full.encode_batch(&[&x]).unwrap();
+    assert_eq!(outs[0].dims(), &[1500, 384]);
+    assert_eq!(full.frames_for(x.len()), 1500);
+    let kept = window.encode_batch(&[&x]).unwrap();
+    let n = kept[0].dim(0).unwrap();
+    assert_eq!(n, 145);
+    let d = max_abs_diff(&kept[0], &outs[0].narrow(0, 0, n).unwrap());
+    assert!(d < 1e-4, "full_window changed the clip's own frames by {d}");
+    // mtmd's window count: 479,839 samples -> 1 window, 479,840 -> 2, 30 s + 1 -> 2.
+    assert_eq!(full.frames_for(479_839), 1500);
+    assert_eq!(full.frames_for(479_840), 3000);
+    assert_eq!(full.frames_for(480_001), 3000);
+    assert_eq!(window.frames_for(479_840), 1500);
 }

@@ -14,8 +14,9 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudioOptions {
-    /// `window` (each clip padded to Whisper's 30 s) or `clip` (its own length, rounded up to
-    /// 0.5 s); see [`Context`].
+    /// `window` (each clip padded to Whisper's 30 s), `clip` (its own length, rounded up to
+    /// 0.5 s) or `full_window` (30 s windows with every frame kept, as llama.cpp runs an
+    /// exported projector); see [`Context`].
     #[serde(default)]
     pub context: Context,
 }

@@ -22,7 +22,7 @@ use candle_transformers::models::whisper::{self as cw, model::AudioEncoder};
 use sha2::{Digest, Sha256};
 
 use super::ct2;
-use super::mel::{LogMel, N_FRAMES, N_SAMPLES};
+use super::mel::{LogMel, HOP_LENGTH, N_FRAMES, N_SAMPLES};
 use crate::error::{Error, Result};
 
 /// Samples per encoder frame: the mel hop (160) times conv2's stride (2) = 20 ms at 16 kHz.
@@ -44,13 +44,30 @@ pub enum Context {
     Window,
     /// The clip's own length, rounded up to 0.5 s (whisper.cpp's `audio_ctx`).
     Clip,
+    /// Every window's 1500 frames, the silence after the clip included, in the windows
+    /// llama.cpp's `mtmd` cuts (it appends 30 s of silence and drops the last partial window,
+    /// so a clip within 0.01 s of a multiple of 30 s gets one more, silent, window). A
+    /// projector trained on these features gets in llama.cpp exactly the frames it trained on
+    /// (`anymal export --format mmproj`).
+    FullWindow,
+}
+
+impl Context {
+    /// Suffix of the encoder id: features of each context are cached apart.
+    fn id_suffix(self) -> &'static str {
+        match self {
+            Context::Window => "",
+            Context::Clip => "-clip",
+            Context::FullWindow => "-full",
+        }
+    }
 }
 
 /// Encoder frames a window of `len` samples is encoded with in `context`.
 fn encoded_frames(len: usize, context: Context) -> usize {
     match context {
-        Context::Window => FRAMES_PER_WINDOW,
-        Context::Clip => kept_frames(len)
+        Context::Window | Context::FullWindow => FRAMES_PER_WINDOW,
+        Context::Clip => kept_frames(len, context)
             .div_ceil(CLIP_BUCKET_FRAMES)
             .saturating_mul(CLIP_BUCKET_FRAMES)
             .min(FRAMES_PER_WINDOW),
@@ -172,13 +189,12 @@ impl WhisperEncoder {
     /// This encoder with `context`; the id of a `clip` encoder ends in `-clip`, since its
     /// features differ from the window's.
     pub fn with_context(mut self, context: Context) -> Self {
-        if self.context != context {
-            self.id = match context {
-                Context::Clip => format!("{}-clip", self.id),
-                Context::Window => self.id.trim_end_matches("-clip").to_string(),
-            };
-            self.context = context;
-        }
+        let base = self
+            .id
+            .strip_suffix(self.context.id_suffix())
+            .unwrap_or(&self.id);
+        self.id = format!("{base}{}", context.id_suffix());
+        self.context = context;
         self
     }
 
@@ -203,11 +219,12 @@ impl WhisperEncoder {
     }
 
     /// Number of encoder frames [`encode`](Self::encode) returns for `n_samples` at 16 kHz:
-    /// `ceil(n / 320)` per 30 s window (at least 1).
-    pub fn frames_for(n_samples: usize) -> usize {
-        windows(n_samples)
+    /// `ceil(n / 320)` per 30 s window (at least 1); 1500 per window in the `full_window`
+    /// context.
+    pub fn frames_for(&self, n_samples: usize) -> usize {
+        windows(n_samples, self.context)
             .iter()
-            .map(|&(s, e)| kept_frames(e - s))
+            .map(|&(s, e)| kept_frames(e - s, self.context))
             .sum()
     }
 
@@ -251,7 +268,7 @@ impl WhisperEncoder {
                     what: format!("clip {ci} of the batch has no samples"),
                 });
             }
-            for (s, e) in windows(clip.len()) {
+            for (s, e) in windows(clip.len(), self.context) {
                 mels.push(self.log_mel(&clip[s..e])?);
             }
         }
@@ -268,8 +285,12 @@ impl WhisperEncoder {
             .iter()
             .enumerate()
             .flat_map(|(ci, &n)| {
-                windows(n).into_iter().map(move |(s, e)| {
-                    (ci, kept_frames(e - s), encoded_frames(e - s, self.context))
+                windows(n, self.context).into_iter().map(move |(s, e)| {
+                    (
+                        ci,
+                        kept_frames(e - s, self.context),
+                        encoded_frames(e - s, self.context),
+                    )
                 })
             })
             .collect();
@@ -323,17 +344,30 @@ impl WhisperEncoder {
     }
 }
 
-/// Consecutive 30 s windows `[start, end)` covering `n` samples (at least one).
-fn windows(n: usize) -> Vec<(usize, usize)> {
-    let count = n.div_ceil(N_SAMPLES).max(1);
+/// Consecutive 30 s windows `[start, end)` covering `n` samples (at least one). In the
+/// `full_window` context, as many as llama.cpp's `mtmd` cuts: it appends 30 s of silence to the
+/// clip, takes `(n + 480000) / 160 + 1` mel frames and keeps the whole 3000-frame windows, so a
+/// window may lie past the clip's end (then it is empty: silence).
+fn windows(n: usize, context: Context) -> Vec<(usize, usize)> {
+    let count = match context {
+        Context::FullWindow => ((n + N_SAMPLES) / HOP_LENGTH + 1) / N_FRAMES,
+        Context::Window | Context::Clip => n.div_ceil(N_SAMPLES),
+    }
+    .max(1);
     (0..count)
-        .map(|w| (w * N_SAMPLES, ((w + 1) * N_SAMPLES).min(n)))
+        .map(|w| ((w * N_SAMPLES).min(n), ((w + 1) * N_SAMPLES).min(n)))
         .collect()
 }
 
-/// Encoder frames that carry audio for a window of `len` samples: `ceil(len / 320)` in 1..=1500.
-fn kept_frames(len: usize) -> usize {
-    len.div_ceil(SAMPLES_PER_FRAME).clamp(1, FRAMES_PER_WINDOW)
+/// Encoder frames kept of a window with `len` samples of audio: those that carry audio,
+/// `ceil(len / 320)` in 1..=1500, or all 1500 in the `full_window` context.
+fn kept_frames(len: usize, context: Context) -> usize {
+    match context {
+        Context::FullWindow => FRAMES_PER_WINDOW,
+        Context::Window | Context::Clip => {
+            len.div_ceil(SAMPLES_PER_FRAME).clamp(1, FRAMES_PER_WINDOW)
+        }
+    }
 }
 
 fn model_err(path: &Path, what: impl Into<String>) -> Error {
