@@ -18,6 +18,7 @@ pub mod cli;
 pub mod conversation;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod memory_model;
 pub mod merge;

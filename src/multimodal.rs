@@ -434,13 +434,54 @@ impl MultimodalModel {
         sampler: &mut Sampler,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
+        let r = self.render_question(turns)?;
+        let toks = if r.slot_placeholders.is_empty() && media.is_empty() {
+            Vec::new()
+        } else {
+            self.media_tokens(&[(&r, media)], false)?.remove(0)
+        };
+        self.generate_rendered(&r, &toks, max_tokens, sampler, on_token)
+    }
+
+    /// [`Self::generate`] with the media slots' tokens given, one `(k_i, d)` tensor per slot
+    /// (from elsewhere: another runtime's projector output, precomputed features).
+    pub fn generate_with_media_tokens(
+        &self,
+        turns: &[Turn],
+        media_tokens: &[Tensor],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
+    ) -> Result<(Vec<u32>, GenerationStats)> {
+        let r = self.render_question(turns)?;
+        if r.slot_placeholders.len() != media_tokens.len() {
+            bail!(
+                "the conversation has {} media placeholder(s) but {} token tensor(s) were given",
+                r.slot_placeholders.len(),
+                media_tokens.len()
+            );
+        }
+        self.generate_rendered(&r, media_tokens, max_tokens, sampler, on_token)
+    }
+
+    fn render_question(&self, turns: &[Turn]) -> Result<Rendered> {
         if turns.last().is_none_or(|t| t.role == Role::Assistant) {
             bail!("the conversation must end with a user turn to be answered");
         }
-        let r = self.format().render(turns)?;
+        self.format().render(turns)
+    }
+
+    fn generate_rendered(
+        &self,
+        r: &Rendered,
+        toks: &[Tensor],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
+    ) -> Result<(Vec<u32>, GenerationStats)> {
         let eos = self.model.eos_ids();
         // Text alone goes in as token ids; media slots need the spliced embeddings.
-        let res = if r.slot_placeholders.is_empty() && media.is_empty() {
+        let res = if toks.is_empty() {
             generate(
                 &self.model.llm,
                 &r.example.input_ids,
@@ -451,8 +492,12 @@ impl MultimodalModel {
                 on_token,
             )?
         } else {
-            let toks = self.media_tokens(&[(&r, media)], false)?;
-            let embeds = build_batch(&self.model.llm, &[r.example], &toks)?.inputs_embeds;
+            let embeds = build_batch(
+                &self.model.llm,
+                std::slice::from_ref(&r.example),
+                &[toks.to_vec()],
+            )?
+            .inputs_embeds;
             generate(
                 &self.model.llm,
                 &[],

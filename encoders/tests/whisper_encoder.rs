@@ -189,7 +189,10 @@ fn full_window_keeps_every_frame_in_llama_cpp_windows() {
     let full = encoder().with_context(Context::FullWindow);
     assert_eq!(full.id(), format!("{}-full", window.id()));
     assert_eq!(
-        encoder().with_context(Context::FullWindow).with_context(Context::Clip).id(),
+        encoder()
+            .with_context(Context::FullWindow)
+            .with_context(Context::Clip)
+            .id(),
         format!("{}-clip", window.id())
     );
     let doc = reference();

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
@@ -39,6 +40,8 @@ enum Command {
     Tune(self::tune::TuneArgs),
     /// Fold a LoRA into the LLM's weights: a GGUF (re-quantized) or f16 safetensors.
     Merge(self::merge::MergeArgs),
+    /// Write a trained audio projector and its encoder as a llama.cpp mmproj GGUF.
+    Export(self::export::ExportArgs),
     /// List and show the shipped recipes.
     Recipes(self::recipes::RecipesArgs),
     /// Score a trained projector on a manifest: WER and CIDEr-D of greedy generations.
@@ -73,6 +76,7 @@ pub fn main_with(registry: ModalityRegistry) -> ExitCode {
         Command::Align(a) => self::align::run(a, &registry),
         Command::Tune(a) => self::tune::run(a, &registry),
         Command::Merge(a) => self::merge::run(a),
+        Command::Export(a) => self::export::run(a),
         Command::Recipes(a) => self::recipes::run(a),
         Command::Data(a) => self::data::run(a),
         Command::Eval(a) => self::eval::run(a, &registry),

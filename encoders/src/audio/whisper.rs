@@ -129,21 +129,20 @@ pub struct WhisperDims {
     pub n_ctx: usize,
 }
 
-/// A frozen Whisper encoder.
-pub struct WhisperEncoder {
-    encoder: AudioEncoder,
-    dims: WhisperDims,
-    mel: LogMel,
-    device: Device,
-    id: String,
-    context: Context,
+/// A Whisper encoder's weights under the Hugging Face names (`model.encoder.layers.0.self_attn.
+/// q_proj.weight`, ...; CTranslate2's fused attention split into q, k and v), as the encoder
+/// is built from them and as `anymal export` writes them for llama.cpp.
+pub struct WhisperWeights {
+    pub tensors: HashMap<String, Tensor>,
+    pub dims: WhisperDims,
+    /// The file they were read from.
+    pub file: PathBuf,
 }
 
-impl WhisperEncoder {
-    /// Loads from `path`: a folder holding `model.bin` (CTranslate2) or `model.safetensors` +
-    /// `config.json` (Hugging Face), or a `model.bin` / `.safetensors` file itself.
+impl WhisperWeights {
+    /// Reads `path`, as [`WhisperEncoder::load`] takes it.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (tensors, dims, weight_file) = if path.is_dir() {
+        let (tensors, dims, file) = if path.is_dir() {
             if path.join("model.bin").is_file() {
                 let f = path.join("model.bin");
                 let (t, d) = load_ct2(&f, device)?;
@@ -173,6 +172,33 @@ impl WhisperEncoder {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
             });
         };
+        Ok(Self {
+            tensors,
+            dims,
+            file,
+        })
+    }
+}
+
+/// A frozen Whisper encoder.
+pub struct WhisperEncoder {
+    encoder: AudioEncoder,
+    dims: WhisperDims,
+    mel: LogMel,
+    device: Device,
+    id: String,
+    context: Context,
+}
+
+impl WhisperEncoder {
+    /// Loads from `path`: a folder holding `model.bin` (CTranslate2) or `model.safetensors` +
+    /// `config.json` (Hugging Face), or a `model.bin` / `.safetensors` file itself.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let WhisperWeights {
+            tensors,
+            dims,
+            file: weight_file,
+        } = WhisperWeights::load(path, device)?;
         let encoder = build_encoder(tensors, dims, device, &weight_file)?;
         let hash = hash_file(&weight_file)?;
         let id = format!("whisper-{}-{}-{}", dims.d_model, dims.n_layers, &hash[..16]);
@@ -496,16 +522,36 @@ fn load_ct2(file: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Wh
     Ok((t, dims))
 }
 
-fn check_positions(stored: &Tensor, dims: &WhisperDims, file: &Path) -> Result<()> {
-    let half = dims.d_model / 2;
+/// Whisper's sinusoidal position of channel `i` at position `p` (what candle recomputes and
+/// what CTranslate2 stores): `sin` on the first half of the channels, `cos` on the second.
+fn sinusoid(p: usize, i: usize, d_model: usize) -> f64 {
+    let half = d_model / 2;
     let inc = (10000f64).ln() / (half as f64 - 1.0);
+    let ts = (-(inc * (i % half) as f64)).exp() * p as f64;
+    if i < half {
+        ts.sin()
+    } else {
+        ts.cos()
+    }
+}
+
+impl WhisperDims {
+    /// The encoder's position table `(n_ctx, d_model)`, f32.
+    pub fn positions(&self) -> Result<Tensor> {
+        let d = self.d_model;
+        let v: Vec<f32> = (0..self.n_ctx * d)
+            .map(|k| sinusoid(k / d, k % d, d) as f32)
+            .collect();
+        Ok(Tensor::from_vec(v, (self.n_ctx, d), &Device::Cpu)?)
+    }
+}
+
+fn check_positions(stored: &Tensor, dims: &WhisperDims, file: &Path) -> Result<()> {
     let s = stored.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut worst = 0f64;
     for (p, row) in s.iter().enumerate().step_by(97) {
         for (i, &v) in row.iter().enumerate() {
-            let ts = (-(inc * (i % half) as f64)).exp() * p as f64;
-            let want = if i < half { ts.sin() } else { ts.cos() };
-            worst = worst.max((want - v as f64).abs());
+            worst = worst.max((sinusoid(p, i, dims.d_model) - v as f64).abs());
         }
     }
     // fp16 storage rounds to ~5e-4; a different encoding differs by O(1).

@@ -1,0 +1,306 @@
+//! `anymal export --format mmproj`: a trained audio projector and its frozen Whisper encoder as
+//! one llama.cpp "mmproj" GGUF, the second file `llama-mtmd-cli`, `llama-server` and the tools
+//! built on llama.cpp load beside the LLM's GGUF (`--mmproj`).
+//!
+//! The layout is the one llama.cpp's `tools/mtmd` loader reads for its Whisper-encoder
+//! projector types (`clip.cpp`, `models/whisper-enc.cpp`; read, not copied):
+//! - metadata: `clip.has_audio_encoder`, `clip.projector_type`, and the encoder's
+//!   `clip.audio.*` sizes (embedding length, feed-forward length, blocks, heads, layer-norm
+//!   epsilon, mel bins, stack factor), typed as the loader asserts them (u32, f32, bool);
+//! - the encoder under `a.`: `a.conv1d.{1,2}.{weight,bias}` (the biases as `(d, 1)`),
+//!   `a.position_embd.weight`, per block `a.blk.N.{attn_q,attn_k,attn_v,attn_out,ln1,ln2,
+//!   ffn_up,ffn_down}` (no key bias: the graph asserts there is none), `a.post_ln`;
+//! - Ultravox's projector under `mm.a.`: `norm_pre`, `mlp.1`, `norm_mid`, `mlp.2`. llama.cpp
+//!   runs it as anymal's `ultravox` kind does: the encoder's output (after its final layer
+//!   norm), `k` frames stacked frame-major, RMSNorm (eps 1e-6), Linear, SwiGLU with the SiLU
+//!   on the second half, RMSNorm, Linear, no biases.
+//!
+//! What llama.cpp cannot run is refused with the reason: other modalities and encoders, other
+//! projector kinds (its `qwen2a` pools *before* the encoder's final norm, anymal's
+//! `qwen2_audio` after it), front stages, CTC compression, and stack factors that do not divide
+//! a window's 1500 frames (its frame stacker pads with a power-of-two mask and then aborts on
+//! the extra row). llama.cpp feeds the projector every frame of each 30 s window; a projector
+//! trained in the `clip` or `window` context (the clip's own frames) is exported with a
+//! warning, since llama.cpp shows it the silence after the clip too (`context = "full_window"`
+//! trains on exactly what llama.cpp feeds).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use anymal_adapters::pool::Reduce;
+use anymal_adapters::projector::{Projector, ProjectorConfig, ProjectorKind};
+use anymal_encoders::audio::resolve_encoder_ref;
+use anymal_encoders::audio::whisper::{Context as WhisperContext, WhisperWeights};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+/// Frames of one 30 s window at the encoder's output, all of which llama.cpp feeds the projector.
+const WINDOW_FRAMES: usize = 1500;
+
+/// Whisper's layer-norm epsilon (PyTorch's default, which Whisper uses).
+const WHISPER_LN_EPS: f32 = 1e-5;
+
+/// The type of the 2-D weight matrices in the file (the norms, biases and positions are always
+/// f32; the convolutions f16, as llama.cpp's converter writes them and its im2col reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatrixType {
+    F16,
+    F32,
+}
+
+impl MatrixType {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            MatrixType::F16 => GgmlDType::F16,
+            MatrixType::F32 => GgmlDType::F32,
+        }
+    }
+}
+
+/// What an export wrote, for the report.
+#[derive(Debug)]
+pub struct MmprojSummary {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub projector_type: &'static str,
+    pub stack_factor: usize,
+    /// Tokens llama.cpp hands the LLM per 30 s window.
+    pub tokens_per_window: usize,
+    /// Set when the projector did not train on what llama.cpp will feed it.
+    pub context_warning: Option<String>,
+}
+
+/// Checks that llama.cpp can run `cfg` and returns its stack factor.
+pub fn check_exportable(cfg: &ProjectorConfig, dir: &Path) -> Result<usize> {
+    let at = dir.display();
+    if cfg.modality != "audio" {
+        bail!(
+            "{at}: a projector for '{}'; `export --format mmproj` writes audio projectors (Whisper encoder) only",
+            cfg.modality
+        );
+    }
+    if cfg.kind != ProjectorKind::Ultravox {
+        bail!(
+            "{at}: projector kind '{}' has no llama.cpp equivalent; the kind that exports is `ultravox` (llama.cpp's projector type `ultravox`; train with projector.kind = \"ultravox\" and a stack factor dividing 1500)",
+            serde_json::to_value(cfg.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        );
+    }
+    if cfg.front.is_some() {
+        bail!("{at}: a projector with a front stage has no llama.cpp equivalent");
+    }
+    if cfg.ctc_compress.is_some() {
+        bail!(
+            "{at}: a CTC-compressed projector drops tokens at run time, which llama.cpp cannot do"
+        );
+    }
+    let k = match cfg.reduce {
+        Reduce::Stack { n } => n,
+        other => bail!(
+            "{at}: reduce {other:?}; llama.cpp's ultravox projector stacks frames (reduce = stack)"
+        ),
+    };
+    if k == 0 || !WINDOW_FRAMES.is_multiple_of(k) {
+        bail!(
+            "{at}: stack factor {k} does not divide a window's {WINDOW_FRAMES} frames; llama.cpp's frame stacker then produces one row more than it expects and aborts (use 2, 3, 4, 5, 6, 10, 12 or 15)"
+        );
+    }
+    Ok(k)
+}
+
+/// The warning for a projector trained on other frames than llama.cpp feeds it, if any.
+fn context_warning(cfg: &ProjectorConfig) -> Option<String> {
+    let context: WhisperContext = cfg
+        .encoder_options
+        .get("context")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    (context != WhisperContext::FullWindow).then(|| {
+        format!(
+            "the projector trained on the clip's own frames (encoder context '{}'); llama.cpp feeds it all {WINDOW_FRAMES} frames of each 30 s window, the silence after the clip included, so its answers will differ from anymal's (train with [encoder.options] context = \"full_window\" to match)",
+            serde_json::to_value(context)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// Writes the projector folder `dir` and the Whisper encoder it was trained with as an mmproj
+/// GGUF at `out` (written atomically). `encoder` overrides the folder's encoder reference.
+pub fn export_mmproj(
+    dir: &Path,
+    encoder: Option<&Path>,
+    ty: MatrixType,
+    out: &Path,
+) -> Result<MmprojSummary> {
+    let cfg = anymal_adapters::projector::load_config(dir)?;
+    let k = check_exportable(&cfg, dir)?;
+    let (projector, store) = Projector::load(dir, &Device::Cpu)?;
+    drop(projector);
+    let encoder_path: PathBuf = match encoder {
+        Some(p) => p.to_path_buf(),
+        None => resolve_encoder_ref(&cfg.encoder)
+            .with_context(|| format!("{}: encoder '{}'", dir.display(), cfg.encoder))?,
+    };
+    let whisper = WhisperWeights::load(&encoder_path, &Device::Cpu)
+        .with_context(|| format!("encoder {}", encoder_path.display()))?;
+    let dims = whisper.dims;
+    if dims.d_model != cfg.d_enc {
+        bail!(
+            "{}: the projector reads {}-wide features, the encoder {} gives {}",
+            dir.display(),
+            cfg.d_enc,
+            encoder_path.display(),
+            dims.d_model
+        );
+    }
+    if dims.n_ctx < WINDOW_FRAMES {
+        bail!(
+            "{}: {} encoder positions; llama.cpp encodes 30 s windows of {WINDOW_FRAMES}",
+            encoder_path.display(),
+            dims.n_ctx
+        );
+    }
+
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let hf = &whisper.tensors;
+    let get = |name: &str| -> Result<&Tensor> {
+        hf.get(name)
+            .with_context(|| format!("{}: no tensor {name}", whisper.file.display()))
+    };
+    let mut put = |name: String, t: &Tensor, dtype: GgmlDType| -> Result<()> {
+        // A fresh buffer: `QTensor::quantize` reads the whole storage, ignoring a view's
+        // offset (q, k and v are views into CTranslate2's fused projection).
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        let owned = Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.shape(), &Device::Cpu)?;
+        let q = QTensor::quantize(&owned, dtype).with_context(|| format!("writing {name}"))?;
+        tensors.push((name, q));
+        Ok(())
+    };
+    let f32_ = GgmlDType::F32;
+    let mat = ty.ggml();
+    for (i, c) in ["conv1", "conv2"].iter().enumerate() {
+        let w = get(&format!("model.encoder.{c}.weight"))?;
+        put(format!("a.conv1d.{}.weight", i + 1), w, GgmlDType::F16)?;
+        // The graph adds the bias to a (frames, d) result by broadcasting a (d, 1) tensor.
+        let b = get(&format!("model.encoder.{c}.bias"))?.unsqueeze(1)?;
+        put(format!("a.conv1d.{}.bias", i + 1), &b, f32_)?;
+    }
+    put(
+        "a.position_embd.weight".into(),
+        &dims.positions()?.narrow(0, 0, dims.n_ctx)?,
+        f32_,
+    )?;
+    let per_block = [
+        ("self_attn.q_proj", "attn_q", true),
+        ("self_attn.k_proj", "attn_k", false),
+        ("self_attn.v_proj", "attn_v", true),
+        ("self_attn.out_proj", "attn_out", true),
+        ("fc1", "ffn_up", true),
+        ("fc2", "ffn_down", true),
+    ];
+    for l in 0..dims.n_layers {
+        let src = format!("model.encoder.layers.{l}");
+        for (from, to, bias) in per_block {
+            put(
+                format!("a.blk.{l}.{to}.weight"),
+                get(&format!("{src}.{from}.weight"))?,
+                mat,
+            )?;
+            if bias {
+                put(
+                    format!("a.blk.{l}.{to}.bias"),
+                    get(&format!("{src}.{from}.bias"))?,
+                    f32_,
+                )?;
+            }
+        }
+        for (from, to) in [("self_attn_layer_norm", "ln1"), ("final_layer_norm", "ln2")] {
+            for p in ["weight", "bias"] {
+                put(
+                    format!("a.blk.{l}.{to}.{p}"),
+                    get(&format!("{src}.{from}.{p}"))?,
+                    f32_,
+                )?;
+            }
+        }
+    }
+    for p in ["weight", "bias"] {
+        put(
+            format!("a.post_ln.{p}"),
+            get(&format!("model.encoder.layer_norm.{p}"))?,
+            f32_,
+        )?;
+    }
+    let proj: HashMap<String, Tensor> = store.tensors().into_iter().collect();
+    let pget = |name: &str| -> Result<&Tensor> {
+        proj.get(name)
+            .with_context(|| format!("{}: no projector parameter {name}", dir.display()))
+    };
+    put("mm.a.norm_pre.weight".into(), pget("ln_pre.weight")?, f32_)?;
+    put("mm.a.mlp.1.weight".into(), pget("linear_1.weight")?, mat)?;
+    put("mm.a.norm_mid.weight".into(), pget("ln_mid.weight")?, f32_)?;
+    put("mm.a.mlp.2.weight".into(), pget("linear_2.weight")?, mat)?;
+    let ff = get("model.encoder.layers.0.fc1.weight")?.dim(0)?;
+
+    use gguf_file::Value;
+    let u32v = |v: usize| Value::U32(v as u32);
+    let md: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("clip".into())),
+        ("general.type", Value::String("mmproj".into())),
+        (
+            "general.name",
+            Value::String(format!("anymal {} + ultravox projector", cfg.encoder)),
+        ),
+        (
+            "general.file_type",
+            u32v(match ty {
+                MatrixType::F32 => 0,
+                MatrixType::F16 => 1,
+            }),
+        ),
+        ("clip.has_audio_encoder", Value::Bool(true)),
+        ("clip.has_vision_encoder", Value::Bool(false)),
+        ("clip.projector_type", Value::String("ultravox".into())),
+        ("clip.audio.embedding_length", u32v(dims.d_model)),
+        ("clip.audio.feed_forward_length", u32v(ff)),
+        ("clip.audio.block_count", u32v(dims.n_layers)),
+        ("clip.audio.attention.head_count", u32v(dims.n_heads)),
+        (
+            "clip.audio.attention.layer_norm_epsilon",
+            Value::F32(WHISPER_LN_EPS),
+        ),
+        ("clip.audio.num_mel_bins", u32v(dims.n_mels)),
+        ("clip.audio.projection_dim", u32v(cfg.d_llm)),
+        ("clip.audio.projector.stack_factor", u32v(k)),
+    ];
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    anymal_util::fs::write_atomic_with(out, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        gguf_file::write(&mut f, &md_refs, &refs)?;
+        use std::io::Write;
+        f.flush()?;
+        Ok::<(), anyhow::Error>(())
+    })
+    .with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(MmprojSummary {
+        tensors: tensors.len(),
+        bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
+        projector_type: "ultravox",
+        stack_factor: k,
+        tokens_per_window: WINDOW_FRAMES / k,
+        context_warning: context_warning(&cfg),
+    })
+}
+
+/// The prompt a llama.cpp user passes for the projector's training prompt: the placeholder
+/// `<modality>` becomes mtmd's default media marker.
+pub fn llama_cpp_prompt(cfg: &ProjectorConfig) -> String {
+    cfg.prompt
+        .replace(&format!("<{}>", cfg.modality), "<__media__>")
+}

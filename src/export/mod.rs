@@ -1,0 +1,3 @@
+//! Writing trained adapters in the formats other runtimes load.
+
+pub mod mmproj;
