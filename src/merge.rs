@@ -63,15 +63,9 @@ pub fn write_merged_gguf(model: &LoadedModel, ty: Option<QuantType>, out: &Path)
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     md.sort_by_key(|(k, _)| *k);
-    anymal_util::fs::write_atomic_with(out, |tmp| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        gguf_file::write(&mut f, &md, &refs)?;
-        use std::io::Write;
-        f.flush()?;
-        Ok::<(), anyhow::Error>(())
-    })
-    .with_context(|| format!("{}: cannot write", out.display()))?;
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    anymal_llm::loader::write_gguf(out, &md, &refs)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(merged)
 }
 

@@ -62,6 +62,21 @@ fn manifests(dir: &Path, n_train: usize, extra_train: &[String]) -> (PathBuf, Pa
     (t, v)
 }
 
+/// `anymal generate` with the projector folder `projector` on a 440 Hz tone.
+fn generate_on_tone(projector: &Path, max_tokens: usize) -> (i32, String, String) {
+    run(&[
+        "generate",
+        "--projector",
+        &projector.display().to_string(),
+        "--audio",
+        &fixture("tone440.mp3").display().to_string(),
+        "--prompt",
+        "Transcript:",
+        "--max-tokens",
+        &max_tokens.to_string(),
+    ])
+}
+
 fn recipe() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("recipes/align/audio_whisper-tiny-en_smollm2-135m.toml")
@@ -235,17 +250,7 @@ fn kill_and_resume_gives_the_uninterrupted_result_and_bad_items_are_skipped() {
     );
 
     // The trained projector runs: generate and eval.
-    let (code, stdout, stderr) = run(&[
-        "generate",
-        "--projector",
-        &a.display().to_string(),
-        "--audio",
-        &fixture("tone440.mp3").display().to_string(),
-        "--prompt",
-        "Transcript:",
-        "--max-tokens",
-        "8",
-    ]);
+    let (code, stdout, stderr) = generate_on_tone(&a, 8);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("prompt:"), "{stderr}");
     let _ = stdout;
@@ -351,17 +356,7 @@ fn a_rate_projector_trains_on_clip_length_features_and_runs() {
     assert_eq!(cfg["reduce"]["method"], "stack");
     assert_eq!(cfg["reduce"]["n"], 8);
     assert_eq!(cfg["encoder_options"]["context"], "clip");
-    let (code, _, stderr) = run(&[
-        "generate",
-        "--projector",
-        &out.display().to_string(),
-        "--audio",
-        &fixture("tone440.mp3").display().to_string(),
-        "--prompt",
-        "Transcript:",
-        "--max-tokens",
-        "4",
-    ]);
+    let (code, _, stderr) = generate_on_tone(&out, 4);
     assert_eq!(code, 0, "{stderr}");
     // A misspelt option names its key.
     let args = align_args(
@@ -497,17 +492,7 @@ fn a_ctc_compressed_projector_trains_resumes_and_generates() {
     );
 
     // The compressing projector runs outside the run that made it.
-    let (code, _, stderr) = run(&[
-        "generate",
-        "--projector",
-        &out.display().to_string(),
-        "--audio",
-        &fixture("tone440.mp3").display().to_string(),
-        "--prompt",
-        "Transcript:",
-        "--max-tokens",
-        "4",
-    ]);
+    let (code, _, stderr) = generate_on_tone(&out, 4);
     assert_eq!(code, 0, "{stderr}");
 
     // Compression without a warm start to learn its table is refused before anything loads.

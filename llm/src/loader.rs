@@ -214,6 +214,21 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
     Ok((content, file))
 }
 
+/// Writes a GGUF file atomically (a sibling temporary file renamed into place, removed on
+/// failure): `metadata` in the given order, then `tensors`.
+pub fn write_gguf(
+    path: &Path,
+    metadata: &[(&str, &gguf_file::Value)],
+    tensors: &[(&str, &candle_core::quantized::QTensor)],
+) -> Result<()> {
+    anymal_util::fs::write_atomic_with(path, |tmp| {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        gguf_file::write(&mut w, metadata, tensors).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut w)
+    })
+    .map_err(|e| Error::io(path, "write", e))
+}
+
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let (content, mut file) = read_gguf(path)?;
     let md = &content.metadata;

@@ -70,7 +70,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             if let Some(w) = &s.context_warning {
                 eprintln!("warning: {w}");
             }
-            let cfg = anymal_adapters::projector::load_config(&dir)?;
+            let cfg = &s.config;
             eprintln!(
                 "wrote {} ({} tensors, {:.1} MB): projector type {}, stack {}, {} tokens per 30 s window",
                 a.out.display(),
@@ -97,7 +97,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             eprintln!(
                 "run it: llama-mtmd-cli -m {llm} --mmproj {} --audio CLIP.wav -p {:?}{template}",
                 a.out.display(),
-                llama_cpp_prompt(&cfg)
+                llama_cpp_prompt(cfg)
             );
         }
     }

@@ -69,6 +69,8 @@ pub struct MmprojSummary {
     pub tokens_per_window: usize,
     /// Set when the projector did not train on what llama.cpp will feed it.
     pub context_warning: Option<String>,
+    /// The exported projector's config (its LLM, prompt and chat-template setting).
+    pub config: ProjectorConfig,
 }
 
 /// Checks that llama.cpp can run `cfg` and returns its stack factor.
@@ -83,10 +85,7 @@ pub fn check_exportable(cfg: &ProjectorConfig, dir: &Path) -> Result<usize> {
     if cfg.kind != ProjectorKind::Ultravox {
         bail!(
             "{at}: projector kind '{}' has no llama.cpp equivalent; the kind that exports is `ultravox` (llama.cpp's projector type `ultravox`; train with projector.kind = \"ultravox\" and a stack factor dividing 1500)",
-            serde_json::to_value(cfg.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            config_name(cfg.kind)
         );
     }
     if cfg.front.is_some() {
@@ -121,12 +120,17 @@ fn context_warning(cfg: &ProjectorConfig) -> Option<String> {
     (context != WhisperContext::FullWindow).then(|| {
         format!(
             "the projector trained on the clip's own frames (encoder context '{}'); llama.cpp feeds it all {WINDOW_FRAMES} frames of each 30 s window, the silence after the clip included, so its answers will differ from anymal's (train with [encoder.options] context = \"full_window\" to match)",
-            serde_json::to_value(context)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            config_name(context)
         )
     })
+}
+
+/// How configs spell a setting (`ultravox`, `full_window`): its serde name.
+fn config_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Writes the projector folder `dir` and the Whisper encoder it was trained with as an mmproj
@@ -139,8 +143,7 @@ pub fn export_mmproj(
 ) -> Result<MmprojSummary> {
     let cfg = anymal_adapters::projector::load_config(dir)?;
     let k = check_exportable(&cfg, dir)?;
-    let (projector, store) = Projector::load(dir, &Device::Cpu)?;
-    drop(projector);
+    let (_, store) = Projector::load(dir, &Device::Cpu)?;
     let encoder_path: PathBuf = match encoder {
         Some(p) => p.to_path_buf(),
         None => resolve_encoder_ref(&cfg.encoder)
@@ -280,14 +283,8 @@ pub fn export_mmproj(
     ];
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    anymal_util::fs::write_atomic_with(out, |tmp| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-        gguf_file::write(&mut f, &md_refs, &refs)?;
-        use std::io::Write;
-        f.flush()?;
-        Ok::<(), anyhow::Error>(())
-    })
-    .with_context(|| format!("{}: cannot write", out.display()))?;
+    anymal_llm::loader::write_gguf(out, &md_refs, &refs)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(MmprojSummary {
         tensors: tensors.len(),
         bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
@@ -295,6 +292,7 @@ pub fn export_mmproj(
         stack_factor: k,
         tokens_per_window: WINDOW_FRAMES / k,
         context_warning: context_warning(&cfg),
+        config: cfg,
     })
 }
 
