@@ -90,8 +90,33 @@ impl Turn {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaRef {
     pub modality: String,
-    /// Resolved against the data file's folder (absolute paths are kept).
+    /// Resolved against the data file's folder (absolute paths are kept); for embedded media,
+    /// the name its bytes go by (`train-00000.parquet#row 12`).
     pub path: PathBuf,
+    /// The media's bytes when the data file embeds them (a Parquet row); `None`: read `path`.
+    pub embedded: Option<std::sync::Arc<[u8]>>,
+}
+
+impl MediaRef {
+    /// A media file on disk.
+    pub fn file(modality: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            modality: modality.into(),
+            path: path.into(),
+            embedded: None,
+        }
+    }
+
+    /// What the encoder reads: the file, or the embedded bytes.
+    pub fn input(&self) -> anymal_encoders::MediaInput<'_> {
+        match &self.embedded {
+            None => anymal_encoders::MediaInput::File(&self.path),
+            Some(bytes) => anymal_encoders::MediaInput::Bytes {
+                name: &self.path,
+                bytes,
+            },
+        }
+    }
 }
 
 /// How a conversation becomes tokens: the model's chat template, or the plain format (a

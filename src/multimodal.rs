@@ -21,7 +21,7 @@ use anymal_llm::{generate, GenerationStats, LoadOptions, LoadedModel, LoraSet, S
 use candle_core::{Device, Tensor};
 
 use crate::conversation::{ConversationFormat, MediaRef, Rendered, Role, Turn};
-use crate::features::{load_encoder, FeatureSource};
+use crate::features::{load_encoder, FeatureSource, MediaInput};
 use crate::run_dir::{RunDir, RunKind};
 use crate::splice::{answer_loss_sum, build_batch};
 
@@ -357,7 +357,7 @@ impl MultimodalModel {
     ) -> Result<Vec<Vec<Tensor>>> {
         let adapters = &self.adapters;
         // (item, slot) of every file, grouped by adapter.
-        let mut by_adapter: Vec<Vec<(usize, usize, &Path)>> = vec![Vec::new(); adapters.len()];
+        let mut by_adapter: Vec<Vec<(usize, usize, MediaInput)>> = vec![Vec::new(); adapters.len()];
         let mut out: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(items.len());
         for (i, (r, media)) in items.iter().enumerate() {
             if r.slot_placeholders.len() != media.len() {
@@ -382,7 +382,7 @@ impl MultimodalModel {
                         m.modality
                     );
                 }
-                by_adapter[a].push((i, s, m.path.as_path()));
+                by_adapter[a].push((i, s, m.input()));
             }
             out.push(vec![None; media.len()]);
         }
@@ -390,10 +390,10 @@ impl MultimodalModel {
             if files.is_empty() {
                 continue;
             }
-            let paths: Vec<&Path> = files.iter().map(|f| f.2).collect();
+            let inputs: Vec<MediaInput> = files.iter().map(|f| f.2).collect();
             let feats = adapters[a]
                 .source
-                .get(&paths)
+                .get(&inputs)
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
             let toks = adapters[a].projector.forward_items(&feats)?;

@@ -109,9 +109,14 @@ pub struct ProjectorSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// JSONL manifests: one `{"<modality>": "path", "text": "..."}` per line.
+    /// JSONL manifests (one `{"<modality>": "path", "text": "..."}` per line), or Parquet
+    /// shards: a `.parquet` file or a glob of them (`data/train-*.parquet`).
     pub train: String,
     pub valid: String,
+    /// Which JSONL keys / Parquet columns hold the media and the text, when they are not the
+    /// modality's name and `text`: `{ audio = "audio", text = "sentence" }`.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
     /// More training manifests, used with `train` (e.g. a synthesized corpus from
     /// `anymal data tts` beside the real recordings); each is checked on its own.
     #[serde(default)]
@@ -223,6 +228,7 @@ impl AlignRecipe {
         self.train.check()?;
         self.ctc.check()?;
         check_bad_fraction(self.data.max_bad_fraction)?;
+        crate::data::manifest::Columns::with_overrides(&self.modality, &self.data.columns)?;
         if self.projector.num_tokens == 0 {
             bail!("projector.num_tokens must be >= 1");
         }

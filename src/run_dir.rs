@@ -109,9 +109,10 @@ impl RunDir {
 
     /// What `anymal eval` writes for the data file `data`: predictions and the report.
     pub fn eval_outputs(&self, data: &Path) -> (PathBuf, PathBuf) {
+        // A glob of shards (`test-*.parquet`) names its files without the wildcards.
         let stem = data
             .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
+            .map(|s| s.to_string_lossy().replace(['*', '?', '[', ']'], ""))
             .unwrap_or_else(|| "data".into());
         (
             self.0.join(format!("predictions-{stem}.jsonl")),

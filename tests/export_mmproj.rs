@@ -121,7 +121,12 @@ fn exported_mmproj_matches_llama_cpp() {
     for clip in doc["clips"].as_array().unwrap() {
         let wav = fixtures().join(clip["audio"].as_str().unwrap());
         let (n, d, want) = read_embeddings(&fixtures().join(clip["embeddings"].as_str().unwrap()));
-        let feats = adapter.source.get(&[wav.as_path()]).pop().unwrap().unwrap();
+        let feats = adapter
+            .source
+            .get_files(&[wav.as_path()])
+            .pop()
+            .unwrap()
+            .unwrap();
         let mine = adapter
             .projector
             .forward_items(&[feats])

@@ -31,5 +31,7 @@ pub mod registry;
 pub mod video;
 
 pub use error::{Error, Result};
-pub use modality::{AnyModality, Batch, Encoder, EncoderContext, FileEncoder, Modality};
+pub use modality::{
+    AnyModality, Batch, Encoder, EncoderContext, FileEncoder, MediaInput, Modality,
+};
 pub use registry::ModalityRegistry;

@@ -5,7 +5,7 @@
 //! [`ModalityRegistry::register`](crate::ModalityRegistry::register) call; nothing else names it.
 //!
 //! ```text
-//! path --Modality::load--> Item --Encoder::preprocess (batch)--> Batch --Encoder::encode--> (n_i, d) per item
+//! path or bytes --Modality::load / load_bytes--> Item --Encoder::preprocess (batch)--> Batch --Encoder::encode--> (n_i, d) per item
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -119,6 +119,20 @@ pub trait Modality: Clone + Send + Sync + 'static {
     /// Reads and validates one file. The error names the file and what is wrong with it.
     fn load(&self, path: &Path) -> Result<Self::Item>;
 
+    /// [`load`](Self::load) on a file's bytes already in memory (a Parquet row's embedded
+    /// media); `name` only names them in errors. The default refuses: a modality whose decoder
+    /// needs a file on disk (video through FFmpeg) says so.
+    fn load_bytes(&self, bytes: &[u8], name: &Path) -> Result<Self::Item> {
+        let _ = bytes;
+        Err(Error::Unsupported {
+            what: format!(
+                "{}: the {} modality reads files only, not media embedded in a data file",
+                name.display(),
+                self.name()
+            ),
+        })
+    }
+
     /// Builds the frozen encoder named by `reference` (a short name resolved in
     /// `ctx.cache_dir`, or a path). Called on the [`configure`](Self::configure)d modality.
     fn build_encoder(
@@ -141,6 +155,24 @@ pub trait Encoder<I>: Send + Sync {
     fn encode(&self, batch: &Batch) -> Result<Vec<Tensor>>;
 }
 
+/// One input of an encoder: a file, or a file's bytes already in memory (a row of a Parquet
+/// shard), with the name errors give it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MediaInput<'a> {
+    File(&'a Path),
+    Bytes { name: &'a Path, bytes: &'a [u8] },
+}
+
+impl<'a> MediaInput<'a> {
+    /// The file, or the name the bytes go by (`train-00000.parquet#row 12`).
+    pub fn name(&self) -> &'a Path {
+        match *self {
+            MediaInput::File(p) => p,
+            MediaInput::Bytes { name, .. } => name,
+        }
+    }
+}
+
 /// Object-safe view of a modality, what the registry holds and the toolkit calls.
 pub trait AnyModality: Send + Sync {
     fn name(&self) -> &str;
@@ -150,11 +182,16 @@ pub trait AnyModality: Send + Sync {
     fn file_encoder(&self, reference: &str, ctx: &EncoderContext) -> Result<Box<dyn FileEncoder>>;
 }
 
-/// Files in, one `(n_i, d)` result per file out: a bad file is an error for that file only.
+/// Inputs in, one `(n_i, d)` result per input out: a bad input is an error for that input only.
 pub trait FileEncoder: Send + Sync {
     fn id(&self) -> &str;
     fn hidden_size(&self) -> usize;
-    fn encode_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>>;
+    fn encode_inputs(&self, inputs: &[MediaInput]) -> Vec<Result<Tensor>>;
+    /// [`encode_inputs`](Self::encode_inputs) on files.
+    fn encode_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
+        let inputs: Vec<MediaInput> = paths.iter().map(|p| MediaInput::File(p)).collect();
+        self.encode_inputs(&inputs)
+    }
 }
 
 impl<M: Modality> AnyModality for M {
@@ -206,9 +243,15 @@ impl<M: Modality> FileEncoder for ModalityFileEncoder<M> {
         self.encoder.hidden_size()
     }
 
-    fn encode_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
-        let loaded: Vec<Result<M::Item>> = paths.iter().map(|p| self.modality.load(p)).collect();
-        let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(paths.len());
+    fn encode_inputs(&self, inputs: &[MediaInput]) -> Vec<Result<Tensor>> {
+        let loaded: Vec<Result<M::Item>> = inputs
+            .iter()
+            .map(|m| match *m {
+                MediaInput::File(p) => self.modality.load(p),
+                MediaInput::Bytes { name, bytes } => self.modality.load_bytes(bytes, name),
+            })
+            .collect();
+        let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(inputs.len());
         let mut good_idx = Vec::new();
         let mut good = Vec::new();
         for (i, r) in loaded.into_iter().enumerate() {
@@ -241,7 +284,7 @@ impl<M: Modality> FileEncoder for ModalityFileEncoder<M> {
                                 .ok_or_else(|| Error::Internal("encoder returned no output".into()))
                         })
                         .map_err(|e| Error::InFile {
-                            path: paths[i].to_path_buf(),
+                            path: inputs[i].name().to_path_buf(),
                             source: Box::new(e),
                         });
                     out[i] = Some(r);

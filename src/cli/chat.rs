@@ -169,10 +169,7 @@ impl Chat<'_> {
                 return;
             }
         }
-        self.attached.push(MediaRef {
-            modality: name.to_string(),
-            path: path.clone(),
-        });
+        self.attached.push(MediaRef::file(name, path.clone()));
         eprintln!(
             "(attached {name} {}; {} file(s) go with your next message)",
             path.display(),

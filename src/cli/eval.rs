@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use anymal_encoders::ModalityRegistry;
 
 use super::model_args::load_model;
@@ -17,9 +17,14 @@ pub struct EvalArgs {
     /// `anymal tune` (model.json).
     #[arg(long)]
     pub run: PathBuf,
-    /// JSONL manifest with the references (`text`): scores an aligned projector.
+    /// JSONL manifest with the references (`text`), or Parquet shards (a `.parquet` file or
+    /// a quoted glob): scores an aligned projector.
     #[arg(long, required_unless_present = "data", conflicts_with = "data")]
     pub manifest: Option<PathBuf>,
+    /// The manifest's key or Parquet column holding the media or the text when it is not the
+    /// modality's name or `text`, as `KEY=NAME` (repeatable): `--column text=sentence`.
+    #[arg(long = "column", value_name = "KEY=NAME")]
+    pub columns: Vec<String>,
     /// Instruction data (LLaVA-style JSON/JSONL): the last answer of each conversation is the
     /// reference; scores are grouped by `--group-by`.
     #[arg(long)]
@@ -72,9 +77,17 @@ pub fn run(a: EvalArgs, registry: &ModalityRegistry) -> Result<()> {
         (None, manifest) => {
             let manifest = manifest.clone().unwrap_or_default();
             let (preds, report_path) = run.eval_outputs(&manifest);
+            let mut columns = std::collections::BTreeMap::new();
+            for c in &a.columns {
+                let (k, v) = c
+                    .split_once('=')
+                    .with_context(|| format!("--column {c}: expected KEY=NAME"))?;
+                columns.insert(k.trim().to_string(), v.trim().to_string());
+            }
             let r = crate::eval::run::evaluate(
                 &model,
                 &manifest,
+                &columns,
                 a.max_tokens,
                 a.limit,
                 &a.attributes,

@@ -107,7 +107,7 @@ fn media_refs(model: &MultimodalModel, inputs: &[PathBuf]) -> Result<Vec<MediaRe
                     ),
                 },
             };
-            Ok(MediaRef { modality, path })
+            Ok(MediaRef::file(modality, path))
         })
         .collect()
 }

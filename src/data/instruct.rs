@@ -451,10 +451,7 @@ fn validate(
                 })
             }
         }
-        media.push(MediaRef {
-            modality: ph.0[k].0.clone(),
-            path,
-        });
+        media.push(MediaRef::file(ph.0[k].0.clone(), path));
     }
 
     let fields = obj
@@ -610,13 +607,7 @@ mod tests {
                 text: "Hello.".into()
             }
         );
-        assert_eq!(
-            s.media,
-            vec![MediaRef {
-                modality: "audio".into(),
-                path: d.join("a.wav")
-            }]
-        );
+        assert_eq!(s.media, vec![MediaRef::file("audio", d.join("a.wav"))]);
         assert_eq!(s.fields.len(), 1, "only string fields: {:?}", s.fields);
         assert_eq!(s.fields["task"], "repeat");
         let s = &data.samples[1];

@@ -1,20 +1,83 @@
 //! Alignment manifests: JSONL, one `{"<modality>": "path", "text": "caption"}` per line, paths
-//! relative to the manifest. Reading checks each line and reports problems with line numbers;
-//! bad lines are skipped and counted rather than stopping a long run, unless too many are bad.
+//! relative to the manifest, or Parquet shards ([`super::parquet`]). Reading checks each line
+//! and reports problems with line numbers; bad lines are skipped and counted rather than
+//! stopping a long run, unless too many are bad.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+
+use crate::conversation::MediaRef;
+
+/// Which JSONL keys or Parquet columns hold an item's media and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    pub modality: String,
+    /// Default: the modality's name (`audio`).
+    pub media: String,
+    /// Default: `text`.
+    pub text: String,
+}
+
+impl Columns {
+    /// The defaults: `{"<modality>": ..., "text": ...}`.
+    pub fn of(modality: &str) -> Self {
+        Self {
+            modality: modality.to_string(),
+            media: modality.to_string(),
+            text: "text".to_string(),
+        }
+    }
+
+    /// The defaults with a recipe's `data.columns` (`{audio = "audio", text = "sentence"}`)
+    /// laid over them; a key other than the modality and `text` is an error.
+    pub fn with_overrides(
+        modality: &str,
+        overrides: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let mut c = Self::of(modality);
+        for (k, v) in overrides {
+            if v.trim().is_empty() {
+                bail!("data.columns.{k}: empty column name");
+            }
+            if k == modality {
+                c.media = v.clone();
+            } else if k == "text" {
+                c.text = v.clone();
+            } else {
+                bail!("data.columns: unknown key '{k}' (the keys are '{modality}' and 'text')");
+            }
+        }
+        Ok(c)
+    }
+}
 
 /// One usable line of a manifest.
 #[derive(Debug, Clone)]
 pub struct ManifestItem {
-    /// 1-based line number in the manifest, for messages.
+    /// 1-based line number in a JSONL manifest, 0-based row number in a Parquet shard.
     pub line: usize,
+    /// Where the item came from, for messages: `<manifest>:<line>` or `<shard>#row <i>`.
+    pub at: String,
+    /// The media file, or the name embedded bytes go by.
     pub path: PathBuf,
     pub text: String,
     /// The line's other string fields (`label`, `motion`...), for attribute scores.
     pub fields: std::collections::BTreeMap<String, String>,
+    /// The media's bytes when the data file embeds them (Parquet).
+    pub embedded: Option<Arc<[u8]>>,
+}
+
+impl ManifestItem {
+    /// The item's media for the encoder.
+    pub fn media(&self, modality: &str) -> MediaRef {
+        MediaRef {
+            modality: modality.to_string(),
+            path: self.path.clone(),
+            embedded: self.embedded.clone(),
+        }
+    }
 }
 
 /// A manifest after validation.
@@ -27,9 +90,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Read `path`, keeping lines whose JSON has a non-empty `text` and a `modality` key naming
-    /// a readable file. Blank lines are ignored.
+    /// Read `path` with the default columns; see [`Manifest::read_columns`].
     pub fn read(path: &Path, modality: &str) -> Result<Self> {
+        Self::read_columns(path, &Columns::of(modality))
+    }
+
+    /// Read `path`: Parquet shards (a `.parquet` file or glob) through [`super::parquet`], else
+    /// JSONL, keeping lines whose JSON has a non-empty `text` and a media key naming a readable
+    /// file. Blank lines are ignored.
+    pub fn read_columns(path: &Path, columns: &Columns) -> Result<Self> {
+        if super::parquet::is_parquet(path) {
+            return super::parquet::read(path, columns);
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read manifest", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -40,9 +112,10 @@ impl Manifest {
             if line.trim().is_empty() {
                 continue;
             }
-            match parse_line(line, base, modality) {
+            match parse_line(line, base, columns) {
                 Ok(item) => items.push(ManifestItem {
                     line: line_no,
+                    at: format!("{}:{line_no}", path.display()),
                     ..item
                 }),
                 Err(e) => problems.push(format!("{}:{line_no}: {e}", path.display())),
@@ -70,8 +143,12 @@ impl Manifest {
         } else {
             format!("{file}: {why}")
         };
-        self.problems
-            .push(format!("{}:{}: {what}", self.path.display(), item.line));
+        // Embedded media is named after its row (`<shard>#row 5/clip.wav`): the row once.
+        if file.starts_with(&item.at) {
+            self.problems.push(what);
+        } else {
+            self.problems.push(format!("{}: {what}", item.at));
+        }
     }
 
     /// Error when nothing is usable or more than `max_bad` of the lines are bad; the message
@@ -81,8 +158,13 @@ impl Manifest {
         let bad = self.problems.len();
         if self.items.is_empty() || (total > 0 && bad as f64 / total as f64 > max_bad) {
             let first: Vec<&str> = self.problems.iter().take(5).map(|s| s.as_str()).collect();
+            let unit = if super::parquet::is_parquet(&self.path) {
+                "rows"
+            } else {
+                "lines"
+            };
             bail!(
-                "{}: {bad} of {total} lines are bad (limit {:.0}%): {}",
+                "{}: {bad} of {total} {unit} are bad (limit {:.0}%): {}",
                 self.path.display(),
                 max_bad * 100.0,
                 if first.is_empty() {
@@ -126,7 +208,8 @@ impl SplitManifests {
     }
 }
 
-fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
+fn parse_line(line: &str, base: &Path, columns: &Columns) -> Result<ManifestItem> {
+    let (modality, text_key) = (columns.media.as_str(), columns.text.as_str());
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON ({e})"))?;
     let obj = v.as_object().context("not a JSON object")?;
@@ -136,10 +219,10 @@ fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
         .as_str()
         .with_context(|| format!("\"{modality}\" is not a string"))?;
     let text = obj
-        .get("text")
-        .context("no \"text\" field")?
+        .get(text_key)
+        .with_context(|| format!("no \"{text_key}\" field"))?
         .as_str()
-        .context("\"text\" is not a string")?
+        .with_context(|| format!("\"{text_key}\" is not a string"))?
         .trim();
     if text.is_empty() {
         bail!("empty text");
@@ -155,14 +238,16 @@ fn parse_line(line: &str, base: &Path, modality: &str) -> Result<ManifestItem> {
     }
     let fields = obj
         .iter()
-        .filter(|(k, _)| k.as_str() != modality && k.as_str() != "text")
+        .filter(|(k, _)| k.as_str() != modality && k.as_str() != text_key)
         .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
         .collect();
     Ok(ManifestItem {
         line: 0,
+        at: String::new(),
         path,
         text: text.to_string(),
         fields,
+        embedded: None,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod digits;
 pub mod imu_augment;
 pub mod instruct;
 pub mod manifest;
+pub mod parquet;
 pub mod speech;
 pub mod speech_instruct;
 pub mod tts;

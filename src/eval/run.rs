@@ -11,8 +11,8 @@ use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
 use super::{attribute, cider::cider_d, wer::corpus_wer, wer::word_errors};
-use crate::conversation::{MediaRef, Role, Turn};
-use crate::data::manifest::Manifest;
+use crate::conversation::{Role, Turn};
+use crate::data::manifest::{Columns, Manifest};
 use crate::multimodal::MultimodalModel;
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +60,7 @@ impl EvalReport {
 pub fn evaluate(
     m: &MultimodalModel,
     manifest_path: &Path,
+    columns: &std::collections::BTreeMap<String, String>,
     max_tokens: usize,
     limit: usize,
     attributes: &[String],
@@ -74,7 +75,9 @@ pub fn evaluate(
             m.takes()
         ),
     };
-    let manifest = Manifest::read(manifest_path, &modality)?;
+    let columns = Columns::with_overrides(&modality, columns)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("data.columns", "--column")))?;
+    let manifest = Manifest::read_columns(manifest_path, &columns)?;
     for p in &manifest.problems {
         eprintln!("skipped {p}");
     }
@@ -127,10 +130,7 @@ pub fn evaluate(
             temperature: 0.0,
             ..Default::default()
         });
-        let media = [MediaRef {
-            modality: modality.clone(),
-            path: item.path.clone(),
-        }];
+        let media = [item.media(&modality)];
         let ids = match m.generate(&turns, &media, max_tokens, &mut sampler, |_| Ok(())) {
             Ok((ids, _)) => ids,
             Err(e) => {

@@ -41,8 +41,15 @@ impl FeatureCache {
     pub fn content_key(path: &Path) -> Result<String> {
         let bytes =
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let digest = Sha256::digest(&bytes);
-        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(Self::bytes_key(&bytes))
+    }
+
+    /// Hex sha256 of bytes in memory (embedded media).
+    pub fn bytes_key(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn entry(&self, key: &str) -> PathBuf {

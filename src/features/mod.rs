@@ -7,8 +7,8 @@ pub mod cache;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-pub use anymal_encoders::FileEncoder;
 use anymal_encoders::{EncoderContext, ModalityRegistry};
+pub use anymal_encoders::{FileEncoder, MediaInput};
 use candle_core::Tensor;
 
 use cache::FeatureCache;
@@ -47,31 +47,44 @@ impl FeatureSource {
         }
     }
 
-    fn content_key(&self, path: &Path) -> Result<String> {
+    /// The cache key of an input: the hash of its bytes, whether read from its file or
+    /// embedded (so a clip in a Parquet shard and the same clip as a file share an entry).
+    fn content_key(&self, input: &MediaInput) -> Result<String> {
+        let name = input.name();
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = keys.get(path) {
+        if let Some(k) = keys.get(name) {
             return Ok(k.clone());
         }
-        let k = FeatureCache::content_key(path)?;
-        keys.insert(path.to_path_buf(), k.clone());
+        let k = match *input {
+            MediaInput::File(path) => FeatureCache::content_key(path)?,
+            MediaInput::Bytes { bytes, .. } => FeatureCache::bytes_key(bytes),
+        };
+        keys.insert(name.to_path_buf(), k.clone());
         Ok(k)
     }
 
-    /// One result per path; misses are encoded together (one batched encoder call) and stored.
-    pub fn get(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
+    /// [`get`](Self::get) on files.
+    pub fn get_files(&self, paths: &[&Path]) -> Vec<Result<Tensor>> {
+        let inputs: Vec<MediaInput> = paths.iter().map(|p| MediaInput::File(p)).collect();
+        self.get(&inputs)
+    }
+
+    /// One result per input; misses are encoded together (one batched encoder call) and
+    /// stored.
+    pub fn get(&self, inputs: &[MediaInput]) -> Vec<Result<Tensor>> {
         let Some(cache) = &self.cache else {
             return self
                 .encoder
-                .encode_files(paths)
+                .encode_inputs(inputs)
                 .into_iter()
                 .map(|r| r.map_err(anyhow::Error::from))
                 .collect();
         };
-        let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(paths.len());
+        let mut out: Vec<Option<Result<Tensor>>> = Vec::with_capacity(inputs.len());
         let mut miss_idx = Vec::new();
         let mut miss_keys = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            match self.content_key(p) {
+        for (i, m) in inputs.iter().enumerate() {
+            match self.content_key(m) {
                 Ok(key) => match cache.get(&key) {
                     Some(t) => out.push(Some(Ok(t))),
                     None => {
@@ -84,8 +97,8 @@ impl FeatureSource {
             }
         }
         if !miss_idx.is_empty() {
-            let miss_paths: Vec<&Path> = miss_idx.iter().map(|&i| paths[i]).collect();
-            let encoded = self.encoder.encode_files(&miss_paths);
+            let misses: Vec<MediaInput> = miss_idx.iter().map(|&i| inputs[i]).collect();
+            let encoded = self.encoder.encode_inputs(&misses);
             for ((i, key), r) in miss_idx.into_iter().zip(miss_keys).zip(encoded) {
                 let r = r.map_err(anyhow::Error::from).and_then(|t| {
                     cache.put(&key, &t)?;

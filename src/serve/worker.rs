@@ -252,10 +252,7 @@ fn generate(
     let max_tokens = params.max_tokens.min(context - prompt_tokens);
     let refs: Vec<MediaRef> = media
         .iter()
-        .map(|m| MediaRef {
-            modality: m.modality.clone(),
-            path: m.file.path.clone(),
-        })
+        .map(|m| MediaRef::file(m.modality.clone(), m.file.path.clone()))
         .collect();
     let mut sampler = Sampler::new(params.sampling);
     let mut stream = TokenStream::new(&model.model.tokenizer);
@@ -325,7 +322,7 @@ fn diagnose(
             let Ok(adapter) = model.adapter(&m.modality) else {
                 continue;
             };
-            if let Some(Err(err)) = adapter.source.get(&[m.file.path.as_path()]).pop() {
+            if let Some(Err(err)) = adapter.source.get_files(&[m.file.path.as_path()]).pop() {
                 // The temporary path means nothing to the client.
                 let msg =
                     format!("{err:#}").replace(&m.file.path.display().to_string(), "the file");

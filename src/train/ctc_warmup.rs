@@ -283,10 +283,10 @@ fn project(
     dropout: Option<(f64, u64)>,
 ) -> Result<(Tensor, Vec<usize>)> {
     let adapter = &model.adapters[0];
-    let paths: Vec<&std::path::Path> = items.iter().map(|i| i.media[0].path.as_path()).collect();
+    let inputs: Vec<_> = items.iter().map(|i| i.media[0].input()).collect();
     let mut feats = adapter
         .source
-        .get(&paths)
+        .get(&inputs)
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     if let Some((p, seed)) = dropout.filter(|(p, _)| *p > 0.0) {

@@ -2,8 +2,6 @@
 //! embeddings of the answers they should lead to. Used by a fresh alignment run and again after
 //! a CTC warm start (whose head reads directions only and leaves the norms anywhere).
 
-use std::path::Path;
-
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -15,10 +13,10 @@ use crate::multimodal::MultimodalModel;
 pub fn match_embedding_scale(model: &MultimodalModel, train: &[TrainItem]) -> Result<()> {
     let adapter = &model.adapters[0];
     let items = &train[..train.len().min(16)];
-    let paths: Vec<&Path> = items.iter().map(|i| i.media[0].path.as_path()).collect();
+    let inputs: Vec<_> = items.iter().map(|i| i.media[0].input()).collect();
     let feats = adapter
         .source
-        .get(&paths)
+        .get(&inputs)
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let rms =

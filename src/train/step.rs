@@ -13,6 +13,7 @@ use candle_core::{Tensor, Var};
 
 use super::optim::{accumulate, collect_grads};
 use crate::conversation::{MediaRef, Rendered};
+use crate::features::MediaInput;
 use crate::multimodal::MultimodalModel;
 
 /// A conversation ready for batching: its tokens and the files of its slots.
@@ -111,18 +112,18 @@ pub fn encode_all(
     let t0 = Instant::now();
     let mut failed: Vec<Option<String>> = vec![None; media.len()];
     for a in &model.adapters {
-        let files: Vec<(usize, &std::path::Path)> = media
+        let files: Vec<(usize, MediaInput)> = media
             .iter()
             .enumerate()
             .flat_map(|(i, m)| {
                 m.iter()
                     .filter(|f| f.modality == a.modality)
-                    .map(move |f| (i, f.path.as_path()))
+                    .map(move |f| (i, f.input()))
             })
             .collect();
         for (g, group) in files.chunks(16).enumerate() {
-            let paths: Vec<&std::path::Path> = group.iter().map(|f| f.1).collect();
-            for (j, r) in a.source.get(&paths).into_iter().enumerate() {
+            let inputs: Vec<MediaInput> = group.iter().map(|f| f.1).collect();
+            for (j, r) in a.source.get(&inputs).into_iter().enumerate() {
                 if let Err(e) = r {
                     failed[group[j].0].get_or_insert(format!("{e:#}"));
                 }

@@ -12,7 +12,7 @@ use symphonia::core::codecs::audio::{AudioCodecId, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
 use crate::error::{Error, Result};
@@ -56,6 +56,21 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio> {
             source: std::io::Error::other("is a directory"),
         });
     }
+    decode_source(Box::new(file), path)
+}
+
+/// [`decode_file`] on a file's bytes already in memory (a Parquet row's embedded audio);
+/// `name` names them in errors, and its extension, if any, hints the format.
+pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<DecodedAudio> {
+    if bytes.is_empty() {
+        return Err(Error::Empty {
+            path: name.to_path_buf(),
+        });
+    }
+    decode_source(Box::new(std::io::Cursor::new(bytes.to_vec())), name)
+}
+
+fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAudio> {
     let corrupt = |what: String| Error::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -65,7 +80,7 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio> {
         what,
     };
 
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);

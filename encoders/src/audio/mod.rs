@@ -22,7 +22,7 @@ pub mod whisper;
 
 use std::path::Path;
 
-pub use decode::{decode_file, DecodedAudio};
+pub use decode::{decode_bytes, decode_file, DecodedAudio};
 pub use mel::{log_mel_spectrogram, mel_filters, N_FRAMES, N_SAMPLES};
 pub use modality::AudioModality;
 pub use resample::resample;
@@ -36,5 +36,11 @@ pub const SAMPLE_RATE: u32 = 16_000;
 /// Decodes `path`, downmixes to mono and resamples to 16 kHz: `(n,)` f32 samples.
 pub fn load_audio_16k(path: &Path) -> Result<Vec<f32>> {
     let decoded = decode_file(path)?;
+    resample(&decoded.samples, decoded.sample_rate, SAMPLE_RATE)
+}
+
+/// [`load_audio_16k`] on a file's bytes already in memory; `name` names them in errors.
+pub fn load_audio_16k_bytes(bytes: &[u8], name: &Path) -> Result<Vec<f32>> {
+    let decoded = decode_bytes(bytes, name)?;
     resample(&decoded.samples, decoded.sample_rate, SAMPLE_RATE)
 }

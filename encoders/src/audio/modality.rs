@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use super::whisper::{resolve_encoder_ref_in, Context};
-use super::{load_audio_16k, WhisperEncoder};
+use super::{load_audio_16k, load_audio_16k_bytes, WhisperEncoder};
 use crate::modality::{Batch, Encoder, EncoderContext, Modality};
 use crate::{Error, Result};
 
@@ -53,6 +53,11 @@ impl Modality for AudioModality {
             Err(Error::UnsupportedCodec { .. }) => crate::video::decode_audio_16k_mono(path),
             other => other,
         }
+    }
+
+    /// symphonia only: FFmpeg reads files.
+    fn load_bytes(&self, bytes: &[u8], name: &Path) -> Result<Vec<f32>> {
+        load_audio_16k_bytes(bytes, name)
     }
 
     fn build_encoder(

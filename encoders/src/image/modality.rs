@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    load_image, load_image_encoder, preprocess, ImageEncoder, ImagePreprocessConfig, ResizeMode,
+    decode_bytes, load_image, load_image_encoder, preprocess, ImageEncoder, ImagePreprocessConfig,
+    ResizeMode,
 };
 use crate::modality::{Batch, Encoder, EncoderContext, Modality};
 use crate::{Error, Result};
@@ -62,6 +63,10 @@ impl Modality for ImageModality {
 
     fn load(&self, path: &Path) -> Result<DynamicImage> {
         load_image(path)
+    }
+
+    fn load_bytes(&self, bytes: &[u8], name: &Path) -> Result<DynamicImage> {
+        decode_bytes(bytes, name)
     }
 
     fn build_encoder(
