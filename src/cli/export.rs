@@ -1,5 +1,5 @@
 //! `anymal export`: a trained adapter in a format another runtime loads (today: llama.cpp's
-//! mmproj GGUF for audio).
+//! mmproj GGUF for audio and images).
 
 use std::path::PathBuf;
 
@@ -30,7 +30,8 @@ pub struct ExportArgs {
     /// Type of the weight matrices (norms, biases and positions are f32, the convolutions f16).
     #[arg(long = "type", value_enum, default_value = "f16")]
     pub ty: MatrixType,
-    /// The Whisper model to write (a folder or file); default: the one the projector names.
+    /// The encoder to write (Whisper, or a CLIP/SigLIP folder); default: the one the projector
+    /// names.
     #[arg(long)]
     pub encoder: Option<PathBuf>,
     /// Replace `--out` if it exists.
@@ -67,18 +68,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     match a.format {
         ExportFormat::Mmproj => {
             let s = export_mmproj(&dir, a.encoder.as_deref(), a.ty, &a.out)?;
-            if let Some(w) = &s.context_warning {
+            for w in &s.warnings {
                 eprintln!("warning: {w}");
             }
             let cfg = &s.config;
             eprintln!(
-                "wrote {} ({} tensors, {:.1} MB): projector type {}, stack {}, {} tokens per 30 s window",
+                "wrote {} ({} tensors, {:.1} MB): projector type {}, {}",
                 a.out.display(),
                 s.tensors,
                 s.bytes as f64 / 1e6,
                 s.projector_type,
-                s.stack_factor,
-                s.tokens_per_window
+                s.tokens
             );
             let template = if cfg.chat_template {
                 String::new()
@@ -95,8 +95,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| format!("<the GGUF of {}>", cfg.llm));
             eprintln!(
-                "run it: llama-mtmd-cli -m {llm} --mmproj {} --audio CLIP.wav -p {:?}{template}",
+                "run it: llama-mtmd-cli -m {llm} --mmproj {} {} -p {:?}{template}",
                 a.out.display(),
+                s.media_flag,
                 llama_cpp_prompt(cfg)
             );
         }
@@ -114,11 +115,12 @@ fn projector_folder(run: &std::path::Path) -> Result<PathBuf> {
             .iter()
             .map(|p| run.join(p))
             .find(|p| {
-                anymal_adapters::projector::load_config(p).is_ok_and(|c| c.modality == "audio")
+                anymal_adapters::projector::load_config(p)
+                    .is_ok_and(|c| matches!(c.modality.as_str(), "audio" | "image"))
             })
             .with_context(|| {
                 format!(
-                    "--run {}: the tuned model has no audio projector",
+                    "--run {}: the tuned model has no audio or image projector",
                     run.display()
                 )
             })?;

@@ -96,6 +96,19 @@ fn eps_1e5() -> f64 {
     1e-5
 }
 
+/// A loaded tower's sizes, as its `config.json` states them (what an exporter writes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VisionTowerConfig {
+    pub kind: VisionTowerKind,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+}
+
 enum Tower {
     Clip(ClipVisionTransformer),
     Siglip(siglip::VisionModel),
@@ -109,6 +122,10 @@ pub struct ClipVisionEncoder {
     num_layers: usize,
     image_size: usize,
     patch_size: usize,
+    /// Feed-forward width, heads and layer-norm epsilon, for [`Self::tower_config`].
+    intermediate_size: usize,
+    num_heads: usize,
+    layer_norm_eps: f64,
     /// CLIP only: which layer's hidden states (negative counts from the end, -1 = last).
     feature_layer: isize,
     /// CLIP only: keep the CLS token in front of the patches.
@@ -166,7 +183,7 @@ impl ClipVisionEncoder {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device).pp("vision_model");
         let wrap = |e: candle_core::Error| model_err(&weights_path, e.to_string());
 
-        let (tower, hidden_size, num_layers, image_size, patch_size) = match kind {
+        let (tower, hidden_size, num_layers, image_size, patch_size, extra) = match kind {
             VisionTowerKind::Clip => {
                 let c: HfClipVisionConfig = serde_json::from_value(vision)
                     .map_err(|e| model_err(&config_path, format!("vision config: {e}")))?;
@@ -221,6 +238,7 @@ impl ClipVisionEncoder {
                     c.num_hidden_layers,
                     c.image_size,
                     c.patch_size,
+                    (c.intermediate_size, c.num_attention_heads, c.layer_norm_eps),
                 )
             }
             VisionTowerKind::Siglip => {
@@ -240,6 +258,7 @@ impl ClipVisionEncoder {
                     c.num_hidden_layers,
                     c.image_size,
                     c.patch_size,
+                    (c.intermediate_size, c.num_attention_heads, c.layer_norm_eps),
                 )
             }
         };
@@ -288,6 +307,9 @@ impl ClipVisionEncoder {
             num_layers,
             image_size,
             patch_size,
+            intermediate_size: extra.0,
+            num_heads: extra.1,
+            layer_norm_eps: extra.2,
             feature_layer: -1,
             keep_cls: true,
             id: base_id.clone(),
@@ -332,6 +354,19 @@ impl ClipVisionEncoder {
 
     pub fn kind(&self) -> VisionTowerKind {
         self.kind
+    }
+
+    pub fn tower_config(&self) -> VisionTowerConfig {
+        VisionTowerConfig {
+            kind: self.kind,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_layers,
+            num_heads: self.num_heads,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            layer_norm_eps: self.layer_norm_eps,
+        }
     }
 
     /// Tokens per image: `(image_size / patch_size)^2`, plus one with CLIP's CLS kept.

@@ -25,7 +25,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
-pub use clip::{ClipVisionEncoder, VisionTowerKind};
+pub use clip::{ClipVisionEncoder, VisionTowerConfig, VisionTowerKind};
 pub use decode::{decode_bytes, load_image, to_rgb_f32};
 pub use efficientnet_lite::EfficientNetLite;
 pub use imagenet_cnn::ImagenetCnn;

@@ -1,9 +1,6 @@
-//! `anymal export --format mmproj`: a trained audio projector and its frozen Whisper encoder as
-//! one llama.cpp "mmproj" GGUF, the second file `llama-mtmd-cli`, `llama-server` and the tools
-//! built on llama.cpp load beside the LLM's GGUF (`--mmproj`).
-//!
-//! The layout is the one llama.cpp's `tools/mtmd` loader reads for its Whisper-encoder
-//! projector types (`clip.cpp`, `models/whisper-enc.cpp`; read, not copied):
+//! The audio half of `anymal export --format mmproj`: a Whisper encoder and a trained
+//! `ultravox` projector in the layout llama.cpp's Whisper-encoder projector types read
+//! (`clip.cpp`, `models/whisper-enc.cpp`; read, not copied):
 //! - metadata: `clip.has_audio_encoder`, `clip.projector_type`, and the encoder's
 //!   `clip.audio.*` sizes (embedding length, feed-forward length, blocks, heads, layer-norm
 //!   epsilon, mel bins, stack factor), typed as the loader asserts them (u32, f32, bool);
@@ -15,14 +12,14 @@
 //!   norm), `k` frames stacked frame-major, RMSNorm (eps 1e-6), Linear, SwiGLU with the SiLU
 //!   on the second half, RMSNorm, Linear, no biases.
 //!
-//! What llama.cpp cannot run is refused with the reason: other modalities and encoders, other
-//! projector kinds (its `qwen2a` pools *before* the encoder's final norm, anymal's
-//! `qwen2_audio` after it), front stages, CTC compression, and stack factors that do not divide
-//! a window's 1500 frames (its frame stacker pads with a power-of-two mask and then aborts on
-//! the extra row). llama.cpp feeds the projector every frame of each 30 s window; a projector
-//! trained in the `clip` or `window` context (the clip's own frames) is exported with a
-//! warning, since llama.cpp shows it the silence after the clip too (`context = "full_window"`
-//! trains on exactly what llama.cpp feeds).
+//! What llama.cpp cannot run is refused with the reason: other encoders, other projector kinds
+//! (its `qwen2a` pools *before* the encoder's final norm, anymal's `qwen2_audio` after it),
+//! front stages, CTC compression, and stack factors that do not divide a window's 1500 frames
+//! (its frame stacker pads with a power-of-two mask and then aborts on the extra row).
+//! llama.cpp feeds the projector every frame of each 30 s window; a projector trained in the
+//! `clip` or `window` context (the clip's own frames) is exported with a warning, since
+//! llama.cpp shows it the silence after the clip too (`context = "full_window"` trains on
+//! exactly what llama.cpp feeds).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,8 +29,11 @@ use anymal_adapters::pool::Reduce;
 use anymal_adapters::projector::{Projector, ProjectorConfig, ProjectorKind};
 use anymal_encoders::audio::resolve_encoder_ref;
 use anymal_encoders::audio::whisper::{Context as WhisperContext, WhisperWeights};
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+
+use super::{check_plain, config_name, MatrixType, MmprojSummary, Tensors};
 
 /// Frames of one 30 s window at the encoder's output, all of which llama.cpp feeds the projector.
 const WINDOW_FRAMES: usize = 1500;
@@ -41,61 +41,16 @@ const WINDOW_FRAMES: usize = 1500;
 /// Whisper's layer-norm epsilon (PyTorch's default, which Whisper uses).
 const WHISPER_LN_EPS: f32 = 1e-5;
 
-/// The type of the 2-D weight matrices in the file (the norms, biases and positions are always
-/// f32; the convolutions f16, as llama.cpp's converter writes them and its im2col reads them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MatrixType {
-    F16,
-    F32,
-}
-
-impl MatrixType {
-    fn ggml(self) -> GgmlDType {
-        match self {
-            MatrixType::F16 => GgmlDType::F16,
-            MatrixType::F32 => GgmlDType::F32,
-        }
-    }
-}
-
-/// What an export wrote, for the report.
-#[derive(Debug)]
-pub struct MmprojSummary {
-    pub tensors: usize,
-    pub bytes: u64,
-    pub projector_type: &'static str,
-    pub stack_factor: usize,
-    /// Tokens llama.cpp hands the LLM per 30 s window.
-    pub tokens_per_window: usize,
-    /// Set when the projector did not train on what llama.cpp will feed it.
-    pub context_warning: Option<String>,
-    /// The exported projector's config (its LLM, prompt and chat-template setting).
-    pub config: ProjectorConfig,
-}
-
 /// Checks that llama.cpp can run `cfg` and returns its stack factor.
 pub fn check_exportable(cfg: &ProjectorConfig, dir: &Path) -> Result<usize> {
     let at = dir.display();
-    if cfg.modality != "audio" {
-        bail!(
-            "{at}: a projector for '{}'; `export --format mmproj` writes audio projectors (Whisper encoder) only",
-            cfg.modality
-        );
-    }
     if cfg.kind != ProjectorKind::Ultravox {
         bail!(
             "{at}: projector kind '{}' has no llama.cpp equivalent; the kind that exports is `ultravox` (llama.cpp's projector type `ultravox`; train with projector.kind = \"ultravox\" and a stack factor dividing 1500)",
             config_name(cfg.kind)
         );
     }
-    if cfg.front.is_some() {
-        bail!("{at}: a projector with a front stage has no llama.cpp equivalent");
-    }
-    if cfg.ctc_compress.is_some() {
-        bail!(
-            "{at}: a CTC-compressed projector drops tokens at run time, which llama.cpp cannot do"
-        );
-    }
+    check_plain(cfg, dir)?;
     let k = match cfg.reduce {
         Reduce::Stack { n } => n,
         other => bail!(
@@ -125,24 +80,16 @@ fn context_warning(cfg: &ProjectorConfig) -> Option<String> {
     })
 }
 
-/// How configs spell a setting (`ultravox`, `full_window`): its serde name.
-fn config_name(v: impl serde::Serialize) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Writes the projector folder `dir` and the Whisper encoder it was trained with as an mmproj
-/// GGUF at `out` (written atomically). `encoder` overrides the folder's encoder reference.
-pub fn export_mmproj(
+/// Adds the Whisper encoder and the `ultravox` projector in `dir` to `tensors`; returns the
+/// audio metadata and the report.
+pub(super) fn write(
     dir: &Path,
+    cfg: &ProjectorConfig,
     encoder: Option<&Path>,
     ty: MatrixType,
-    out: &Path,
-) -> Result<MmprojSummary> {
-    let cfg = anymal_adapters::projector::load_config(dir)?;
-    let k = check_exportable(&cfg, dir)?;
+    tensors: &mut Tensors,
+) -> Result<(Vec<(&'static str, Value)>, MmprojSummary)> {
+    let k = check_exportable(cfg, dir)?;
     let (_, store) = Projector::load(dir, &Device::Cpu)?;
     let encoder_path: PathBuf = match encoder {
         Some(p) => p.to_path_buf(),
@@ -169,21 +116,12 @@ pub fn export_mmproj(
         );
     }
 
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let hf = &whisper.tensors;
     let get = |name: &str| -> Result<&Tensor> {
         hf.get(name)
             .with_context(|| format!("{}: no tensor {name}", whisper.file.display()))
     };
-    let mut put = |name: String, t: &Tensor, dtype: GgmlDType| -> Result<()> {
-        // A fresh buffer: `QTensor::quantize` reads the whole storage, ignoring a view's
-        // offset (q, k and v are views into CTranslate2's fused projection).
-        let t = t.to_dtype(candle_core::DType::F32)?;
-        let owned = Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.shape(), &Device::Cpu)?;
-        let q = QTensor::quantize(&owned, dtype).with_context(|| format!("writing {name}"))?;
-        tensors.push((name, q));
-        Ok(())
-    };
+    let mut put = |name: String, t: &Tensor, dtype: GgmlDType| tensors.put(name, t, dtype);
     let f32_ = GgmlDType::F32;
     let mat = ty.ggml();
     for (i, c) in ["conv1", "conv2"].iter().enumerate() {
@@ -250,25 +188,8 @@ pub fn export_mmproj(
     put("mm.a.mlp.2.weight".into(), pget("linear_2.weight")?, mat)?;
     let ff = get("model.encoder.layers.0.fc1.weight")?.dim(0)?;
 
-    use gguf_file::Value;
     let u32v = |v: usize| Value::U32(v as u32);
-    let md: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("clip".into())),
-        ("general.type", Value::String("mmproj".into())),
-        (
-            "general.name",
-            Value::String(format!("anymal {} + ultravox projector", cfg.encoder)),
-        ),
-        (
-            "general.file_type",
-            u32v(match ty {
-                MatrixType::F32 => 0,
-                MatrixType::F16 => 1,
-            }),
-        ),
-        ("clip.has_audio_encoder", Value::Bool(true)),
-        ("clip.has_vision_encoder", Value::Bool(false)),
-        ("clip.projector_type", Value::String("ultravox".into())),
+    let md = vec![
         ("clip.audio.embedding_length", u32v(dims.d_model)),
         ("clip.audio.feed_forward_length", u32v(ff)),
         ("clip.audio.block_count", u32v(dims.n_layers)),
@@ -281,24 +202,16 @@ pub fn export_mmproj(
         ("clip.audio.projection_dim", u32v(cfg.d_llm)),
         ("clip.audio.projector.stack_factor", u32v(k)),
     ];
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    anymal_llm::loader::write_gguf(out, &md_refs, &refs)
-        .with_context(|| format!("{}: cannot write", out.display()))?;
-    Ok(MmprojSummary {
-        tensors: tensors.len(),
-        bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
-        projector_type: "ultravox",
-        stack_factor: k,
-        tokens_per_window: WINDOW_FRAMES / k,
-        context_warning: context_warning(&cfg),
-        config: cfg,
-    })
-}
-
-/// The prompt a llama.cpp user passes for the projector's training prompt: the placeholder
-/// `<modality>` becomes mtmd's default media marker.
-pub fn llama_cpp_prompt(cfg: &ProjectorConfig) -> String {
-    cfg.prompt
-        .replace(&format!("<{}>", cfg.modality), "<__media__>")
+    Ok((
+        md,
+        MmprojSummary {
+            tensors: 0,
+            bytes: 0,
+            projector_type: "ultravox",
+            tokens: format!("stack {k}, {} tokens per 30 s window", WINDOW_FRAMES / k),
+            warnings: context_warning(cfg).into_iter().collect(),
+            media_flag: "--audio CLIP.wav",
+            config: cfg.clone(),
+        },
+    ))
 }
