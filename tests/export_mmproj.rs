@@ -50,12 +50,8 @@ fn anymal(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn exported_mmproj_matches_llama_cpp() {
-    let doc = reference();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("adapter.mmproj.gguf");
-    let projector = fixtures().join("projector");
+/// `anymal export --type f32` of `projector` to `out`: its report and the file's contents.
+fn export_f32(projector: &Path, out: &Path) -> (String, gguf_file::Content) {
     let o = anymal(&[
         "export",
         "--run",
@@ -65,32 +61,85 @@ fn exported_mmproj_matches_llama_cpp() {
         "--type",
         "f32",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let content = gguf_file::Content::read(&mut std::fs::File::open(out).unwrap()).unwrap();
+    (err, content)
+}
+
+/// Each key is a u32 (the type llama.cpp's loader asserts) of the value given.
+fn assert_u32s(md: &std::collections::HashMap<String, Value>, want: &[(&str, u32)]) {
+    for (key, want) in want {
+        assert!(
+            matches!(md.get(*key), Some(Value::U32(v)) if v == want),
+            "{key}: {:?}",
+            md.get(*key)
+        );
+    }
+}
+
+/// A copy of the projector folder `src` under `dir/name` with its `projector.json` edited.
+fn variant(src: &Path, dir: &Path, name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::copy(
+        src.join("projector.safetensors"),
+        p.join("projector.safetensors"),
+    )
+    .unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("projector.json")).unwrap())
+            .unwrap();
+    edit(&mut c);
+    std::fs::write(p.join("projector.json"), c.to_string()).unwrap();
+    p
+}
+
+/// `export --run run` fails naming `want`, and writes nothing to `out`.
+fn assert_refused(run: &Path, out: &Path, want: &str) {
+    let o = anymal(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(want),
+        "{}: {err}",
+        run.display()
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn exported_mmproj_matches_llama_cpp() {
+    let doc = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adapter.mmproj.gguf");
+    let projector = fixtures().join("projector");
+    let (_, content) = export_f32(&projector, &out);
 
     // The metadata llama.cpp's loader asserts, with the types it asserts.
-    let mut f = std::fs::File::open(&out).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
     let md = &content.metadata;
     assert!(matches!(
         md.get("clip.has_audio_encoder"),
         Some(Value::Bool(true))
     ));
     assert!(matches!(md.get("clip.projector_type"), Some(Value::String(s)) if s == "ultravox"));
-    for (key, want) in [
-        ("clip.audio.embedding_length", 384u32),
-        ("clip.audio.feed_forward_length", 1536),
-        ("clip.audio.block_count", 4),
-        ("clip.audio.attention.head_count", 6),
-        ("clip.audio.num_mel_bins", 80),
-        ("clip.audio.projection_dim", 576),
-        ("clip.audio.projector.stack_factor", 10),
-    ] {
-        assert!(
-            matches!(md.get(key), Some(Value::U32(v)) if *v == want),
-            "{key}: {:?}",
-            md.get(key)
-        );
-    }
+    assert_u32s(
+        md,
+        &[
+            ("clip.audio.embedding_length", 384),
+            ("clip.audio.feed_forward_length", 1536),
+            ("clip.audio.block_count", 4),
+            ("clip.audio.attention.head_count", 6),
+            ("clip.audio.num_mel_bins", 80),
+            ("clip.audio.projection_dim", 576),
+            ("clip.audio.projector.stack_factor", 10),
+        ],
+    );
     assert!(matches!(
         md.get("clip.audio.attention.layer_norm_epsilon"),
         Some(Value::F32(_))
@@ -286,105 +335,50 @@ fn logit_gap(
 fn export_refuses_what_llama_cpp_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("projector");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("projector.json")).unwrap())
-            .unwrap();
-    let variant = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::copy(
-            src.join("projector.safetensors"),
-            p.join("projector.safetensors"),
-        )
-        .unwrap();
-        let mut c = cfg.clone();
-        edit(&mut c);
-        std::fs::write(p.join("projector.json"), c.to_string()).unwrap();
-        p
-    };
-    let out = dir.path().join("out.gguf");
+    let d = dir.path();
+    let out = d.join("out.gguf");
     let cases: Vec<(PathBuf, &str)> = vec![
         (
-            variant("linear", &|c| c["kind"] = "linear".into()),
+            variant(&src, d, "linear", &|c| c["kind"] = "linear".into()),
             "projector kind 'linear' has no llama.cpp equivalent",
         ),
         (
-            variant("stack8", &|c| c["reduce"]["n"] = 8.into()),
+            variant(&src, d, "stack8", &|c| c["reduce"]["n"] = 8.into()),
             "stack factor 8 does not divide a window's 1500 frames",
         ),
         (
-            variant("video", &|c| c["modality"] = "video".into()),
+            variant(&src, d, "video", &|c| c["modality"] = "video".into()),
             "llama.cpp runs audio (Whisper + ultravox) and image (CLIP or SigLIP + mlp2x_gelu) projectors only",
         ),
-        (dir.path().join("absent"), "no such folder"),
-        (dir.path().to_path_buf(), "no projector.json"),
+        (d.join("absent"), "no such folder"),
+        (d.to_path_buf(), "no projector.json"),
     ];
     for (run, want) in cases {
-        let o = anymal(&[
-            "export",
-            "--run",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(want),
-            "{}: {err}",
-            run.display()
-        );
-        assert!(!out.exists());
+        assert_refused(&run, &out, want);
     }
     // Image projectors llama.cpp has no graph for.
     let siglip = image_fixtures().join("projector-siglip");
-    let scfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(siglip.join("projector.json")).unwrap())
-            .unwrap();
-    let image_variant = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::copy(
-            siglip.join("projector.safetensors"),
-            p.join("projector.safetensors"),
-        )
-        .unwrap();
-        let mut c = scfg.clone();
-        edit(&mut c);
-        std::fs::write(p.join("projector.json"), c.to_string()).unwrap();
-        p
-    };
     for (run, want) in [
         (
-            image_variant("perceiver", &|c| c["kind"] = "perceiver".into()),
+            variant(&siglip, d, "perceiver", &|c| c["kind"] = "perceiver".into()),
             "projector kind 'perceiver' has no llama.cpp equivalent; the image kind that exports is `mlp2x_gelu`",
         ),
         (
-            image_variant("pooled", &|c| c["num_tokens"] = 4.into()),
+            variant(&siglip, d, "pooled", &|c| c["num_tokens"] = 4.into()),
             "reduces the tower's 16 tokens to 4",
         ),
         (
-            image_variant("grid", &|c| c["encoder_options"] = serde_json::json!({"grid": 2})),
+            variant(&siglip, d, "grid", &|c| {
+                c["encoder_options"] = serde_json::json!({"grid": 2})
+            }),
             "grid-pooled tokens",
         ),
         (
-            image_variant("cnn", &|c| c["encoder"] = "mobilenet_v2".into()),
+            variant(&siglip, d, "cnn", &|c| c["encoder"] = "mobilenet_v2".into()),
             "an ImageNet CNN has no llama.cpp graph",
         ),
     ] {
-        let o = anymal(&[
-            "export",
-            "--run",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(want),
-            "{}: {err}",
-            run.display()
-        );
-        assert!(!out.exists());
+        assert_refused(&run, &out, want);
     }
 
     // An existing file is kept unless --overwrite.
@@ -407,46 +401,49 @@ fn image_fixtures() -> PathBuf {
 
 /// `anymal export --type f32` of the image fixture's `projector-<kind>`: the file's contents.
 fn export_image(kind: &str, out: &Path) -> gguf_file::Content {
-    let projector = image_fixtures().join(format!("projector-{kind}"));
-    let o = anymal(&[
-        "export",
-        "--run",
-        projector.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--type",
-        "f32",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (err, content) = export_f32(&image_fixtures().join(format!("projector-{kind}")), out);
     assert!(err.contains("16 tokens per image"), "{err}");
-    let content = gguf_file::Content::read(&mut std::fs::File::open(out).unwrap()).unwrap();
     let md = &content.metadata;
     assert!(matches!(
         md.get("clip.has_vision_encoder"),
         Some(Value::Bool(true))
     ));
     assert!(matches!(md.get("clip.projector_type"), Some(Value::String(s)) if s == "mlp"));
-    for (key, want) in [
-        ("clip.vision.image_size", 32u32),
-        ("clip.vision.patch_size", 8),
-        ("clip.vision.embedding_length", 32),
-        ("clip.vision.block_count", 2),
-        ("clip.vision.attention.head_count", 4),
-        ("clip.vision.projection_dim", 576),
-    ] {
-        assert!(
-            matches!(md.get(key), Some(Value::U32(v)) if *v == want),
-            "{key}: {:?}",
-            md.get(key)
-        );
-    }
+    assert_u32s(
+        md,
+        &[
+            ("clip.vision.image_size", 32),
+            ("clip.vision.patch_size", 8),
+            ("clip.vision.embedding_length", 32),
+            ("clip.vision.block_count", 2),
+            ("clip.vision.attention.head_count", 4),
+            ("clip.vision.projection_dim", 576),
+        ],
+    );
     // Every block runs (llama.cpp's default stops one early).
     assert!(matches!(
         md.get("clip.vision.feature_layer"),
         Some(Value::Array(a)) if matches!(a.as_slice(), [Value::I32(2)])
     ));
     content
+}
+
+/// `mine` against the embeddings llama.cpp wrote to `emb`, within `tol` of their largest
+/// value; returns llama.cpp's.
+fn check_embeddings(emb: &Path, what: &str, mine: &Tensor, tol: f32) -> Tensor {
+    let (n, d, want) = read_embeddings(emb);
+    assert_eq!(mine.dims(), &[n, d], "{}", emb.display());
+    let gap = relative_gap(mine, &want);
+    eprintln!(
+        "{}: {n} tokens, max |{what} - llama.cpp| / max |x| = {gap:.2e}",
+        emb.display()
+    );
+    assert!(
+        gap <= tol,
+        "{}: embeddings differ by {gap} of their scale",
+        emb.display()
+    );
+    Tensor::from_vec(want, (n, d), &Device::Cpu).unwrap()
 }
 
 /// Embeddings of the same tokens, `mine` against llama.cpp's `want`: the largest difference as
@@ -534,8 +531,7 @@ fn exported_siglip_mmproj_matches_llama_cpp() {
     let tol = doc["tolerance"].as_f64().unwrap() as f32;
     for item in doc["towers"]["siglip"].as_array().unwrap() {
         let png = image_fixtures().join(item["image"].as_str().unwrap());
-        let (n, d, want) =
-            read_embeddings(&image_fixtures().join(item["embeddings"].as_str().unwrap()));
+        let emb = image_fixtures().join(item["embeddings"].as_str().unwrap());
         let feats = adapter
             .source
             .get_files(&[png.as_path()])
@@ -548,18 +544,7 @@ fn exported_siglip_mmproj_matches_llama_cpp() {
             .unwrap()
             .pop()
             .unwrap();
-        assert_eq!(mine.dims(), &[n, d]);
-        let gap = relative_gap(&mine, &want);
-        eprintln!(
-            "{}: {n} tokens, max |anymal - llama.cpp| / max |x| = {gap:.2e}",
-            png.display()
-        );
-        assert!(
-            gap <= tol,
-            "{}: embeddings differ by {gap} of their scale",
-            png.display()
-        );
-        let theirs = Tensor::from_vec(want, (n, d), &Device::Cpu).unwrap();
+        let theirs = check_embeddings(&emb, "anymal", &mine, tol);
         check_answers(
             &model,
             &[
@@ -617,8 +602,7 @@ fn exported_clip_mmproj_matches_llama_cpp_class_token_order() {
     let tol = doc["tolerance"].as_f64().unwrap() as f32;
     for item in doc["towers"]["clip"].as_array().unwrap() {
         let png = image_fixtures().join(item["image"].as_str().unwrap());
-        let (n, d, want) =
-            read_embeddings(&image_fixtures().join(item["embeddings"].as_str().unwrap()));
+        let emb = image_fixtures().join(item["embeddings"].as_str().unwrap());
         let img = anymal_encoders::image::load_image(&png).unwrap();
         let pixels =
             anymal_encoders::image::preprocess(&[img], encoder.preprocess_config()).unwrap();
@@ -630,18 +614,7 @@ fn exported_clip_mmproj_matches_llama_cpp_class_token_order() {
         )
         .unwrap();
         let mine = linear(&linear(&tokens, "fc1").gelu_erf().unwrap(), "fc2");
-        assert_eq!(mine.dims(), &[n, d]);
-        let gap = relative_gap(&mine, &want);
-        eprintln!(
-            "{}: {n} tokens, max |anymal (llama.cpp's order) - llama.cpp| / max |x| = {gap:.2e}",
-            png.display()
-        );
-        assert!(
-            gap <= tol,
-            "{}: embeddings differ by {gap} of their scale",
-            png.display()
-        );
-        let theirs = Tensor::from_vec(want, (n, d), &Device::Cpu).unwrap();
+        let theirs = check_embeddings(&emb, "anymal (llama.cpp's order)", &mine, tol);
         check_answers(
             &model,
             &[("llama.cpp's embeddings", &theirs)],

@@ -33,7 +33,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
-use super::{check_plain, config_name, MatrixType, MmprojSummary, Tensors};
+use super::{check_kind, config_name, MatrixType, MmprojSummary, Tensors};
 
 /// Frames of one 30 s window at the encoder's output, all of which llama.cpp feeds the projector.
 const WINDOW_FRAMES: usize = 1500;
@@ -44,13 +44,12 @@ const WHISPER_LN_EPS: f32 = 1e-5;
 /// Checks that llama.cpp can run `cfg` and returns its stack factor.
 pub fn check_exportable(cfg: &ProjectorConfig, dir: &Path) -> Result<usize> {
     let at = dir.display();
-    if cfg.kind != ProjectorKind::Ultravox {
-        bail!(
-            "{at}: projector kind '{}' has no llama.cpp equivalent; the kind that exports is `ultravox` (llama.cpp's projector type `ultravox`; train with projector.kind = \"ultravox\" and a stack factor dividing 1500)",
-            config_name(cfg.kind)
-        );
-    }
-    check_plain(cfg, dir)?;
+    check_kind(
+        cfg,
+        dir,
+        ProjectorKind::Ultravox,
+        "llama.cpp's projector type `ultravox`; train with projector.kind = \"ultravox\" and a stack factor dividing 1500",
+    )?;
     let k = match cfg.reduce {
         Reduce::Stack { n } => n,
         other => bail!(
@@ -121,18 +120,17 @@ pub(super) fn write(
         hf.get(name)
             .with_context(|| format!("{}: no tensor {name}", whisper.file.display()))
     };
-    let mut put = |name: String, t: &Tensor, dtype: GgmlDType| tensors.put(name, t, dtype);
     let f32_ = GgmlDType::F32;
     let mat = ty.ggml();
     for (i, c) in ["conv1", "conv2"].iter().enumerate() {
         let w = get(&format!("model.encoder.{c}.weight"))?;
-        put(format!("a.conv1d.{}.weight", i + 1), w, GgmlDType::F16)?;
+        tensors.put(format!("a.conv1d.{}.weight", i + 1), w, GgmlDType::F16)?;
         // The graph adds the bias to a (frames, d) result by broadcasting a (d, 1) tensor.
         let b = get(&format!("model.encoder.{c}.bias"))?.unsqueeze(1)?;
-        put(format!("a.conv1d.{}.bias", i + 1), &b, f32_)?;
+        tensors.put(format!("a.conv1d.{}.bias", i + 1), &b, f32_)?;
     }
-    put(
-        "a.position_embd.weight".into(),
+    tensors.put(
+        "a.position_embd.weight",
         &dims.positions()?.narrow(0, 0, dims.n_ctx)?,
         f32_,
     )?;
@@ -147,13 +145,13 @@ pub(super) fn write(
     for l in 0..dims.n_layers {
         let src = format!("model.encoder.layers.{l}");
         for (from, to, bias) in per_block {
-            put(
+            tensors.put(
                 format!("a.blk.{l}.{to}.weight"),
                 get(&format!("{src}.{from}.weight"))?,
                 mat,
             )?;
             if bias {
-                put(
+                tensors.put(
                     format!("a.blk.{l}.{to}.bias"),
                     get(&format!("{src}.{from}.bias"))?,
                     f32_,
@@ -161,31 +159,19 @@ pub(super) fn write(
             }
         }
         for (from, to) in [("self_attn_layer_norm", "ln1"), ("final_layer_norm", "ln2")] {
-            for p in ["weight", "bias"] {
-                put(
-                    format!("a.blk.{l}.{to}.{p}"),
-                    get(&format!("{src}.{from}.{p}"))?,
-                    f32_,
-                )?;
-            }
+            tensors.put_norm(&format!("a.blk.{l}.{to}"), &format!("{src}.{from}"), get)?;
         }
     }
-    for p in ["weight", "bias"] {
-        put(
-            format!("a.post_ln.{p}"),
-            get(&format!("model.encoder.layer_norm.{p}"))?,
-            f32_,
-        )?;
-    }
+    tensors.put_norm("a.post_ln", "model.encoder.layer_norm", get)?;
     let proj: HashMap<String, Tensor> = store.tensors().into_iter().collect();
     let pget = |name: &str| -> Result<&Tensor> {
         proj.get(name)
             .with_context(|| format!("{}: no projector parameter {name}", dir.display()))
     };
-    put("mm.a.norm_pre.weight".into(), pget("ln_pre.weight")?, f32_)?;
-    put("mm.a.mlp.1.weight".into(), pget("linear_1.weight")?, mat)?;
-    put("mm.a.norm_mid.weight".into(), pget("ln_mid.weight")?, f32_)?;
-    put("mm.a.mlp.2.weight".into(), pget("linear_2.weight")?, mat)?;
+    tensors.put("mm.a.norm_pre.weight", pget("ln_pre.weight")?, f32_)?;
+    tensors.put("mm.a.mlp.1.weight", pget("linear_1.weight")?, mat)?;
+    tensors.put("mm.a.norm_mid.weight", pget("ln_mid.weight")?, f32_)?;
+    tensors.put("mm.a.mlp.2.weight", pget("linear_2.weight")?, mat)?;
     let ff = get("model.encoder.layers.0.fc1.weight")?.dim(0)?;
 
     let u32v = |v: usize| Value::U32(v as u32);

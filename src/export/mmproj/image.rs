@@ -39,7 +39,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
-use super::{check_plain, config_name, MatrixType, MmprojSummary, Tensors};
+use super::{check_kind, config_name, MatrixType, MmprojSummary, Tensors};
 
 /// Adds the vision tower and the `mlp2x_gelu` projector in `dir` to `tensors`; returns the
 /// vision metadata and the report.
@@ -51,13 +51,12 @@ pub(super) fn write(
     tensors: &mut Tensors,
 ) -> Result<(Vec<(&'static str, Value)>, MmprojSummary)> {
     let at = dir.display();
-    if cfg.kind != ProjectorKind::Mlp2xGelu {
-        bail!(
-            "{at}: projector kind '{}' has no llama.cpp equivalent; the image kind that exports is `mlp2x_gelu` (llama.cpp's `mlp`, LLaVA-1.5's projector) over a CLIP or SigLIP tower",
-            config_name(cfg.kind)
-        );
-    }
-    check_plain(cfg, dir)?;
+    check_kind(
+        cfg,
+        dir,
+        ProjectorKind::Mlp2xGelu,
+        "llama.cpp's `mlp`, LLaVA-1.5's projector, over a CLIP or SigLIP tower",
+    )?;
     let folder: PathBuf = match encoder {
         Some(p) => p.to_path_buf(),
         None => resolve_image_encoder(&cfg.encoder, &anymal_util::fs::cache_dir())
@@ -127,13 +126,7 @@ pub(super) fn write(
         )?;
     } else {
         tensors.put("v.class_embd", get("embeddings.class_embedding")?, f32_)?;
-        for p in ["weight", "bias"] {
-            tensors.put(
-                format!("v.pre_ln.{p}"),
-                get(&format!("pre_layrnorm.{p}"))?,
-                f32_,
-            )?;
-        }
+        tensors.put_norm("v.pre_ln", "pre_layrnorm", get)?;
     }
     tensors.put(
         "v.position_embd.weight",
@@ -168,23 +161,11 @@ pub(super) fn write(
             )?;
         }
         for (from, to) in [("layer_norm1", "ln1"), ("layer_norm2", "ln2")] {
-            for p in ["weight", "bias"] {
-                tensors.put(
-                    format!("v.blk.{l}.{to}.{p}"),
-                    get(&format!("{src}.{from}.{p}"))?,
-                    f32_,
-                )?;
-            }
+            tensors.put_norm(&format!("v.blk.{l}.{to}"), &format!("{src}.{from}"), get)?;
         }
     }
     if siglip {
-        for p in ["weight", "bias"] {
-            tensors.put(
-                format!("v.post_ln.{p}"),
-                get(&format!("post_layernorm.{p}"))?,
-                f32_,
-            )?;
-        }
+        tensors.put_norm("v.post_ln", "post_layernorm", get)?;
     }
     let (_, store) = Projector::load(dir, &Device::Cpu)?;
     let proj: HashMap<String, Tensor> = store.tensors().into_iter().collect();

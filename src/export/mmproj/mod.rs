@@ -13,7 +13,7 @@ pub mod image;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use anymal_adapters::projector::ProjectorConfig;
+use anymal_adapters::projector::{ProjectorConfig, ProjectorKind};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
@@ -64,6 +64,24 @@ impl Tensors {
         let owned = Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.shape(), &Device::Cpu)?;
         let q = QTensor::quantize(&owned, dtype).with_context(|| format!("writing {name}"))?;
         self.0.push((name, q));
+        Ok(())
+    }
+
+    /// `{to}.weight` and `{to}.bias` (a layer norm's) in f32, from the source tensors `get`
+    /// finds as `{from}.weight` and `{from}.bias`.
+    fn put_norm<'a>(
+        &mut self,
+        to: &str,
+        from: &str,
+        get: impl Fn(&str) -> Result<&'a Tensor>,
+    ) -> Result<()> {
+        for p in ["weight", "bias"] {
+            self.put(
+                format!("{to}.{p}"),
+                get(&format!("{from}.{p}"))?,
+                GgmlDType::F32,
+            )?;
+        }
         Ok(())
     }
 }
@@ -135,18 +153,25 @@ fn config_name(v: impl serde::Serialize) -> String {
         .unwrap_or_default()
 }
 
-/// Refuses what no llama.cpp projector does: front stages and CTC compression.
-fn check_plain(cfg: &ProjectorConfig, dir: &Path) -> Result<()> {
-    if cfg.front.is_some() {
+/// Refuses a projector of another kind than `kind`, the one the modality exports (`what`
+/// says how llama.cpp calls it and how to train it), and what no llama.cpp projector does:
+/// front stages and CTC compression.
+fn check_kind(cfg: &ProjectorConfig, dir: &Path, kind: ProjectorKind, what: &str) -> Result<()> {
+    let at = dir.display();
+    if cfg.kind != kind {
         bail!(
-            "{}: a projector with a front stage has no llama.cpp equivalent",
-            dir.display()
+            "{at}: projector kind '{}' has no llama.cpp equivalent; the {} kind that exports is `{}` ({what})",
+            config_name(cfg.kind),
+            cfg.modality,
+            config_name(kind)
         );
+    }
+    if cfg.front.is_some() {
+        bail!("{at}: a projector with a front stage has no llama.cpp equivalent");
     }
     if cfg.ctc_compress.is_some() {
         bail!(
-            "{}: a CTC-compressed projector drops tokens at run time, which llama.cpp cannot do",
-            dir.display()
+            "{at}: a CTC-compressed projector drops tokens at run time, which llama.cpp cannot do"
         );
     }
     Ok(())
