@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anymal::data::manifest::{Columns, Manifest};
+use anymal::data::read_manifest;
 use anymal::features::cache::FeatureCache;
 use anymal_encoders::audio::{load_audio_16k, load_audio_16k_bytes};
 
@@ -32,7 +33,7 @@ fn sentence_columns() -> Columns {
 }
 
 fn train_shards() -> Manifest {
-    Manifest::read_columns(
+    read_manifest(
         &fixtures().join("train-*-of-00002.parquet"),
         &sentence_columns(),
     )
@@ -106,7 +107,7 @@ fn embedded_bytes_decode_to_the_samples_of_the_original_files() {
 
 #[test]
 fn a_binary_column_with_the_default_names_reads_too() {
-    let m = Manifest::read(&fixtures().join("binary.parquet"), "audio").unwrap();
+    let m = read_manifest(&fixtures().join("binary.parquet"), &Columns::of("audio")).unwrap();
     assert_eq!(m.items.len(), 2);
     assert!(m.problems.is_empty());
     let first = &expected()["rows"][0];
@@ -120,10 +121,7 @@ fn a_binary_column_with_the_default_names_reads_too() {
 #[test]
 fn broken_shards_and_wrong_columns_are_errors_naming_shard_and_column() {
     let err = |path: &Path, columns: &Columns| {
-        format!(
-            "{:#}",
-            Manifest::read_columns(path, columns).expect_err("must fail")
-        )
+        format!("{:#}", read_manifest(path, columns).expect_err("must fail"))
     };
     let truncated = err(&fixtures().join("truncated.parquet"), &sentence_columns());
     assert!(
@@ -153,7 +151,7 @@ fn broken_shards_and_wrong_columns_are_errors_naming_shard_and_column() {
         Columns::with_overrides("audio", &o).unwrap()
     };
     // A string media column is a path; these are not files: every row is bad, by row.
-    let m = Manifest::read_columns(
+    let m = read_manifest(
         &fixtures().join("train-00000-of-00002.parquet"),
         &media_as_text,
     )

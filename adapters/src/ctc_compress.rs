@@ -28,7 +28,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::projector::pad_items;
+use crate::pool::pad_items;
 use crate::{Error, Result};
 
 /// Parameter name of the `(classes, d_llm)` table; its last row is the blank.

@@ -176,6 +176,30 @@ pub fn pooling_matrix(
     })
 }
 
+/// Stack `(n_i, d)` items into `(b, max n, d)` with zero padding, and their lengths.
+pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
+    if items.is_empty() {
+        return Err(crate::Error::Shape("no items to project".into()));
+    }
+    let lengths: Vec<usize> = items
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<_>>()?;
+    let n = lengths.iter().copied().max().unwrap_or(1);
+    let padded = items
+        .iter()
+        .zip(&lengths)
+        .map(|(t, &len)| {
+            if len == n {
+                Ok(t.clone())
+            } else {
+                Ok(t.pad_with_zeros(0, 0, n - len)?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Tensor::stack(&padded, 0)?, lengths))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

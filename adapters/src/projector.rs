@@ -16,7 +16,7 @@ use crate::ctc_compress::{CompressOutput, CtcCompress, CtcCompressConfig, TABLE 
 use crate::front::{deserialize_front, FrontStage, FrontStageConfig};
 use crate::params::ParamStore;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
-use crate::pool::Reduce;
+use crate::pool::{pad_items, Reduce};
 use crate::rms_norm::RmsNorm;
 use crate::{Error, Result};
 
@@ -479,28 +479,4 @@ pub fn load_config(dir: &Path) -> Result<ProjectorConfig> {
         .map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text)
         .map_err(|e| Error::file(&path, format!("invalid projector config: {e}")))
-}
-
-/// Stack `(n_i, d)` items into `(b, max n, d)` with zero padding, and their lengths.
-pub fn pad_items(items: &[Tensor]) -> Result<(Tensor, Vec<usize>)> {
-    if items.is_empty() {
-        return Err(Error::Shape("no items to project".into()));
-    }
-    let lengths: Vec<usize> = items
-        .iter()
-        .map(|t| t.dim(0))
-        .collect::<candle_core::Result<_>>()?;
-    let n = lengths.iter().copied().max().unwrap_or(1);
-    let padded = items
-        .iter()
-        .zip(&lengths)
-        .map(|(t, &len)| {
-            if len == n {
-                Ok(t.clone())
-            } else {
-                Ok(t.pad_with_zeros(0, 0, n - len)?)
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((Tensor::stack(&padded, 0)?, lengths))
 }

@@ -87,21 +87,20 @@ pub struct Manifest {
     pub items: Vec<ManifestItem>,
     /// `"<manifest>:<line>: <problem>"` for every skipped line.
     pub problems: Vec<String>,
+    /// What an item is called in messages: `lines` (JSONL), `rows` (Parquet).
+    pub unit: &'static str,
 }
 
 impl Manifest {
-    /// Read `path` with the default columns; see [`Manifest::read_columns`].
+    /// Read the JSONL manifest `path` with the default keys; see [`Manifest::read_jsonl`].
     pub fn read(path: &Path, modality: &str) -> Result<Self> {
-        Self::read_columns(path, &Columns::of(modality))
+        Self::read_jsonl(path, &Columns::of(modality))
     }
 
-    /// Read `path`: Parquet shards (a `.parquet` file or glob) through [`super::parquet`], else
-    /// JSONL, keeping lines whose JSON has a non-empty `text` and a media key naming a readable
-    /// file. Blank lines are ignored.
-    pub fn read_columns(path: &Path, columns: &Columns) -> Result<Self> {
-        if super::parquet::is_parquet(path) {
-            return super::parquet::read(path, columns);
-        }
+    /// Read the JSONL manifest `path`, keeping lines whose JSON has a non-empty text and a
+    /// media key naming a readable file. Blank lines are ignored. (Parquet shards:
+    /// [`super::read_manifest`].)
+    pub fn read_jsonl(path: &Path, columns: &Columns) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read manifest", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -125,6 +124,7 @@ impl Manifest {
             path: path.to_path_buf(),
             items,
             problems,
+            unit: "lines",
         })
     }
 
@@ -158,14 +158,10 @@ impl Manifest {
         let bad = self.problems.len();
         if self.items.is_empty() || (total > 0 && bad as f64 / total as f64 > max_bad) {
             let first: Vec<&str> = self.problems.iter().take(5).map(|s| s.as_str()).collect();
-            let unit = if super::parquet::is_parquet(&self.path) {
-                "rows"
-            } else {
-                "lines"
-            };
             bail!(
-                "{}: {bad} of {total} {unit} are bad (limit {:.0}%): {}",
+                "{}: {bad} of {total} {} are bad (limit {:.0}%): {}",
                 self.path.display(),
+                self.unit,
                 max_bad * 100.0,
                 if first.is_empty() {
                     "no usable lines".to_string()

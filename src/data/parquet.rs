@@ -79,6 +79,7 @@ pub fn read(spec: &Path, columns: &Columns) -> Result<Manifest> {
         path: spec.to_path_buf(),
         items,
         problems,
+        unit: "rows",
     })
 }
 

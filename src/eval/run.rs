@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{attribute, cider::cider_d, wer::corpus_wer, wer::word_errors};
 use crate::conversation::{Role, Turn};
-use crate::data::manifest::{Columns, Manifest};
+use crate::data::manifest::Columns;
 use crate::multimodal::MultimodalModel;
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +77,7 @@ pub fn evaluate(
     };
     let columns = Columns::with_overrides(&modality, columns)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("data.columns", "--column")))?;
-    let manifest = Manifest::read_columns(manifest_path, &columns)?;
+    let manifest = crate::data::read_manifest(manifest_path, &columns)?;
     for p in &manifest.problems {
         eprintln!("skipped {p}");
     }

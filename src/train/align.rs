@@ -25,7 +25,7 @@ use super::optim::clip_grad_norm;
 use super::run::{load_llm, optimizer, RunSummary, SplitCounts, StepLoop, TrainingRun};
 use super::step::{encode_all, eval_loss, step_gradients, TrainItem, Trainables};
 use crate::conversation::{MediaRef, Role, Turn};
-use crate::data::manifest::{Columns, Manifest, ManifestItem};
+use crate::data::manifest::{Columns, ManifestItem};
 use crate::features::{load_encoder, FeatureSource};
 use crate::multimodal::{ModalityAdapter, MultimodalModel};
 use crate::recipe::{expand_path, AlignRecipe};
@@ -344,7 +344,7 @@ fn load_split(
     let t0 = std::time::Instant::now();
     let columns = Columns::with_overrides(&recipe.modality, &recipe.data.columns)?;
     let mut manifest =
-        Manifest::read_columns(path, &columns).with_context(|| format!("data.{what}"))?;
+        crate::data::read_manifest(path, &columns).with_context(|| format!("data.{what}"))?;
     let media_of = |it: &ManifestItem| vec![it.media(&recipe.modality)];
     let media: Vec<Vec<MediaRef>> = manifest.items.iter().map(media_of).collect();
     let refs: Vec<&[MediaRef]> = media.iter().map(|m| m.as_slice()).collect();
