@@ -397,6 +397,9 @@ impl TuneRecipe {
 }
 
 impl TrainSection {
+    /// Settings that would run but silently do something else than asked (an untrained
+    /// projector saved as the result, clipping off, a learning rate that grows) are errors
+    /// naming the key.
     fn check(&self) -> Result<()> {
         if self.batch_size == 0 || self.grad_accum == 0 {
             bail!("train.batch_size and train.grad_accum must be >= 1");
@@ -404,6 +407,57 @@ impl TrainSection {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("train.lr must be a positive number, got {}", self.lr);
         }
+        if self.max_steps == 0 {
+            bail!(
+                "train.max_steps must be >= 1 (0 would save the untrained projector as the result)"
+            );
+        }
+        if self.keep_checkpoints == 0 {
+            bail!("train.keep_checkpoints must be >= 1 (a run keeps at least its newest checkpoint to resume from)");
+        }
+        let in_range = |key: &str, v: f64, lo: f64, hi: f64, what: &str| -> Result<()> {
+            if !(v >= lo && v <= hi) {
+                bail!("train.{key} must be {what}, got {v}");
+            }
+            Ok(())
+        };
+        in_range(
+            "max_grad_norm",
+            self.max_grad_norm,
+            0.0,
+            f64::MAX,
+            ">= 0 (0 turns clipping off)",
+        )?;
+        in_range("weight_decay", self.weight_decay, 0.0, f64::MAX, ">= 0")?;
+        in_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, "within [0, 1]")?;
+        in_range(
+            "beta1",
+            self.beta1,
+            0.0,
+            1.0 - f64::EPSILON,
+            "within [0, 1)",
+        )?;
+        in_range(
+            "beta2",
+            self.beta2,
+            0.0,
+            1.0 - f64::EPSILON,
+            "within [0, 1)",
+        )?;
+        in_range(
+            "adam_eps",
+            self.adam_eps,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            "a positive number",
+        )?;
+        in_range(
+            "max_minutes",
+            self.max_minutes,
+            0.0,
+            f64::MAX,
+            ">= 0 (0: no limit)",
+        )?;
         Ok(())
     }
 }
@@ -563,6 +617,47 @@ save_every = 50
         assert!(format!("{e:#}").contains("<audio>"), "{e:#}");
         let e = AlignRecipe::parse(MINIMAL, &["train.max_steps".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("key=value"), "{e:#}");
+    }
+
+    #[test]
+    fn settings_that_would_silently_misbehave_are_refused_by_key() {
+        for (set, want) in [
+            ("train.max_steps=0", "train.max_steps must be >= 1"),
+            (
+                "train.keep_checkpoints=0",
+                "train.keep_checkpoints must be >= 1",
+            ),
+            (
+                "train.max_grad_norm=nan",
+                "train.max_grad_norm must be >= 0",
+            ),
+            (
+                "train.max_grad_norm=-1.0",
+                "train.max_grad_norm must be >= 0",
+            ),
+            ("train.weight_decay=-0.1", "train.weight_decay must be >= 0"),
+            (
+                "train.min_lr_ratio=2.0",
+                "train.min_lr_ratio must be within [0, 1]",
+            ),
+            ("train.beta2=1.0", "train.beta2 must be within [0, 1)"),
+            (
+                "train.adam_eps=0.0",
+                "train.adam_eps must be a positive number",
+            ),
+            ("train.max_minutes=-5.0", "train.max_minutes must be >= 0"),
+        ] {
+            let e = AlignRecipe::parse(MINIMAL, &[set.into()]).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{set}: {e:#}");
+        }
+        // The documented zeros stay accepted.
+        for set in [
+            "train.save_every=0",
+            "train.eval_every=0",
+            "train.max_grad_norm=0.0",
+        ] {
+            AlignRecipe::parse(MINIMAL, &[set.into()]).unwrap_or_else(|e| panic!("{set}: {e:#}"));
+        }
     }
 
     #[test]
