@@ -486,9 +486,18 @@ fn parse_with_sets<T: serde::de::DeserializeOwned>(text: &str, sets: &[String]) 
     for s in sets {
         apply_set(&mut table, s)?;
     }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+    // Through serde_path_to_error, so that a type error names its key (`train.batch_size:
+    // invalid type: string "eight", expected usize`), from the file or from --set alike.
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = inner.message().trim().to_string();
+        if path == "." || what.contains(&format!("`{path}`")) {
+            anyhow::anyhow!("{what}")
+        } else {
+            anyhow::anyhow!("{path}: {what}")
+        }
+    })
 }
 
 /// `a.b.c=value`: value parsed as a TOML literal (number, bool, quoted string, array), else
@@ -611,7 +620,20 @@ save_every = 50
         let e = AlignRecipe::parse(MINIMAL, &["train.max_stepz=3".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("max_stepz"), "{e:#}");
         let e = AlignRecipe::parse(MINIMAL, &["train.batch_size=\"four\"".into()]).unwrap_err();
-        assert!(format!("{e:#}").contains("invalid type"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("train.batch_size: invalid type"),
+            "{e:#}"
+        );
+        for (set, want) in [
+            ("train.batch_size=-1", "train.batch_size: invalid value"),
+            ("train.batch_size=2.5", "train.batch_size: invalid type"),
+            ("train.max_steps=abc", "train.max_steps: invalid type"),
+            ("train.lr=1e-3 extra", "train.lr: invalid type"),
+            ("train={max_steps=1}", "train: missing field `seed`"),
+        ] {
+            let e = AlignRecipe::parse(MINIMAL, &[set.into()]).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{set}: {e:#}");
+        }
         let r = AlignRecipe::parse(MINIMAL, &["data.prompt=Transcribe.".into()]).unwrap();
         let e = r.check_prompt("<audio>").unwrap_err();
         assert!(format!("{e:#}").contains("<audio>"), "{e:#}");
