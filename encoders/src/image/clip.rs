@@ -117,15 +117,7 @@ enum Tower {
 /// A frozen CLIP or SigLIP vision tower; see the module docs.
 pub struct ClipVisionEncoder {
     tower: Tower,
-    kind: VisionTowerKind,
-    hidden_size: usize,
-    num_layers: usize,
-    image_size: usize,
-    patch_size: usize,
-    /// Feed-forward width, heads and layer-norm epsilon, for [`Self::tower_config`].
-    intermediate_size: usize,
-    num_heads: usize,
-    layer_norm_eps: f64,
+    config: VisionTowerConfig,
     /// CLIP only: which layer's hidden states (negative counts from the end, -1 = last).
     feature_layer: isize,
     /// CLIP only: keep the CLS token in front of the patches.
@@ -302,14 +294,16 @@ impl ClipVisionEncoder {
         );
         Ok(Self {
             tower,
-            kind,
-            hidden_size,
-            num_layers,
-            image_size,
-            patch_size,
-            intermediate_size: extra.0,
-            num_heads: extra.1,
-            layer_norm_eps: extra.2,
+            config: VisionTowerConfig {
+                kind,
+                hidden_size,
+                intermediate_size: extra.0,
+                num_layers,
+                num_heads: extra.1,
+                image_size,
+                patch_size,
+                layer_norm_eps: extra.2,
+            },
             feature_layer: -1,
             keep_cls: true,
             id: base_id.clone(),
@@ -322,7 +316,7 @@ impl ClipVisionEncoder {
     /// positive, from the end when negative: -1 = last, -2 = LLaVA's penultimate), and keep or
     /// drop the CLS token. The id records a non-default choice, since the features differ.
     pub fn with_feature_select(mut self, layer: isize, keep_cls: bool) -> Result<Self> {
-        if self.kind != VisionTowerKind::Clip && (layer != -1 || !keep_cls) {
+        if self.config.kind != VisionTowerKind::Clip && (layer != -1 || !keep_cls) {
             return Err(Error::Unsupported {
                 what: "SigLIP exposes only its last layer and has no CLS token".into(),
             });
@@ -342,7 +336,7 @@ impl ClipVisionEncoder {
 
     /// 0-based index into the per-layer hidden states.
     fn layer_index(&self, layer: isize) -> Result<usize> {
-        let n = self.num_layers as isize;
+        let n = self.config.num_layers as isize;
         let idx = if layer < 0 { n + layer } else { layer - 1 };
         if layer == 0 || idx < 0 || idx >= n {
             return Err(Error::InvalidArgument(format!(
@@ -353,26 +347,17 @@ impl ClipVisionEncoder {
     }
 
     pub fn kind(&self) -> VisionTowerKind {
-        self.kind
+        self.config.kind
     }
 
     pub fn tower_config(&self) -> VisionTowerConfig {
-        VisionTowerConfig {
-            kind: self.kind,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_layers: self.num_layers,
-            num_heads: self.num_heads,
-            image_size: self.image_size,
-            patch_size: self.patch_size,
-            layer_norm_eps: self.layer_norm_eps,
-        }
+        self.config
     }
 
     /// Tokens per image: `(image_size / patch_size)^2`, plus one with CLIP's CLS kept.
     pub fn num_tokens(&self) -> usize {
-        let n = (self.image_size / self.patch_size).pow(2);
-        n + usize::from(self.kind == VisionTowerKind::Clip && self.keep_cls)
+        let n = (self.config.image_size / self.config.patch_size).pow(2);
+        n + usize::from(self.config.kind == VisionTowerKind::Clip && self.keep_cls)
     }
 
     /// `(b, 3, image_size, image_size)` normalized pixels -> `(b, n, d)` tokens, see the module
@@ -381,11 +366,11 @@ impl ClipVisionEncoder {
         let (_, c, h, w) = pixels.dims4().map_err(|_| {
             Error::InvalidArgument(format!("pixels {:?}, expected (b, 3, h, w)", pixels.dims()))
         })?;
-        if c != 3 || h != self.image_size || w != self.image_size {
+        if c != 3 || h != self.config.image_size || w != self.config.image_size {
             return Err(Error::InvalidArgument(format!(
                 "pixels {:?}, expected (b, 3, {s}, {s})",
                 pixels.dims(),
-                s = self.image_size
+                s = self.config.image_size
             )));
         }
         let pixels = pixels.to_dtype(DType::F32)?;
@@ -393,7 +378,7 @@ impl ClipVisionEncoder {
             Tower::Clip(t) => {
                 let mut states = t.output_hidden_states(&pixels)?;
                 // The last entry is the pooled output; the layers come before it.
-                states.truncate(self.num_layers);
+                states.truncate(self.config.num_layers);
                 let idx = self.layer_index(self.feature_layer)?;
                 let xs = states.swap_remove(idx);
                 if self.keep_cls {
@@ -413,7 +398,7 @@ impl ImageEncoder for ClipVisionEncoder {
         &self.id
     }
     fn hidden_size(&self) -> usize {
-        self.hidden_size
+        self.config.hidden_size
     }
     fn preprocess_config(&self) -> &ImagePreprocessConfig {
         &self.preprocess

@@ -145,18 +145,13 @@ pub(super) fn write(
     for l in 0..dims.n_layers {
         let src = format!("model.encoder.layers.{l}");
         for (from, to, bias) in per_block {
-            tensors.put(
-                format!("a.blk.{l}.{to}.weight"),
-                get(&format!("{src}.{from}.weight"))?,
+            tensors.put_linear(
+                &format!("a.blk.{l}.{to}"),
+                &format!("{src}.{from}"),
+                get,
                 mat,
+                bias,
             )?;
-            if bias {
-                tensors.put(
-                    format!("a.blk.{l}.{to}.bias"),
-                    get(&format!("{src}.{from}.bias"))?,
-                    f32_,
-                )?;
-            }
         }
         for (from, to) in [("self_attn_layer_norm", "ln1"), ("final_layer_norm", "ln2")] {
             tensors.put_norm(&format!("a.blk.{l}.{to}"), &format!("{src}.{from}"), get)?;

@@ -149,15 +149,12 @@ pub(super) fn write(
             ("mlp.fc1", fc1_as),
             ("mlp.fc2", fc2_as),
         ] {
-            tensors.put(
-                format!("v.blk.{l}.{to}.weight"),
-                get(&format!("{src}.{from}.weight"))?,
+            tensors.put_linear(
+                &format!("v.blk.{l}.{to}"),
+                &format!("{src}.{from}"),
+                get,
                 mat,
-            )?;
-            tensors.put(
-                format!("v.blk.{l}.{to}.bias"),
-                get(&format!("{src}.{from}.bias"))?,
-                f32_,
+                true,
             )?;
         }
         for (from, to) in [("layer_norm1", "ln1"), ("layer_norm2", "ln2")] {
@@ -169,15 +166,12 @@ pub(super) fn write(
     }
     let (_, store) = Projector::load(dir, &Device::Cpu)?;
     let proj: HashMap<String, Tensor> = store.tensors().into_iter().collect();
+    let pget = |name: &str| -> Result<&Tensor> {
+        proj.get(name)
+            .with_context(|| format!("{at}: no projector parameter {name}"))
+    };
     for (from, to) in [("fc1", "mm.0"), ("fc2", "mm.2")] {
-        let w = proj
-            .get(&format!("{from}.weight"))
-            .with_context(|| format!("{at}: no projector parameter {from}.weight"))?;
-        let b = proj
-            .get(&format!("{from}.bias"))
-            .with_context(|| format!("{at}: no projector parameter {from}.bias"))?;
-        tensors.put(format!("{to}.weight"), w, mat)?;
-        tensors.put(format!("{to}.bias"), b, f32_)?;
+        tensors.put_linear(to, from, pget, mat, true)?;
     }
 
     let pre = tower.preprocess_config();

@@ -67,6 +67,27 @@ impl Tensors {
         Ok(())
     }
 
+    /// A linear layer: `{to}.weight` as `mat` and, with `bias`, `{to}.bias` in f32, from the
+    /// source tensors `get` finds as `{from}.weight` and `{from}.bias`.
+    fn put_linear<'a>(
+        &mut self,
+        to: &str,
+        from: &str,
+        get: impl Fn(&str) -> Result<&'a Tensor>,
+        mat: GgmlDType,
+        bias: bool,
+    ) -> Result<()> {
+        self.put(format!("{to}.weight"), get(&format!("{from}.weight"))?, mat)?;
+        if bias {
+            self.put(
+                format!("{to}.bias"),
+                get(&format!("{from}.bias"))?,
+                GgmlDType::F32,
+            )?;
+        }
+        Ok(())
+    }
+
     /// `{to}.weight` and `{to}.bias` (a layer norm's) in f32, from the source tensors `get`
     /// finds as `{from}.weight` and `{from}.bias`.
     fn put_norm<'a>(
