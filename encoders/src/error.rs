@@ -113,6 +113,16 @@ pub enum Error {
     /// image feature it does not support.
     #[error("{path}: unsupported image: {what}")]
     UnsupportedImage { path: PathBuf, what: String },
+    /// A file whose declared (or decoded) size is over a bound of
+    /// [`MediaLimits`](crate::limits::MediaLimits): `what` says what it holds, `limit` the
+    /// bound, `setting` the name of the bound (a `--max-...` flag and a recipe `[limits]` key).
+    #[error("{path}: {what}, over the limit of {limit} (raise it with --{} or `limits.{setting}` in the recipe)", .setting.replace('_', "-"))]
+    TooLarge {
+        path: PathBuf,
+        what: String,
+        limit: String,
+        setting: &'static str,
+    },
     /// An error from candle while building or running a model.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

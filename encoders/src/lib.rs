@@ -25,12 +25,14 @@ pub mod audio;
 pub mod error;
 pub mod image;
 pub mod imu;
+pub mod limits;
 pub mod modality;
 pub mod registry;
 #[cfg(feature = "video")]
 pub mod video;
 
 pub use error::{Error, Result};
+pub use limits::{limits, set_limits, MediaLimits};
 pub use modality::{
     AnyModality, Batch, Encoder, EncoderContext, FileEncoder, MediaInput, Modality,
 };

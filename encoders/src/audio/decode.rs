@@ -16,6 +16,7 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
 use crate::error::{Error, Result};
+use crate::limits::{limits, AUDIO_RATE_RANGE_HZ};
 
 /// A decoded clip: `samples` is mono (the mean of all channels), `(n,)` at `sample_rate`;
 /// `channels` is how many channels the file had before the downmix.
@@ -42,9 +43,12 @@ impl DecodedAudio {
 /// carries its priming samples in an edit list that symphonia 0.6 does not read: such clips
 /// keep about 1024 leading (near-silent) samples.
 ///
-/// A stream that breaks off after some packets decoded (a truncated download) is returned with
-/// what was decoded; a file whose header cannot be parsed, or that decodes to nothing, is an
-/// error.
+/// Errors name the file: a header that cannot be parsed, a sample rate outside
+/// [`AUDIO_RATE_RANGE_HZ`], a clip longer than [`MediaLimits::max_audio_seconds`] (decoding
+/// stops there), a stream that breaks off or holds less than its header states (a truncated
+/// download: an error rather than half a clip), nothing decoded.
+///
+/// [`MediaLimits::max_audio_seconds`]: crate::MediaLimits
 pub fn decode_file(path: &Path) -> Result<DecodedAudio> {
     let file = File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
@@ -103,12 +107,16 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
         .default_track(TrackType::Audio)
         .ok_or_else(|| corrupt("the file has no audio track".into()))?;
     let track_id = track.id;
+    let declared_frames = track.num_frames;
     let params = track
         .codec_params
         .as_ref()
         .and_then(|p| p.audio())
         .ok_or_else(|| corrupt("the audio track has no codec parameters".into()))?
         .clone();
+    if let Some(rate) = params.sample_rate {
+        check_rate(path, rate)?;
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| match e {
@@ -118,6 +126,18 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
 
     let mut sample_rate = params.sample_rate;
     let mut channels = params.channels.as_ref().map(|c| c.count());
+    let bytes_per_frame = channels.unwrap_or(1) as u64
+        * u64::from(
+            params
+                .bits_per_coded_sample
+                .or(params.bits_per_sample)
+                .unwrap_or(0),
+        )
+        / 8;
+    // A stream of unknown length ends at the end of the file, whatever the demuxer says.
+    let open_ended = declared_frames
+        .is_some_and(|n| is_placeholder_length(n.saturating_mul(bytes_per_frame), bytes_per_frame));
+    let declared_frames = declared_frames.filter(|_| !open_ended);
     let mut mono: Vec<f32> = Vec::new();
     let mut planes: Vec<Vec<f32>> = Vec::new();
     // The first error that ended decoding early; kept to explain an empty result.
@@ -126,8 +146,13 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
             Ok(None) => break,
+            Err(SymError::IoError(e))
+                if open_ended && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                break
+            }
             Err(e) => {
-                // An unexpected EOF or a broken packet after good ones: keep what decoded.
+                // An unexpected EOF or a broken packet after good ones (judged at the end).
                 stopped = Some(e.to_string());
                 break;
             }
@@ -152,7 +177,10 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
         if n_ch == 0 {
             return Err(corrupt("a decoded packet has zero channels".into()));
         }
-        sample_rate.get_or_insert(spec.rate());
+        if sample_rate.is_none() {
+            check_rate(path, spec.rate())?;
+            sample_rate = Some(spec.rate());
+        }
         channels.get_or_insert(n_ch);
         if sample_rate != Some(spec.rate()) {
             return Err(corrupt(format!(
@@ -173,9 +201,11 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
                 *dst += s * scale;
             }
         }
+        check_length(path, mono.len(), spec.rate())?;
     }
 
-    let sample_rate = check_decoded(path, &mono, sample_rate, stopped)?;
+    let sample_rate = check_decoded(path, &mono, sample_rate, stopped.clone())?;
+    check_complete(path, mono.len(), declared_frames, sample_rate, stopped)?;
     Ok(DecodedAudio {
         samples: mono,
         sample_rate,
@@ -213,6 +243,87 @@ pub(crate) fn check_decoded(
         return Err(corrupt("decoded samples contain NaN or infinity".into()));
     }
     Ok(sample_rate)
+}
+
+/// A sample rate no audio format in use has (a crafted or corrupt header: a 1 Hz WAV would
+/// resample 32 KB into 16000 s of audio) is an error, before any sample is decoded.
+pub(crate) fn check_rate(path: &Path, rate: u32) -> Result<()> {
+    if !AUDIO_RATE_RANGE_HZ.contains(&rate) {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            what: format!(
+                "a sample rate of {rate} Hz (audio is {}-{} Hz)",
+                AUDIO_RATE_RANGE_HZ.start(),
+                AUDIO_RATE_RANGE_HZ.end()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `n` samples decoded so far at `rate`, against
+/// [`MediaLimits::max_audio_seconds`](crate::MediaLimits): checked as decoding goes, so a
+/// clip over the bound stops decoding as soon as it passes it, whatever its header says.
+pub(crate) fn check_length(path: &Path, n: usize, rate: u32) -> Result<()> {
+    let max = limits().max_audio_seconds;
+    if n as f64 > max * f64::from(rate.max(1)) {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            what: "the audio runs longer".into(),
+            limit: format!("{max} s"),
+            setting: "max_audio_seconds",
+        });
+    }
+    Ok(())
+}
+
+/// Whether a declared data length of `bytes` (frames of `frame_bytes` each) is a writer's
+/// placeholder for "unknown" rather than a length: WAV writers that cannot seek back (ffmpeg
+/// or sox writing to a pipe) leave the largest 32-bit value, unsigned or signed, or sox's
+/// 0x7ffff000. Any other length is a claim the data must meet.
+fn is_placeholder_length(bytes: u64, frame_bytes: u64) -> bool {
+    [u64::from(u32::MAX), i32::MAX as u64, 0x7fff_f000]
+        .iter()
+        .any(|&p| bytes <= p && bytes + frame_bytes.max(1) > p)
+}
+
+/// A clip that stops before its end is an error, not the part that decoded: training on half a
+/// recording against its whole transcript teaches the projector wrong words. Evidence of a
+/// cut: the demuxer broke off with an error (`stopped`), or the header states a length
+/// (`declared` frames) the data falls short of by more than 2% + 50 ms (slack for encoder
+/// padding and estimated MP3 lengths).
+fn check_complete(
+    path: &Path,
+    decoded: usize,
+    declared: Option<u64>,
+    rate: u32,
+    stopped: Option<String>,
+) -> Result<()> {
+    let secs = |n: f64| n / f64::from(rate);
+    let short = declared.filter(|&d| (decoded as f64) < d as f64 * 0.98 - 0.05 * f64::from(rate));
+    if let Some(d) = short {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            what: format!(
+                "truncated: the header states {:.2} s of audio but the data holds {:.2} s",
+                secs(d as f64),
+                secs(decoded as f64)
+            ),
+        });
+    }
+    // A stream that reaches its stated length and then fails (trailing junk) is complete.
+    if let (Some(why), None) = (stopped, declared) {
+        if !why.starts_with("malformed packet") {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "truncated or damaged: the stream breaks off at {:.2} s ({why})",
+                    secs(decoded as f64)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A readable name for codecs users are likely to meet but that symphonia cannot decode.

@@ -12,9 +12,10 @@ use image::error::ImageError;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage};
 
-use super::tiff_float::decode_float_tiff;
+use super::tiff_float::{decode_float_tiff, FloatTiffError};
 
 use crate::error::{Error, Result};
+use crate::limits::{limits, megapixels};
 
 /// Decodes `path` into an image in its own pixel format (8/16-bit, with or without alpha),
 /// upright: the orientation an EXIF block states (JPEG, and PNG/WebP/TIFF that carry one) is
@@ -41,9 +42,15 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
     if bytes.is_empty() {
         return Err(corrupt("the file is empty".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let max_pixels = limits().max_image_pixels;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| corrupt(e.to_string()))?;
+    // The crate's own allocation cap (512 MB by default) would refuse a 16-bit RGBA image
+    // within the pixel bound; let it follow the bound instead (8 bytes a pixel at most).
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(decoder_limits);
     let Some(format) = reader.format() else {
         return Err(unsupported(
             "not a recognised image (expected JPEG, PNG, WebP, BMP, TIFF or GIF)".into(),
@@ -61,19 +68,33 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
             "truncated JPEG: the data ends before the end-of-image marker".into(),
         ));
     }
-    let decoded = reader.into_decoder().and_then(|mut decoder| {
-        // A malformed EXIF block should not make an otherwise good picture unreadable: fall
-        // back to the stored orientation.
-        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        let mut img = DynamicImage::from_decoder(decoder)?;
-        img.apply_orientation(orientation);
-        Ok(img)
-    });
+    // The header's size is checked before a single pixel is allocated; `None` when the
+    // float-TIFF fallback below must read the file instead.
+    let decoded = match reader.into_decoder() {
+        Ok(mut decoder) => {
+            let (w, h) = decoder.dimensions();
+            check_pixels(w, h, path)?;
+            // A malformed EXIF block should not make an otherwise good picture unreadable:
+            // fall back to the stored orientation.
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+            DynamicImage::from_decoder(decoder).map(|mut img| {
+                img.apply_orientation(orientation);
+                img
+            })
+        }
+        Err(e) => Err(e),
+    };
     let img = match decoded {
         Ok(img) => img,
         // 64-bit float TIFFs (scientific tools write them) are beyond the `image` crate.
-        Err(ImageError::Unsupported(u)) if format == ImageFormat::Tiff => decode_float_tiff(bytes)
-            .map_err(|why| unsupported(format!("Tiff: {u}; the float-TIFF fallback: {why}")))?,
+        Err(ImageError::Unsupported(u)) if format == ImageFormat::Tiff => {
+            decode_float_tiff(bytes, path).map_err(|why| match why {
+                FloatTiffError::TooLarge(e) => e,
+                FloatTiffError::Other(why) => {
+                    unsupported(format!("Tiff: {u}; the float-TIFF fallback: {why}"))
+                }
+            })?
+        }
         Err(e) => return Err(classify(e)),
     };
     if img.width() == 0 || img.height() == 0 {
@@ -84,6 +105,20 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
         )));
     }
     Ok(img)
+}
+
+/// An image of `w x h` pixels against [`MediaLimits::max_image_pixels`](crate::MediaLimits).
+pub(crate) fn check_pixels(w: u32, h: u32, path: &Path) -> Result<()> {
+    let (px, max) = (u64::from(w) * u64::from(h), limits().max_image_pixels);
+    if px > max {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            what: format!("the image is {w}x{h} ({})", megapixels(px)),
+            limit: megapixels(max),
+            setting: "max_image_pixels",
+        });
+    }
+    Ok(())
 }
 
 /// Whether a JPEG's marker structure runs through to its end-of-image marker (EOI, `FF D9`).

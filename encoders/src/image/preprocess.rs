@@ -122,17 +122,16 @@ impl ImagePreprocessConfig {
     /// The first setting [`validate`](Self::validate) rejects, as (field, what is wrong with its
     /// value), so a recipe's options can be reported by field.
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
-        if self.size == 0 || self.size > 16384 {
-            return Some(("size", format!("{} (expected 1..=16384)", self.size)));
+        // Bounds that keep one preprocessed image under ~200 MB: the largest vision towers
+        // in use take 1024-1536 px.
+        if self.size == 0 || self.size > 4096 {
+            return Some(("size", format!("{} (expected 1..=4096)", self.size)));
         }
         if let Some(r) = self.resize_to {
-            if r < self.size || r > 65536 {
+            if r < self.size || r > 8192 {
                 return Some((
                     "resize_to",
-                    format!(
-                        "{r} must be at least size {} (and at most 65536)",
-                        self.size
-                    ),
+                    format!("{r} must be at least size {} (and at most 8192)", self.size),
                 ));
             }
         }
@@ -191,7 +190,7 @@ pub fn preprocess_one(img: &DynamicImage, cfg: &ImagePreprocessConfig) -> Result
             } else {
                 ((short as f64 * w as f64 / h as f64) as usize, short)
             };
-            let r = resize(&rgb, nw.max(s), nh.max(s), filter);
+            let r = resize_for_center_crop(&rgb, (nw.max(s), nh.max(s)), s, filter);
             // torchvision's CenterCrop: round((len - size) / 2), Python's round (ties to even).
             let x0 = ((r.width() as usize - s) as f64 / 2.0).round_ties_even() as usize;
             let y0 = ((r.height() as usize - s) as f64 / 2.0).round_ties_even() as usize;
@@ -228,6 +227,41 @@ pub fn preprocess_one(img: &DynamicImage, cfg: &ImagePreprocessConfig) -> Result
         }
     }
     Ok(out)
+}
+
+/// Resized pictures above this many pixels (192 MB as f32 RGB) are not made whole.
+const RESIZE_BUDGET_PIXELS: usize = 16 << 20;
+
+/// `img` resized to `full` = (width, height) for a central `s x s` crop. Normally exactly
+/// that. An extreme aspect ratio (an 8000 x 1 strip whose short side goes to 256 would become
+/// 2 M x 256 pixels, 6 GB) or a huge `resize_to` would build a picture of which only the
+/// centre is kept: past [`RESIZE_BUDGET_PIXELS`], only the central part of the source that
+/// the crop keeps (with a margin for the filter) is resized, to the same scale within one
+/// source pixel. The crop's centre stays where it was.
+fn resize_for_center_crop(
+    img: &Rgb32FImage,
+    full: (usize, usize),
+    s: usize,
+    filter: FilterType,
+) -> Rgb32FImage {
+    if full.0 * full.1 <= RESIZE_BUDGET_PIXELS {
+        return resize(img, full.0, full.1, filter);
+    }
+    // Resized pixels kept either side of the crop, so the filter sees what it would have.
+    let keep = s + 2 * (8 + s / 8);
+    // Along one axis: (first source pixel, source pixels, resized length) of the window.
+    let window = |src: usize, resized: usize| {
+        if resized <= keep {
+            return (0, src, resized);
+        }
+        let n = ((src as f64 * keep as f64 / resized as f64).ceil() as usize).clamp(1, src);
+        let out = ((n as f64 * resized as f64 / src as f64).round() as usize).max(s);
+        ((src - n) / 2, n, out)
+    };
+    let (x0, sw, ow) = window(img.width() as usize, full.0);
+    let (y0, sh, oh) = window(img.height() as usize, full.1);
+    let part = imageops::crop_imm(img, x0 as u32, y0 as u32, sw as u32, sh as u32).to_image();
+    resize(&part, ow, oh, filter)
 }
 
 fn resize(img: &Rgb32FImage, w: usize, h: usize, filter: FilterType) -> Rgb32FImage {

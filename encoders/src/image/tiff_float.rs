@@ -4,13 +4,35 @@
 //! in strips, either byte order. Only the first page (IFD0) is read. Values are taken to be in
 //! `[0, 1]`, the convention of float images in those tools, and clamped into it.
 
+use std::path::Path;
+
 use image::{DynamicImage, ImageBuffer, Rgb};
 
-/// Largest decoded image accepted, in bytes of f32 output (the `image` crate's default limit).
-const MAX_BYTES: usize = 512 << 20;
+use super::decode::check_pixels;
 
-/// Decodes `bytes` if they are a float TIFF this reader handles; `Err` says why not.
-pub(crate) fn decode_float_tiff(bytes: &[u8]) -> Result<DynamicImage, String> {
+/// Why a TIFF was not decoded: over the pixel bound (reported as such), or anything else,
+/// which the caller adds to the `image` crate's own complaint.
+#[derive(Debug)]
+pub(crate) enum FloatTiffError {
+    TooLarge(crate::Error),
+    Other(String),
+}
+
+impl From<String> for FloatTiffError {
+    fn from(s: String) -> Self {
+        Self::Other(s)
+    }
+}
+
+impl From<&str> for FloatTiffError {
+    fn from(s: &str) -> Self {
+        Self::Other(s.into())
+    }
+}
+
+/// Decodes `bytes` (from `path`) if they are a float TIFF this reader handles; `Err` says why
+/// not.
+pub(crate) fn decode_float_tiff(bytes: &[u8], path: &Path) -> Result<DynamicImage, FloatTiffError> {
     let r = Reader::new(bytes)?;
     let ifd = r.u32(4)? as usize;
     let n = r.u16(ifd)? as usize;
@@ -34,7 +56,11 @@ pub(crate) fn decode_float_tiff(bytes: &[u8]) -> Result<DynamicImage, String> {
             _ => {}
         }
     }
-    tags.decode(&r)
+    let (Ok(w), Ok(h)) = (u32::try_from(tags.width), u32::try_from(tags.height)) else {
+        return Err(FloatTiffError::Other("a size beyond TIFF's 32 bits".into()));
+    };
+    check_pixels(w, h, path).map_err(FloatTiffError::TooLarge)?;
+    Ok(tags.decode(&r)?)
 }
 
 #[derive(Default)]
@@ -72,9 +98,7 @@ impl Tags {
             .checked_mul(h)
             .filter(|&p| p > 0)
             .ok_or("zero or huge size")?;
-        if px.saturating_mul(spp).saturating_mul(4) > MAX_BYTES {
-            return Err(format!("{w}x{h}x{spp} exceeds the size limit"));
-        }
+
         let planar = self.planar == 2 && spp > 1;
         let bps = bits / 8;
         // Concatenate the strips; planar files store all of plane 0, then plane 1, ...
@@ -266,12 +290,14 @@ mod tests {
         for v in [0.25f32, 2.0, 0.5, 0.0, 0.75, 1.0] {
             f.extend(v.to_be_bytes());
         }
-        let img = decode_float_tiff(&f).unwrap().to_rgb32f();
+        let img = decode_float_tiff(&f, Path::new("f.tif"))
+            .unwrap()
+            .to_rgb32f();
         assert_eq!(img.dimensions(), (2, 1));
         assert_eq!(img.get_pixel(0, 0).0, [0.25, 0.5, 0.75]);
         assert_eq!(img.get_pixel(1, 0).0, [1.0, 0.0, 1.0]);
         // Cut short: an error, not a panic.
-        assert!(decode_float_tiff(&f[..210]).is_err());
-        assert!(decode_float_tiff(&f[..30]).is_err());
+        assert!(decode_float_tiff(&f[..210], Path::new("f.tif")).is_err());
+        assert!(decode_float_tiff(&f[..30], Path::new("f.tif")).is_err());
     }
 }

@@ -19,7 +19,7 @@ use ffmpeg::util::frame::audio::Audio as AvAudio;
 use ffmpeg::{ChannelLayout, Dictionary, Packet};
 
 use super::input::{codec_context, decoder_open_error, open_input, receive_frames};
-use crate::audio::decode::check_decoded;
+use crate::audio::decode::{check_decoded, check_length, check_rate};
 use crate::audio::{resample, SAMPLE_RATE};
 use crate::error::{Error, Result};
 
@@ -62,7 +62,10 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
     let mut packet = Packet::empty();
     let mut take = |frame: &AvAudio, mono: &mut Vec<f32>| -> Result<()> {
         match rate {
-            None => rate = Some(frame.rate()),
+            None => {
+                check_rate(path, frame.rate())?;
+                rate = Some(frame.rate());
+            }
             Some(r) if r != frame.rate() => {
                 return Err(corrupt(format!(
                     "the sample rate changes mid-stream ({r} Hz then {} Hz)",
@@ -77,7 +80,7 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
         if let Some(m) = mixer.as_mut() {
             m.run(frame, mono).map_err(&corrupt)?;
         }
-        Ok(())
+        check_length(path, mono.len(), frame.rate())
     };
     let mut ended = false;
     while !ended {

@@ -142,6 +142,8 @@ pub fn decode_frames_with(
     let targets = sampling.targets(duration_s);
 
     let mut decoder = open_decoder(&ictx, info.index, path)?;
+    // Frames are decoded at their own size before any downscale: bound it first.
+    crate::image::decode::check_pixels(decoder.width(), decoder.height(), path)?;
     let mut picker = Picker::new(targets, opts.max_side);
     run(
         &mut ictx,

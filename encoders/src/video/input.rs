@@ -61,6 +61,12 @@ pub(crate) fn open_input(path: &Path) -> Result<Input> {
             path: path.to_path_buf(),
             what: format!("FFmpeg reads it as no known container ({e})"),
         },
+        // The file opened above, so EINVAL is the demuxer refusing its bytes (random bytes
+        // named .mp3), not a failed read.
+        ffmpeg::Error::Other { errno } if errno == EINVAL => Error::NotMedia {
+            path: path.to_path_buf(),
+            what: format!("FFmpeg cannot read it as media ({e})"),
+        },
         ffmpeg::Error::Other { errno } => Error::Io {
             path: path.to_path_buf(),
             source: std::io::Error::from_raw_os_error(errno),
@@ -71,6 +77,9 @@ pub(crate) fn open_input(path: &Path) -> Result<Input> {
         },
     })
 }
+
+/// EINVAL, the same number on Linux, macOS and the BSDs.
+const EINVAL: i32 = 22;
 
 /// Whether the file begins with an ISO-BMFF `ftyp` box (MP4, MOV, M4A, 3GP).
 fn starts_like_mp4(path: &Path) -> bool {
@@ -99,6 +108,14 @@ pub(crate) fn decoder_open_error(
     path: &Path,
 ) -> Error {
     match e {
+        // An id of None: the container names a codec (a WAV format tag, a FourCC) that
+        // FFmpeg does not know at all.
+        ffmpeg::Error::DecoderNotFound if codec_id == ffmpeg::codec::Id::None => {
+            Error::UnsupportedCodec {
+                path: path.to_path_buf(),
+                what: format!("the {medium} stream's codec is not one FFmpeg knows"),
+            }
+        }
         ffmpeg::Error::DecoderNotFound => Error::UnsupportedCodec {
             path: path.to_path_buf(),
             what: format!("no {codec_id:?} {medium} decoder in the installed FFmpeg"),

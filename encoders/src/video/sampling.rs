@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The most frames one clip may ask for: 512 frames at 224 px are 300 MB of f32 pixels.
+pub const MAX_FRAMES: usize = 512;
+
 /// Which frames of a clip to keep.
 ///
 /// Serialized with a `kind` tag: `{"kind": "uniform", "frames": 8}`,
@@ -44,6 +47,14 @@ impl FrameSampling {
             )),
             FrameSampling::Rate { max_frames: 0, .. } => {
                 Some("rate frame sampling needs max_frames >= 1".into())
+            }
+            FrameSampling::Uniform { frames: n } | FrameSampling::Rate { max_frames: n, .. }
+                if n > MAX_FRAMES =>
+            {
+                Some(format!(
+                    "{n} frames per clip is over the limit of {MAX_FRAMES} (each is a full \
+                     decoded picture held in memory)"
+                ))
             }
             FrameSampling::Uniform { .. } | FrameSampling::Rate { .. } => None,
         }
