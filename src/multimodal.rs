@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use anymal_adapters::{ParamStore, Projector};
 use anymal_encoders::ModalityRegistry;
-use anymal_llm::{generate, GenerationStats, LoadOptions, LoadedModel, LoraSet, Sampler};
+use anymal_llm::{
+    generate_with, GenerationStats, LoadOptions, LoadedModel, LoraSet, Prefill, Sampler,
+};
 use candle_core::{Device, Tensor};
 
 use crate::conversation::{ConversationFormat, MediaRef, Rendered, Role, Turn};
@@ -434,13 +436,28 @@ impl MultimodalModel {
         sampler: &mut Sampler,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
+        let mut prefill = Prefill::whole();
+        self.generate_with(turns, media, max_tokens, sampler, &mut prefill, on_token)
+    }
+
+    /// [`Self::generate`] with the prompt fed as `prefill` says (in chunks that can be
+    /// stopped, for a server).
+    pub fn generate_with(
+        &self,
+        turns: &[Turn],
+        media: &[MediaRef],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        prefill: &mut Prefill<'_>,
+        on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
+    ) -> Result<(Vec<u32>, GenerationStats)> {
         let r = self.render_question(turns)?;
         let toks = if r.slot_placeholders.is_empty() && media.is_empty() {
             Vec::new()
         } else {
             self.media_tokens(&[(&r, media)], false)?.remove(0)
         };
-        self.generate_rendered(&r, &toks, max_tokens, sampler, on_token)
+        self.generate_rendered(&r, &toks, max_tokens, sampler, prefill, on_token)
     }
 
     /// [`Self::generate`] with the media slots' tokens given, one `(k_i, d)` tensor per slot
@@ -461,7 +478,15 @@ impl MultimodalModel {
                 media_tokens.len()
             );
         }
-        self.generate_rendered(&r, media_tokens, max_tokens, sampler, on_token)
+        let mut prefill = Prefill::whole();
+        self.generate_rendered(
+            &r,
+            media_tokens,
+            max_tokens,
+            sampler,
+            &mut prefill,
+            on_token,
+        )
     }
 
     fn render_question(&self, turns: &[Turn]) -> Result<Rendered> {
@@ -477,18 +502,20 @@ impl MultimodalModel {
         toks: &[Tensor],
         max_tokens: usize,
         sampler: &mut Sampler,
+        prefill: &mut Prefill<'_>,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
         let eos = self.model.eos_ids();
         // Text alone goes in as token ids; media slots need the spliced embeddings.
         let res = if toks.is_empty() {
-            generate(
+            generate_with(
                 &self.model.llm,
                 &r.example.input_ids,
                 None,
                 max_tokens,
                 sampler,
                 &eos,
+                prefill,
                 on_token,
             )?
         } else {
@@ -498,13 +525,14 @@ impl MultimodalModel {
                 &[toks.to_vec()],
             )?
             .inputs_embeds;
-            generate(
+            generate_with(
                 &self.model.llm,
                 &[],
                 Some(&embeds),
                 max_tokens,
                 sampler,
                 &eos,
+                prefill,
                 on_token,
             )?
         };

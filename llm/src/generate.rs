@@ -29,6 +29,59 @@ pub fn generate(
     max_tokens: usize,
     sampler: &mut Sampler,
     eos_ids: &[u32],
+    on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<(Vec<u32>, GenerationStats)> {
+    let mut prefill = Prefill::whole();
+    generate_with(
+        llm,
+        prompt_ids,
+        prompt_embeds,
+        max_tokens,
+        sampler,
+        eos_ids,
+        &mut prefill,
+        on_token,
+    )
+}
+
+/// How the prompt goes through the model before the first token: in one forward (the
+/// default, [`Prefill::whole`]), or in chunks of `chunk` positions with `proceed` asked before
+/// each. A server uses chunks to stop a long prompt whose client went away or whose time ran
+/// out, instead of holding its only worker for the whole prefill. Chunked prefill attends
+/// through the KV cache exactly as one forward does; only the floating-point order of the
+/// products differs.
+pub struct Prefill<'a> {
+    pub chunk: usize,
+    pub proceed: Box<dyn FnMut() -> bool + 'a>,
+}
+
+impl<'a> Prefill<'a> {
+    pub fn whole() -> Self {
+        Self {
+            chunk: usize::MAX,
+            proceed: Box::new(|| true),
+        }
+    }
+
+    pub fn chunked(chunk: usize, proceed: impl FnMut() -> bool + 'a) -> Self {
+        Self {
+            chunk: chunk.max(1),
+            proceed: Box::new(proceed),
+        }
+    }
+}
+
+/// [`generate`] with the prompt fed as `prefill` says; a prefill that `proceed` stops is
+/// [`Error::Stopped`](crate::Error::Stopped).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_with(
+    llm: &Llm,
+    prompt_ids: &[u32],
+    prompt_embeds: Option<&Tensor>,
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    eos_ids: &[u32],
+    prefill: &mut Prefill<'_>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     let mut cache = llm.new_cache();
@@ -43,7 +96,30 @@ pub fn generate(
     };
     let prompt_len = embeds.dim(1)?;
     stats.prompt_tokens = prompt_len;
-    let hidden = llm.forward_embeds(&embeds, 0, None, Some(&mut cache))?;
+    let mut start = 0;
+    let mut hidden = None;
+    while start < prompt_len {
+        if !(prefill.proceed)() {
+            return Err(crate::Error::Stopped(format!(
+                "prefill stopped after {start} of {prompt_len} prompt tokens"
+            )));
+        }
+        let n = prefill.chunk.min(prompt_len - start);
+        let part = if n == prompt_len {
+            embeds.clone()
+        } else {
+            embeds.narrow(1, start, n)?
+        };
+        hidden = Some(llm.forward_embeds(&part, start, None, Some(&mut cache))?);
+        start += n;
+    }
+    let Some(hidden) = hidden else {
+        return Err(crate::Error::ShapeMismatch {
+            what: "the prompt".into(),
+            got: "0 tokens".into(),
+            expected: "at least 1".into(),
+        });
+    };
     let mut logits = last_logits(llm, &hidden)?;
     stats.prompt_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();

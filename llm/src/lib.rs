@@ -46,7 +46,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, LlmConfig};
 pub use decoder::Llm;
 pub use error::{Error, Result};
-pub use generate::{generate, GenerationStats};
+pub use generate::{generate, generate_with, GenerationStats, Prefill};
 pub use kv_cache::KvCache;
 pub use loader::{load_model, LoadOptions, LoadedModel};
 pub use lora::{LoraSet, LoraSpec, PeftAdapter, TargetModules};

@@ -11,7 +11,7 @@ use super::model_args::{AnswerArgs, ModelArgs};
 use crate::serve::http::{router, AppState};
 use crate::serve::media::MediaStore;
 use crate::serve::openai::{takes, Defaults, ServedModality};
-use crate::serve::worker::Worker;
+use crate::serve::worker::{RequestLimits, Worker};
 
 /// How long open requests may run on after Ctrl-C or SIGTERM.
 const GRACE_SECONDS: u64 = 10;
@@ -33,6 +33,14 @@ pub struct ServeArgs {
     /// Requests that may wait while one is answered; more get a 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Longest prompt in tokens; longer ones get a 400 before any work. Default: the
+    /// model's context.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_prompt_tokens: Option<u64>,
+    /// Longest time one request may hold the model, in seconds: an answer still generating
+    /// then ends with finish_reason "length", a prompt still being read gets a 503.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_request_seconds: f64,
     /// The model id clients name in requests. Default: the loaded model's name.
     #[arg(long)]
     pub model_name: Option<String>,
@@ -47,7 +55,17 @@ pub fn run(a: ServeArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
         .max_body_mb
         .checked_mul(1 << 20)
         .context("--max-body-mb is too large")?;
+    if !(a.max_request_seconds.is_finite() && a.max_request_seconds > 0.0) {
+        bail!("--max-request-seconds must be a positive number of seconds");
+    }
     let model = a.model.load(registry, false)?;
+    let context = model.model.llm.cfg.max_position_embeddings;
+    let limits = RequestLimits {
+        max_prompt_tokens: a
+            .max_prompt_tokens
+            .map_or(context, |n| (n as usize).min(context)),
+        max_seconds: a.max_request_seconds,
+    };
     let model_id = a.model_name.clone().unwrap_or_else(|| model.name.clone());
     if model_id.is_empty() {
         bail!("--model-name must not be empty");
@@ -61,7 +79,7 @@ pub fn run(a: ServeArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
             default_format: a.default_extension.clone(),
         })
         .collect();
-    let worker = Worker::spawn(model, a.queue).context("starting the model worker")?;
+    let worker = Worker::spawn(model, a.queue, limits).context("starting the model worker")?;
     let state = Arc::new(AppState {
         worker,
         model_id: model_id.clone(),

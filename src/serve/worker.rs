@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anymal_llm::tokenizer::TokenStream;
-use anymal_llm::{Sampler, SamplingConfig};
+use anymal_llm::{Prefill, Sampler, SamplingConfig};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
@@ -84,6 +84,23 @@ pub enum Event {
     Error(ApiError),
 }
 
+/// What one request may cost the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Longest prompt, in tokens (at most the model's context).
+    pub max_prompt_tokens: usize,
+    /// Wall time from the start of answering to the last token; a request past it ends with
+    /// `finish_reason: "length"` (or an error if it is still reading its prompt).
+    pub max_seconds: f64,
+}
+
+/// The error code of a request whose client left before its first token.
+const CLIENT_GONE: &str = "client_gone";
+
+/// Prompt positions fed per forward, between which a client that left or a deadline that
+/// passed stops the prefill: a few seconds of work on a 2-core CPU.
+const PREFILL_CHUNK: usize = 256;
+
 /// The HTTP side's handle on the worker.
 pub struct Worker {
     tx: SyncSender<Job>,
@@ -95,7 +112,11 @@ pub struct Worker {
 
 impl Worker {
     /// Start the thread; at most `queue` jobs wait while one is being answered.
-    pub fn spawn(model: MultimodalModel, queue: usize) -> anyhow::Result<Self> {
+    pub fn spawn(
+        model: MultimodalModel,
+        queue: usize,
+        limits: RequestLimits,
+    ) -> anyhow::Result<Self> {
         // Admission is counted in `pending`, not by the channel: a zero-capacity channel
         // accepts a job only while the worker sits in `recv`, so with `--queue 0` a request
         // arriving just before the idle worker got there was refused as "busy".
@@ -106,7 +127,8 @@ impl Worker {
         std::thread::Builder::new()
             .name("anymal-worker".into())
             .spawn(move || {
-                run(&model, rx, &done);
+                let max_token_bytes = longest_token_bytes(&model);
+                run(&model, rx, &done, limits, max_token_bytes);
                 flag.store(false, Ordering::SeqCst);
             })?;
         Ok(Self {
@@ -154,7 +176,24 @@ impl Worker {
     }
 }
 
-fn run(model: &MultimodalModel, rx: Receiver<Job>, pending: &AtomicUsize) {
+/// The most text bytes one token of the model's vocabulary stands for: a prompt of more
+/// bytes than this times a token limit is over the limit without being tokenized.
+fn longest_token_bytes(model: &MultimodalModel) -> usize {
+    let tok = &model.model.tokenizer;
+    (0..tok.vocab_size() as u32)
+        .map(|id| tok.token_bytes(id).len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn run(
+    model: &MultimodalModel,
+    rx: Receiver<Job>,
+    pending: &AtomicUsize,
+    limits: RequestLimits,
+    max_token_bytes: usize,
+) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     while let Ok(job) = rx.recv() {
         // However this job ends, it no longer counts against the queue afterwards.
@@ -172,7 +211,11 @@ fn run(model: &MultimodalModel, rx: Receiver<Job>, pending: &AtomicUsize) {
             continue;
         }
         let events = job.events.clone();
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(model, job, n))) {
+        let budget = Budget {
+            limits,
+            max_token_bytes,
+        };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(model, job, n, budget))) {
             let what = p
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -186,13 +229,22 @@ fn run(model: &MultimodalModel, rx: Receiver<Job>, pending: &AtomicUsize) {
     }
 }
 
-/// Why generation was cut short from inside the token callback.
+/// Why generation was cut short from inside a callback.
+#[derive(Clone, Copy)]
 enum Halt {
     StopString,
     ClientGone,
+    OutOfTime,
 }
 
-fn answer(model: &MultimodalModel, job: Job, n: u64) {
+/// The limits of one request and what the worker knows of the tokenizer to check them fast.
+#[derive(Clone, Copy)]
+struct Budget {
+    limits: RequestLimits,
+    max_token_bytes: usize,
+}
+
+fn answer(model: &MultimodalModel, job: Job, n: u64, budget: Budget) {
     let Job {
         turns,
         media,
@@ -200,7 +252,10 @@ fn answer(model: &MultimodalModel, job: Job, n: u64) {
         events,
     } = job;
     let t0 = Instant::now();
-    let result = generate(model, &turns, &media, &params, &events);
+    let result = generate(model, &turns, &media, &params, &events, budget, n);
+    // The request's files go before its answer ends: a client that got its answer finds
+    // nothing of its request left on the server's disk.
+    drop(media);
     match result {
         Ok(Some((finish_reason, usage))) => {
             eprintln!(
@@ -219,6 +274,10 @@ fn answer(model: &MultimodalModel, job: Job, n: u64) {
             "request {n}: client went away; generation stopped after {:.2}s",
             t0.elapsed().as_secs_f64()
         ),
+        Err(e) if e.code == Some(CLIENT_GONE) => eprintln!(
+            "request {n}: client went away during the prefill; stopped after {:.2}s",
+            t0.elapsed().as_secs_f64()
+        ),
         Err(e) => {
             eprintln!("request {n}: error {e}");
             let _ = events.send(Event::Error(e));
@@ -233,7 +292,28 @@ fn generate(
     media: &[JobMedia],
     params: &GenParams,
     events: &UnboundedSender<Event>,
+    budget: Budget,
+    n: u64,
 ) -> Result<Option<(FinishReason, Usage)>, ApiError> {
+    let t0 = Instant::now();
+    let context = model.model.llm.cfg.max_position_embeddings;
+    let max_prompt = budget.limits.max_prompt_tokens.min(context);
+    let over = |what: String| {
+        ApiError::invalid(
+            "context_length_exceeded",
+            format!(
+                "{what}; this server takes prompts of at most {max_prompt} tokens (the model's context is {context}; --max-prompt-tokens)"
+            ),
+        )
+    };
+    // A 30 MB text would take the tokenizer a minute and GBs: text longer than the longest
+    // token times the limit is over it, whatever its tokens.
+    let text_bytes: usize = turns.iter().map(|t| t.text.len()).sum();
+    if text_bytes > max_prompt.saturating_mul(budget.max_token_bytes) {
+        return Err(over(format!(
+            "the prompt's text is {text_bytes} bytes, more than {max_prompt} tokens of any text"
+        )));
+    }
     // Rendering checks the conversation (a client error) and gives the prompt length.
     let rendered = model.format().render(turns).map_err(|e| {
         ApiError::invalid(
@@ -242,12 +322,12 @@ fn generate(
         )
     })?;
     let prompt_tokens = rendered.example.input_ids.len();
-    let context = model.model.llm.cfg.max_position_embeddings;
-    if prompt_tokens >= context {
-        return Err(ApiError::invalid(
-            "context_length_exceeded",
-            format!("the prompt is {prompt_tokens} tokens; this model's context is {context}"),
-        ));
+    if prompt_tokens > max_prompt || prompt_tokens >= context {
+        return Err(over(format!("the prompt is {prompt_tokens} tokens")));
+    }
+    let out_of_time = move || t0.elapsed().as_secs_f64() > budget.limits.max_seconds;
+    if prompt_tokens > PREFILL_CHUNK {
+        eprintln!("request {n}: reading a prompt of {prompt_tokens} tokens");
     }
     let max_tokens = params.max_tokens.min(context - prompt_tokens);
     let refs: Vec<MediaRef> = media
@@ -259,8 +339,22 @@ fn generate(
     let mut stop = StopMatcher::new(params.stop.clone());
     let mut completion_tokens = 0;
     let mut halt = None;
-    let res = model.generate(turns, &refs, max_tokens, &mut sampler, |id| {
+    // Between prefill chunks: has the client left, has the request run out of time.
+    let prefill_halt = std::cell::Cell::new(None);
+    let mut prefill = Prefill::chunked(PREFILL_CHUNK, || {
+        if events.is_closed() {
+            prefill_halt.set(Some(Halt::ClientGone));
+        } else if out_of_time() {
+            prefill_halt.set(Some(Halt::OutOfTime));
+        }
+        prefill_halt.get().is_none()
+    });
+    let res = model.generate_with(turns, &refs, max_tokens, &mut sampler, &mut prefill, |id| {
         completion_tokens += 1;
+        if out_of_time() {
+            halt = Some(Halt::OutOfTime);
+            return Err(anymal_llm::Error::Stopped("out of time".into()));
+        }
         if let Some(piece) = stream.push(id)? {
             let (text, hit) = stop.push(&piece);
             if !text.is_empty() && events.send(Event::Text(text)).is_err() {
@@ -278,8 +372,29 @@ fn generate(
         prompt_tokens,
         completion_tokens,
     };
+    drop(prefill);
+    let halt = halt.or(prefill_halt.take());
     match (res, halt) {
+        // Nobody reads this error: it tells `answer` where the request ended.
+        (_, Some(Halt::ClientGone)) if completion_tokens == 0 => {
+            Err(ApiError::unavailable(CLIENT_GONE, "the client went away"))
+        }
         (_, Some(Halt::ClientGone)) => Ok(None),
+        (_, Some(Halt::OutOfTime)) if completion_tokens == 0 => Err(ApiError::unavailable(
+            "timeout",
+            format!(
+                "the request ran past the limit of {} s before its first token (--max-request-seconds)",
+                budget.limits.max_seconds
+            ),
+        )),
+        (_, Some(Halt::OutOfTime)) => {
+            // The tokens streamed so far are the answer, cut as max_tokens would cut it.
+            let text = stop.finish();
+            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
+                return Ok(None);
+            }
+            Ok(Some((FinishReason::Length, usage(completion_tokens - 1))))
+        }
         (_, Some(Halt::StopString)) => Ok(Some((FinishReason::Stop, usage(completion_tokens)))),
         (Ok((ids, stats)), None) => {
             let tail = stream
