@@ -152,6 +152,22 @@ impl PerceiverResampler {
         num_tokens: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
+        // Zero of any of these builds tensors with an empty axis, which fail much later
+        // ("empty tensor for reduce") without naming the setting.
+        for (key, v) in [
+            ("depth", cfg.depth),
+            ("heads", cfg.heads),
+            ("head_dim", cfg.head_dim),
+            ("ff_mult", cfg.ff_mult),
+            ("dim", cfg.dim.unwrap_or(1)),
+        ] {
+            if v == 0 {
+                return Err(crate::Error::config(
+                    format!("perceiver.{key}"),
+                    format!("perceiver.{key} must be >= 1"),
+                ));
+            }
+        }
         let dim = cfg.dim.unwrap_or(d_out);
         let proj_in = candle_nn::linear(d_in, dim, vb.pp("proj_in"))?;
         let latents = vb.get_with_hints(

@@ -60,7 +60,10 @@ pub fn resolve_model_ref(reference: &str) -> Result<PathBuf> {
     if let Some((org, name)) = reference.split_once('/') {
         if !org.is_empty() && !name.is_empty() && !name.contains('/') && !reference.starts_with('.')
         {
-            return resolve_hf_cache(org, name);
+            // `models/x.gguf` is as likely a path with a typo as a hub id: say both.
+            return resolve_hf_cache(org, name).map_err(|e| {
+                Error::not_found(&p, format!("no such file or folder, and as a hub id: {e}"))
+            });
         }
     }
     Err(Error::not_found(

@@ -103,6 +103,8 @@ impl Manifest {
     pub fn read_jsonl(path: &Path, columns: &Columns) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read manifest", path.display()))?;
+        // Windows editors start UTF-8 files with a byte-order mark, which JSON does not allow.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let base = path.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
         let mut problems = Vec::new();
