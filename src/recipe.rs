@@ -31,6 +31,45 @@ pub struct AlignRecipe {
     /// Optional CTC warm start of the projector before the LLM stage (`[ctc]`).
     #[serde(default)]
     pub ctc: crate::train::ctc_warmup::CtcWarmupConfig,
+    /// Bounds on one input file (`[limits]`); unset keys keep the defaults.
+    #[serde(default, skip_serializing_if = "LimitsSection::is_empty")]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: the largest input files the decoders accept, over
+/// [`MediaLimits`](anymal_encoders::MediaLimits)'s defaults; the `--max-...` flags win over
+/// these.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Width x height of one image or video frame.
+    pub max_image_pixels: Option<u64>,
+    /// Length of one audio clip, in seconds.
+    pub max_audio_seconds: Option<f64>,
+    /// Rows of one IMU recording, as read and once resampled.
+    pub max_imu_rows: Option<u64>,
+}
+
+impl LimitsSection {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with the keys this sets replaced.
+    pub fn over(&self, base: anymal_encoders::MediaLimits) -> anymal_encoders::MediaLimits {
+        anymal_encoders::MediaLimits {
+            max_image_pixels: self.max_image_pixels.unwrap_or(base.max_image_pixels),
+            max_audio_seconds: self.max_audio_seconds.unwrap_or(base.max_audio_seconds),
+            max_imu_rows: self.max_imu_rows.unwrap_or(base.max_imu_rows),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Some((key, what)) = self.over(Default::default()).problem() {
+            bail!("limits.{key} {what}");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +266,7 @@ impl AlignRecipe {
     fn check(&self) -> Result<()> {
         self.train.check()?;
         self.ctc.check()?;
+        self.limits.check()?;
         check_bad_fraction(self.data.max_bad_fraction)?;
         crate::data::manifest::Columns::with_overrides(&self.modality, &self.data.columns)?;
         if self.projector.num_tokens == 0 {
@@ -272,6 +312,9 @@ pub struct TuneRecipe {
     pub lora: Option<LoraSection>,
     pub data: TuneDataSection,
     pub train: TrainSection,
+    /// Bounds on one input file (`[limits]`), as in an alignment recipe.
+    #[serde(default, skip_serializing_if = "LimitsSection::is_empty")]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,6 +412,7 @@ impl TuneRecipe {
     pub fn parse(text: &str, sets: &[String]) -> Result<Self> {
         let r: TuneRecipe = parse_with_sets(text, sets)?;
         r.train.check()?;
+        r.limits.check()?;
         check_bad_fraction(r.data.max_bad_fraction)?;
         if let Some(l) = &r.lora {
             l.spec()?;

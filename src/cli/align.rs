@@ -19,6 +19,7 @@ pub struct AlignArgs {
 pub fn run(a: AlignArgs, registry: &ModalityRegistry) -> Result<()> {
     let (path, sets) = a.recipe.resolve()?;
     let recipe = AlignRecipe::load(&path, &sets)?;
+    super::apply_limits(Some(&recipe.limits));
     if recipe.modality != a.modality {
         bail!(
             "{}: is a recipe for modality '{}', not '{}'",

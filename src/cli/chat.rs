@@ -228,7 +228,7 @@ impl Chat<'_> {
                 self.media.extend(attached);
             }
             Err(e) => {
-                eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                eprintln!("error: {}", super::one_line(&e));
                 if !attached.is_empty() {
                     eprintln!(
                         "(the message and its {} attachment(s) were dropped)",

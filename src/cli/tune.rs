@@ -16,6 +16,7 @@ pub struct TuneArgs {
 pub fn run(a: TuneArgs, registry: &ModalityRegistry) -> Result<()> {
     let (path, sets) = a.recipe.resolve()?;
     let recipe = TuneRecipe::load(&path, &sets)?;
+    super::apply_limits(Some(&recipe.limits));
     let opts = TuneOptions {
         resume: a.recipe.resume,
         registry: registry.clone(),
