@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod crafted;
+
 fn smollm2() -> PathBuf {
     anymal_llm::loader::known_model_path("smollm2")
         .unwrap_or_else(|e| panic!("{e} (run scripts/fetch-assets.sh to fetch the test models)"))
@@ -27,9 +29,14 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &Path)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_anymal"))
             .arg("serve")
             .args(args)
+            .envs(env.iter().copied())
             .args(["--port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -687,4 +694,125 @@ fn input_audio_through_a_trained_projector() {
     drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn crafted_media_huge_prompts_and_clients_that_leave_do_not_take_the_server_down() {
+    smollm2();
+    let t0 = Instant::now();
+    // The server's temporary media folder goes under a folder of this test's own.
+    let tmp = std::env::temp_dir().join(format!("anymal-serve-battery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut srv = Server::start_env(
+        &[
+            "--projector",
+            "tests/fixtures/mmproj-image/projector-siglip",
+        ],
+        &[("TMPDIR", &tmp)],
+    );
+    let model = srv.model_id();
+    use base64::Engine;
+    let image = |bytes: &[u8]| {
+        let url = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
+        json!({"type": "image_url", "image_url": {"url": url}})
+    };
+    let ask = |part: Value| {
+        json!({
+            "model": model,
+            "messages": [{"role": "user", "content": [part, {"type": "text", "text": "Caption:"}]}],
+            "max_tokens": 2,
+        })
+    };
+    // Headers claiming 10 and 4 gigapixels (a 30 GB allocation aborted the process before).
+    for (what, bytes) in [
+        (
+            "PNG claiming 100000 x 100000",
+            crafted::png_claiming(100_000, 100_000),
+        ),
+        (
+            "JPEG claiming 65500 x 65500",
+            crafted::jpeg_claiming(65_500, 65_500),
+        ),
+        ("random bytes", crafted::noise(3000, 5)),
+    ] {
+        let m = srv.post(&ask(image(&bytes))).assert_error(400, what);
+        assert!(m.contains("messages[0].content[0]"), "{what}: {m}");
+    }
+    let m = srv
+        .post(&ask(image(&crafted::png_claiming(100_000, 100_000))))
+        .assert_error(400, "gigapixel PNG");
+    assert!(m.contains("over the limit"), "{m}");
+    // An 8000 x 1 strip is a picture like any other.
+    let r = srv.post(&ask(image(&crafted::png(8000, 1))));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // 4 MB of text is over the context however it tokenizes: refused before tokenizing.
+    let huge = "lorem ipsum ".repeat(350_000);
+    let r = srv.post(&json!({"model": model, "messages": [{"role": "user", "content": huge}]}));
+    let m = r.assert_error(400, "4 MB prompt");
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded", "{m}");
+
+    // A client that sends a long prompt and leaves is noticed during the prefill.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(600);
+    let body = json!({"model": model, "messages": [{"role": "user", "content": long}], "max_tokens": 50, "stream": true}).to_string();
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    assert!(
+        srv.wait_for_log("reading a prompt of", Duration::from_secs(60)),
+        "the long request did not start:\n{}",
+        srv.log()
+    );
+    drop(s);
+    assert!(
+        srv.wait_for_log(
+            "client went away during the prefill",
+            Duration::from_secs(120)
+        ),
+        "the prefill went on after the client left:\n{}",
+        srv.log()
+    );
+
+    // Still serving, and every request's media file is gone.
+    srv.assert_running();
+    assert_eq!(srv.get("/health").status, 200);
+    let r = srv.post(&ask(image(&crafted::png(64, 64))));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let left: Vec<PathBuf> = walk_files(&tmp);
+    assert!(left.is_empty(), "request media left behind: {left:?}");
+    assert!(srv.stop().is_some_and(|s| s.success()), "{}", srv.log());
+    assert!(walk_files(&tmp).is_empty() && std::fs::read_dir(&tmp).unwrap().count() == 0);
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    // A request over its time is stopped inside its prefill, with a 503 saying so.
+    let srv = Server::start(&["--llm", "smollm2", "--max-request-seconds", "0.05"]);
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
+    let r = srv
+        .post(&json!({"model": srv.model_id(), "messages": [{"role": "user", "content": long}]}));
+    let m = r.assert_error(503, "out of time");
+    assert!(m.contains("--max-request-seconds"), "{m}");
+    eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
