@@ -18,6 +18,7 @@ pub fn run(a: TuneArgs, registry: &ModalityRegistry) -> Result<()> {
     let recipe = TuneRecipe::load(&path, &sets)?;
     let opts = TuneOptions {
         resume: a.recipe.resume,
+        overwrite: a.recipe.overwrite,
         registry: registry.clone(),
     };
     let summary = run_tune(&recipe, &opts)?;
