@@ -86,7 +86,11 @@ impl TrainingRun {
             }
             found
         } else {
-            if !earlier.is_empty() && !overwrite {
+            // A CTC warm start alone is no run to protect: a fresh start warms up again and
+            // replaces it (ctc_warmup::warm_start). --overwrite removes it with the rest.
+            let is_warm_start =
+                |p: &PathBuf| p.file_name() == Some(crate::run_dir::CTC_INIT_DIR.as_ref());
+            if !earlier.iter().all(is_warm_start) && !overwrite {
                 if dir.latest_checkpoint().is_some() {
                     bail!(
                         "{shown}: holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to replace it, or choose another output_dir"
@@ -94,6 +98,7 @@ impl TrainingRun {
                 }
                 let names: Vec<String> = earlier
                     .iter()
+                    .filter(|p| !is_warm_start(p))
                     .filter_map(|p| Some(p.file_name()?.to_string_lossy().to_string()))
                     .collect();
                 bail!(
