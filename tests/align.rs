@@ -558,6 +558,10 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
         stderr.contains("train.jsonl:7:") && stderr.contains("bad_not_audio.wav"),
         "{stderr}"
     );
+    // Stopped before its first step, the run left nothing that would refuse the rerun with
+    // the manifest fixed.
+    let left = anymal::run_dir::RunDir::new(dir.join("run")).earlier_run_entries();
+    assert!(left.is_empty(), "{left:?}");
 
     // Generation with an undecodable file: one line naming the file, exit 1.
     let (code, _, stderr) = run(&[

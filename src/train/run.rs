@@ -39,6 +39,8 @@ pub struct TrainingRun {
     pub dir: RunDir,
     /// The checkpoint to continue from (`--resume` and one exists).
     resume_from: Option<(u64, PathBuf)>,
+    /// The resolved recipe, written into the folder when training starts.
+    recipe_toml: String,
     started: Instant,
 }
 
@@ -58,7 +60,9 @@ impl TrainingRun {
     /// [`checkpoint::newest_intact`]), or at least the CTC warm start of one killed before its
     /// first checkpoint. A fresh start refuses a folder holding an earlier run's files unless
     /// `overwrite`, which removes them first (the user's other files stay). Then the folder is
-    /// created and the resolved recipe written into it.
+    /// created; the recipe is written into it when training starts ([`StepLoop::new`]), so that
+    /// a run stopped by bad input before its first step leaves no file that would refuse the
+    /// corrected rerun.
     pub fn prepare(out: PathBuf, resume: bool, overwrite: bool, recipe_toml: &str) -> Result<Self> {
         crate::run_dir::refuse_system_folder(&out, "output_dir")?;
         let dir = RunDir::new(out);
@@ -124,10 +128,10 @@ impl TrainingRun {
         };
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("{}: cannot create", dir.path().display()))?;
-        anymal_util::fs::write_atomic(&dir.recipe(), recipe_toml.as_bytes())?;
         Ok(Self {
             dir,
             resume_from,
+            recipe_toml: recipe_toml.to_string(),
             started: Instant::now(),
         })
     }
@@ -220,7 +224,10 @@ pub struct StepLoop<'a> {
 }
 
 impl<'a> StepLoop<'a> {
+    /// Training starts: the run folder gets its recipe, and its metrics cut back to the step
+    /// it starts from.
     pub fn new(run: &TrainingRun, t: &'a TrainSection, resumed: &Resumed) -> Result<Self> {
+        anymal_util::fs::write_atomic(&run.dir.recipe(), run.recipe_toml.as_bytes())?;
         Ok(Self {
             t,
             step: resumed.step,
