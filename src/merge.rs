@@ -185,6 +185,58 @@ pub fn logit_drift(
         .collect()
 }
 
+/// Refuse `out` when writing it would replace one of the merge's own inputs: a file that
+/// `inputs` names, or a file in a folder it names (an HF model folder, the LoRA folder).
+/// Paths are compared with links and `..` resolved; `out` need not exist yet, so its folder is
+/// resolved and its name joined to it. The error names `out` and the input, by its flag.
+pub fn refuse_writing_over_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Some(target) = resolved_output(out) else {
+        return Ok(());
+    };
+    for (flag, input) in inputs {
+        // A model or LoRA folder's files sit at its top (HF and PEFT folders are flat).
+        let files: Vec<std::path::PathBuf> = if input.is_dir() {
+            std::fs::read_dir(input)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        } else {
+            vec![input.to_path_buf()]
+        };
+        for f in files {
+            if std::fs::canonicalize(&f).is_ok_and(|c| c == target) {
+                let what = if f == *input {
+                    String::new()
+                } else {
+                    format!(" (in {})", input.display())
+                };
+                bail!(
+                    "--out {}: is {flag}'s own file {}{what}; merging would overwrite its input, write to another file",
+                    out.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file `out` names with links resolved: the file itself where it exists, else its
+/// (existing) folder resolved plus its name; None when its folder does not exist either, so
+/// it cannot be anything's input.
+fn resolved_output(out: &Path) -> Option<std::path::PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(out) {
+        return Some(c);
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(out.file_name()?))
+}
+
 /// Where the merged file goes and in which form, from `--out`'s extension.
 pub fn output_kind(out: &Path) -> Result<&'static str> {
     match out.extension().and_then(|e| e.to_str()) {

@@ -558,6 +558,10 @@ fn bad_audio_and_too_many_bad_lines_are_clear_errors() {
         stderr.contains("train.jsonl:7:") && stderr.contains("bad_not_audio.wav"),
         "{stderr}"
     );
+    // Stopped before its first step, the run left nothing that would refuse the rerun with
+    // the manifest fixed.
+    let left = anymal::run_dir::RunDir::new(dir.join("run")).earlier_run_entries();
+    assert!(left.is_empty(), "{left:?}");
 
     // Generation with an undecodable file: one line naming the file, exit 1.
     let (code, _, stderr) = run(&[
@@ -694,5 +698,162 @@ fn speech_manifests_have_a_fixed_split_and_recipes_are_listed() {
     let (code, _, stderr) = run(&["recipes", "show", "nope"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("nope: no such recipe"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file below `dir` with its bytes, by relative path.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn damaged_checkpoints_are_skipped_and_a_finished_run_is_replaced_only_with_overwrite() {
+    let dir = workdir("safety");
+    let (train, valid) = manifests(&dir, 8, &[]);
+    let quick = ["--set", "train.batch_size=2", "--set", "train.eval_every=0"];
+    let args_for = |out: &Path, more: &[&str]| {
+        let extra: Vec<&str> = quick.iter().chain(more).copied().collect();
+        align_args(&train, &valid, out, &extra)
+    };
+    // Uninterrupted: checkpoints after steps 2 and 4.
+    let a = dir.join("a");
+    let (code, _, stderr) = run_owned(&args_for(&a, &[]));
+    assert_eq!(code, 0, "{stderr}");
+    let result = std::fs::read(a.join("projector.safetensors")).unwrap();
+    assert!(a.join("checkpoint-2/SHA256SUMS").is_file());
+
+    // Flipped bytes in the newest optimizer state: resumed from the older checkpoint, with a
+    // warning naming the file, to the uninterrupted result.
+    let b = dir.join("b");
+    copy_tree(&a, &b);
+    let opt = b.join("checkpoint-4/optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let n = bytes.len();
+    for x in &mut bytes[n - 64..n - 32] {
+        *x ^= 0x7f;
+    }
+    std::fs::write(&opt, bytes).unwrap();
+    let (code, _, stderr) = run_owned(&args_for(&b, &["--resume"]));
+    assert_eq!(code, 0, "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains(&opt.display().to_string())
+            && warning.contains(&format!(
+                "resuming from {}",
+                b.join("checkpoint-2").display()
+            )),
+        "{warning}"
+    );
+    assert!(stderr.contains("(step 2)"), "{stderr}");
+    assert!(std::fs::read(b.join("projector.safetensors")).unwrap() == result);
+    assert_eq!(losses(&b), losses(&a));
+    assert!(b.join("checkpoint-4.corrupt").is_dir());
+
+    // A checkpoint missing its projector is not resumed from either.
+    let c = dir.join("c");
+    copy_tree(&a, &c);
+    std::fs::remove_file(c.join("checkpoint-4/projector.safetensors")).unwrap();
+    let (code, _, stderr) = run_owned(&args_for(&c, &["--resume"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("checkpoint-4/projector.safetensors: missing")
+            && stderr.contains("(step 2)"),
+        "{stderr}"
+    );
+    assert!(std::fs::read(c.join("projector.safetensors")).unwrap() == result);
+
+    // Checkpoints of older versions, without checksums, still resume.
+    let e = dir.join("e");
+    copy_tree(&a, &e);
+    for s in [2, 4] {
+        std::fs::remove_file(e.join(format!("checkpoint-{s}/SHA256SUMS"))).unwrap();
+    }
+    let (code, _, stderr) = run_owned(&args_for(&e, &["--resume"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("(step 4)") && !stderr.contains("warning"),
+        "{stderr}"
+    );
+
+    // A finished run whose checkpoints are gone: refused, every file as it was; replaced with
+    // --overwrite, which leaves the user's own files alone.
+    let d = dir.join("d");
+    copy_tree(&a, &d);
+    for s in [2, 4] {
+        std::fs::remove_dir_all(d.join(format!("checkpoint-{s}"))).unwrap();
+    }
+    std::fs::write(d.join("notes.txt"), "mine").unwrap();
+    let before = snapshot(&d);
+    let (code, _, stderr) = run_owned(&args_for(&d, &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("holds an earlier run") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert!(snapshot(&d) == before, "a refused run changed the folder");
+    let (code, _, stderr) = run_owned(&args_for(&d, &["--overwrite"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(std::fs::read(d.join("projector.safetensors")).unwrap() == result);
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        losses(&d),
+        losses(&a),
+        "metrics.jsonl holds the new run only"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_needs_a_run_and_a_run_stays_out_of_system_folders() {
+    let dir = workdir("resume-nothing");
+    let (train, valid) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, stderr) = run_owned(&align_args(&train, &valid, &empty, &["--resume"]));
+    assert_eq!(code, 1, "{stderr}");
+    let want = format!(
+        "error: --resume: {} holds no run (no checkpoint-* folder); drop --resume to start one",
+        empty.display()
+    );
+    assert_eq!(stderr.trim(), want);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    let missing = dir.join("missing");
+    let (code, _, stderr) = run_owned(&align_args(&train, &valid, &missing, &["--resume"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.display())),
+        "{stderr}"
+    );
+    assert!(!missing.exists());
+
+    // output_dir = "/" (or --output /) is refused before anything is written.
+    let had_recipe = Path::new("/recipe.toml").exists();
+    let (code, _, stderr) = run_owned(&align_args(&train, &valid, Path::new("/"), &[]));
+    if !had_recipe {
+        let _ = std::fs::remove_file("/recipe.toml");
+    }
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("output_dir /: is the file system's root"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

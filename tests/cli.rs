@@ -278,3 +278,67 @@ fn bad_models_give_one_line_errors() {
     assert_eq!(code, 1);
     assert!(stderr.contains("'q9'"), "{stderr}");
 }
+
+#[test]
+fn merge_refuses_to_write_over_its_inputs_and_outputs_stay_out_of_system_folders() {
+    // A copy of the base, so that a merge that did write over it harms nothing else.
+    let dir = tmp("merge-inputs");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let base = dir.join("base.gguf");
+    std::fs::copy(smollm2(), &base).unwrap();
+    let lora = dir.join("lora");
+    std::fs::create_dir_all(&lora).unwrap();
+    std::fs::write(lora.join("adapter_config.json"), "{}").unwrap();
+    std::fs::write(lora.join("adapter_model.safetensors"), "not read").unwrap();
+    let link = dir.join("link.gguf");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&base, &link).unwrap();
+    let merge = |out: &Path| {
+        let (b, l, o) = (
+            base.to_str().unwrap(),
+            lora.to_str().unwrap(),
+            out.to_str().unwrap(),
+        );
+        let (code, stdout, stderr) = anymal(&["merge", "--llm", b, "--lora", l, "--out", o]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stdout.is_empty() && stderr.lines().count() == 1, "{stderr}");
+        stderr
+    };
+    // The same file as written, through `..`, and through a link.
+    for out in [base.clone(), dir.join("sub/../base.gguf"), link.clone()] {
+        let stderr = merge(&out);
+        assert!(
+            stderr.contains(&format!(
+                "--out {}: is --llm's own file {}",
+                out.display(),
+                base.display()
+            )),
+            "{stderr}"
+        );
+    }
+    let stderr = merge(&lora.join("adapter_model.safetensors"));
+    assert!(stderr.contains("is --lora's own file"), "{stderr}");
+    assert!(
+        std::fs::read(&base).unwrap() == std::fs::read(smollm2()).unwrap(),
+        "the base model changed"
+    );
+
+    // Outputs straight into the root or a system folder.
+    let stderr = merge(Path::new("/merged.gguf"));
+    assert!(
+        stderr.contains("--out /merged.gguf: would be written into the file system's root"),
+        "{stderr}"
+    );
+    assert_clean_error(
+        &[
+            "export",
+            "--run",
+            dir.to_str().unwrap(),
+            "--out",
+            "/usr/x.mmproj.gguf",
+        ],
+        Path::new("/usr/x.mmproj.gguf"),
+        "export into /usr",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -282,5 +282,34 @@ fn tune_runs_resumes_exactly_evaluates_and_merges() {
     ]));
     assert_eq!(code, 1);
     assert!(err.contains(".gguf or a .safetensors"), "{err}");
+
+    // A finished run whose checkpoints were pruned away is not trained over without
+    // --overwrite: its LoRA, model.json and metrics stay as they were.
+    for e in std::fs::read_dir(&a).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("checkpoint-") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    let kept = [
+        "lora/adapter_model.safetensors",
+        "model.json",
+        "metrics.jsonl",
+        "recipe.toml",
+    ]
+    .map(|f| std::fs::read(a.join(f)).unwrap());
+    let (code, _, err) = run(&tune_args(&recipe, &projector, &tp, &vp, &a, &[]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("holds an earlier run") && err.contains("--overwrite"),
+        "{err}"
+    );
+    let now = [
+        "lora/adapter_model.safetensors",
+        "model.json",
+        "metrics.jsonl",
+        "recipe.toml",
+    ]
+    .map(|f| std::fs::read(a.join(f)).unwrap());
+    assert!(now == kept, "a refused tune changed the run folder");
     std::fs::remove_dir_all(&dir).ok();
 }

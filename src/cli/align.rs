@@ -30,6 +30,7 @@ pub fn run(a: AlignArgs, registry: &ModalityRegistry) -> Result<()> {
     }
     let opts = AlignOptions {
         resume: a.recipe.resume,
+        overwrite: a.recipe.overwrite,
         registry: registry.clone(),
     };
     let summary = run_align(&recipe, &opts)?;

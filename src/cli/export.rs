@@ -40,6 +40,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
+    crate::run_dir::refuse_system_file(&a.out, "--out")?;
     if !a.run.exists() {
         bail!("--run {}: no such folder", a.run.display());
     }

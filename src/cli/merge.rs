@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use anymal_quant::QuantType;
 
 use crate::merge::{
-    describe, logit_drift, output_kind, write_merged_gguf, write_merged_safetensors,
+    describe, logit_drift, output_kind, refuse_writing_over_inputs, write_merged_gguf,
+    write_merged_safetensors,
 };
 use crate::run_dir::lora_folder;
 
@@ -33,6 +34,13 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> Result<()> {
     let kind = output_kind(&a.out)?;
+    crate::run_dir::refuse_system_file(&a.out, "--out")?;
+    // Checked before anything loads: the base model or the LoRA is the one file a merge
+    // must never replace.
+    let base = anymal_llm::loader::resolve_model_ref(&a.llm)
+        .with_context(|| format!("--llm '{}'", a.llm))?;
+    let dir = lora_folder(&a.lora);
+    refuse_writing_over_inputs(&a.out, &[("--llm", &base), ("--lora", &dir)])?;
     let ty =
         a.ty.as_deref()
             .map(QuantType::parse)
@@ -40,7 +48,6 @@ pub fn run(a: MergeArgs) -> Result<()> {
             .context("--type")?;
     let mut model = anymal_llm::load_model(&a.llm, &Default::default())
         .with_context(|| format!("--llm '{}'", a.llm))?;
-    let dir = lora_folder(&a.lora);
     let set = model
         .llm
         .load_lora(&dir)

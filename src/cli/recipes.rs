@@ -137,9 +137,13 @@ pub struct RecipeArgs {
     /// Run folder (overrides the recipe's `output_dir`).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Continue from the latest checkpoint in the run folder.
+    /// Continue from the latest intact checkpoint in the run folder.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the earlier run in the run folder (its results, recipe, metrics, checkpoints);
+    /// without it such a folder is refused. Other files in the folder are left alone.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
 }
 
 impl RecipeArgs {

@@ -19,6 +19,7 @@ pub fn run(a: TuneArgs, registry: &ModalityRegistry) -> Result<()> {
     super::apply_limits(Some(&recipe.limits));
     let opts = TuneOptions {
         resume: a.recipe.resume,
+        overwrite: a.recipe.overwrite,
         registry: registry.clone(),
     };
     let summary = run_tune(&recipe, &opts)?;

@@ -37,11 +37,15 @@ impl FeatureCache {
         }
     }
 
-    /// Hex sha256 of a file's bytes.
+    /// Hex sha256 of a file's bytes, read in pieces (checkpoints hash their optimizer state
+    /// with it too, which can be larger than is worth holding in memory at once).
     pub fn content_key(path: &Path) -> Result<String> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        Ok(Self::bytes_key(&bytes))
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Hex sha256 of bytes in memory (embedded media).

@@ -43,14 +43,21 @@ pub struct AlignExtra {
 pub type AlignSummary = RunSummary<AlignExtra>;
 
 pub struct AlignOptions {
-    /// Continue from the latest checkpoint in the run folder.
+    /// Continue from the latest intact checkpoint in the run folder.
     pub resume: bool,
+    /// Replace an earlier run in the run folder (see [`TrainingRun::prepare`]).
+    pub overwrite: bool,
     /// The modalities the recipe's `modality` is looked up in.
     pub registry: ModalityRegistry,
 }
 
 pub fn run(recipe: &AlignRecipe, opts: &AlignOptions) -> Result<AlignSummary> {
-    let run = TrainingRun::prepare(recipe.output_dir(), opts.resume, &recipe.to_toml()?)?;
+    let run = TrainingRun::prepare(
+        recipe.output_dir(),
+        opts.resume,
+        opts.overwrite,
+        &recipe.to_toml()?,
+    )?;
     let t = &recipe.train;
 
     // The frozen parts, and the fresh projector between them.

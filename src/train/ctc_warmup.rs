@@ -122,7 +122,7 @@ impl CtcWarmupConfig {
 }
 
 /// The folder of a run that holds the warm-started projector weights.
-pub const INIT_DIR: &str = "ctc-init";
+pub const INIT_DIR: &str = crate::run_dir::CTC_INIT_DIR;
 const WEIGHTS: &str = anymal_adapters::projector::WEIGHTS_FILE;
 
 /// The stage's own parameters and the fixed embedding rows it scores against.

@@ -94,6 +94,23 @@ impl AdamW {
         out
     }
 
+    /// The first of the parameters and their moments (`m.<name>`, `v.<name>`) that holds a NaN
+    /// or an infinity, by name: a checkpoint of it could only be resumed into NaN.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            for (label, t) in [
+                (name.clone(), p.as_tensor()),
+                (format!("m.{name}"), &self.m[i]),
+                (format!("v.{name}"), &self.v[i]),
+            ] {
+                if !all_finite(t)? {
+                    return Ok(Some(label));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Restore moments saved by [`AdamW::state_tensors`] and the step count.
     pub fn load_state(&mut self, path: &Path, step: u64) -> Result<()> {
         let dev = self
@@ -125,6 +142,16 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// Whether every element of `t` is finite: `x - x` is 0 for a finite `x` and NaN for NaN and
+/// the infinities, and a sum of zeros cannot overflow (a sum of `t` itself could).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let s = (t - t)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    Ok(s == 0.0)
 }
 
 /// Gradients of the named parameters from a backward pass, or an error naming any parameter

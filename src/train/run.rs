@@ -4,7 +4,7 @@
 //! What a step computes and what a checkpoint holds stay in each recipe's loop.
 //!
 //! ```text
-//! let run = TrainingRun::prepare(out, resume, recipe_toml)?;
+//! let run = TrainingRun::prepare(out, resume, overwrite, recipe_toml)?;
 //! let resumed = run.resume(seed, &mut opt, |ckpt| /* load the trainables */)?;
 //! let mut steps = StepLoop::new(&run, &recipe.train, &resumed)?;
 //! while let Some(step) = steps.next_step() {
@@ -39,6 +39,8 @@ pub struct TrainingRun {
     pub dir: RunDir,
     /// The checkpoint to continue from (`--resume` and one exists).
     resume_from: Option<(u64, PathBuf)>,
+    /// The resolved recipe, written into the folder when training starts.
+    recipe_toml: String,
     started: Instant,
 }
 
@@ -53,23 +55,83 @@ pub struct Resumed {
 }
 
 impl TrainingRun {
-    /// Start or continue a run in `out`: a folder that holds checkpoints is refused unless
-    /// resuming; the folder is created and the resolved recipe written into it.
-    pub fn prepare(out: PathBuf, resume: bool, recipe_toml: &str) -> Result<Self> {
+    /// Start or continue a run in `out`, which may not be the root, a system folder or the
+    /// home folder. Resuming needs a run there: its newest intact checkpoint (see
+    /// [`checkpoint::newest_intact`]), or at least the CTC warm start of one killed before its
+    /// first checkpoint. A fresh start refuses a folder holding an earlier run's files unless
+    /// `overwrite`, which removes them first (the user's other files stay). Then the folder is
+    /// created; the recipe is written into it when training starts ([`StepLoop::new`]), so that
+    /// a run stopped by bad input before its first step leaves no file that would refuse the
+    /// corrected rerun.
+    pub fn prepare(out: PathBuf, resume: bool, overwrite: bool, recipe_toml: &str) -> Result<Self> {
+        crate::run_dir::refuse_system_folder(&out, "output_dir")?;
         let dir = RunDir::new(out);
-        let existing = dir.latest_checkpoint();
-        if existing.is_some() && !resume {
-            bail!(
-                "{}: holds checkpoints of an earlier run; pass --resume to continue it or choose another output_dir",
-                dir.path().display()
-            );
-        }
+        let shown = dir.path().display();
+        let earlier = dir.earlier_run_entries();
+        let resume_from = if resume {
+            if overwrite {
+                bail!(
+                    "--resume and --overwrite: continue the run in {shown} or replace it, not both"
+                );
+            }
+            if !dir.path().is_dir() {
+                bail!("--resume: {shown} does not exist; drop --resume to start a run there");
+            }
+            checkpoint::clear_leftovers(&dir)?;
+            let found = checkpoint::newest_intact(&dir)?;
+            let warm_start = dir.path().join(crate::run_dir::CTC_INIT_DIR).is_dir();
+            if found.is_none() && !warm_start {
+                let how = if earlier.is_empty() {
+                    "drop --resume to start one"
+                } else {
+                    "drop --resume and pass --overwrite to start one over the files there"
+                };
+                bail!("--resume: {shown} holds no run (no checkpoint-* folder); {how}");
+            }
+            found
+        } else {
+            // A CTC warm start alone is no run to protect: a fresh start warms up again and
+            // replaces it (ctc_warmup::warm_start). --overwrite removes it with the rest.
+            let is_warm_start =
+                |p: &PathBuf| p.file_name() == Some(crate::run_dir::CTC_INIT_DIR.as_ref());
+            if !earlier.iter().all(is_warm_start) && !overwrite {
+                if dir.latest_checkpoint().is_some() {
+                    bail!(
+                        "{shown}: holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to replace it, or choose another output_dir"
+                    );
+                }
+                let names: Vec<String> = earlier
+                    .iter()
+                    .filter(|p| !is_warm_start(p))
+                    .filter_map(|p| Some(p.file_name()?.to_string_lossy().to_string()))
+                    .collect();
+                bail!(
+                    "{shown}: holds an earlier run ({}); pass --overwrite to replace it or choose another output_dir",
+                    names.join(", ")
+                );
+            }
+            for p in &earlier {
+                let removed = if p.is_dir() {
+                    std::fs::remove_dir_all(p)
+                } else {
+                    std::fs::remove_file(p)
+                };
+                removed.with_context(|| format!("--overwrite: {}: cannot remove", p.display()))?;
+            }
+            if !earlier.is_empty() {
+                eprintln!(
+                    "--overwrite: removed the earlier run's files from {shown} ({} entries)",
+                    earlier.len()
+                );
+            }
+            None
+        };
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("{}: cannot create", dir.path().display()))?;
-        anymal_util::fs::write_atomic(&dir.recipe(), recipe_toml.as_bytes())?;
         Ok(Self {
             dir,
-            resume_from: existing.filter(|_| resume),
+            resume_from,
+            recipe_toml: recipe_toml.to_string(),
             started: Instant::now(),
         })
     }
@@ -162,7 +224,10 @@ pub struct StepLoop<'a> {
 }
 
 impl<'a> StepLoop<'a> {
+    /// Training starts: the run folder gets its recipe, and its metrics cut back to the step
+    /// it starts from.
     pub fn new(run: &TrainingRun, t: &'a TrainSection, resumed: &Resumed) -> Result<Self> {
+        anymal_util::fs::write_atomic(&run.dir.recipe(), run.recipe_toml.as_bytes())?;
         Ok(Self {
             t,
             step: resumed.step,

@@ -37,11 +37,18 @@ pub type TuneSummary = RunSummary<TuneExtra>;
 
 pub struct TuneOptions {
     pub resume: bool,
+    /// Replace an earlier run in the run folder (see [`TrainingRun::prepare`]).
+    pub overwrite: bool,
     pub registry: ModalityRegistry,
 }
 
 pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
-    let run = TrainingRun::prepare(recipe.output_dir(), opts.resume, &recipe.to_toml()?)?;
+    let run = TrainingRun::prepare(
+        recipe.output_dir(),
+        opts.resume,
+        opts.overwrite,
+        &recipe.to_toml()?,
+    )?;
     let t = &recipe.train;
 
     // The frozen LLM, its LoRA and the projectors.
