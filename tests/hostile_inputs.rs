@@ -343,3 +343,53 @@ fn errors_stay_one_line_with_rust_backtrace_set() {
     assert_eq!(o.code, 1);
     assert!(o.stderr.lines().count() > 1, "{}", o.stderr);
 }
+
+#[test]
+fn settings_and_files_that_cannot_work_are_named() {
+    // A recipe path that is a folder.
+    let d = dir().join("a-folder");
+    std::fs::create_dir_all(&d).unwrap();
+    let o = anymal(
+        &[
+            "align",
+            "--modality",
+            "audio",
+            "--recipe",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_error(&o, &d, "is a folder");
+    // --audio to a model that takes images.
+    let f = write("tone.wav", &wav(16_000, 1, &noise(3200, 30), None));
+    let o = generate(SIGLIP_PROJECTOR, "--audio", &f, &[]);
+    assert_error(&o, &f, "no audio projector (it takes image)");
+    // A GGUF cut off in the middle of its tensors.
+    let model = anymal_llm::loader::known_model_path("smollm2").unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = write("cut.gguf", &bytes[..bytes.len() / 2]);
+    assert_error(
+        &anymal(&["inspect", cut.to_str().unwrap()], &[]),
+        &cut,
+        "truncated",
+    );
+    // LoRA targets with one name that matches no layer: an error naming it and the layers.
+    let o = anymal(
+        &[
+            "tune",
+            "--recipe",
+            "tune/audio-instruct_smollm2-135m",
+            "--set",
+            "lora.target_modules=[\"q_proj\", \"v_porj\"]",
+            "--output",
+            dir().join("tune-typo").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("\"v_porj\"") && o.stderr.contains("self_attn.v_proj"),
+        "{}",
+        o.stderr
+    );
+}

@@ -247,3 +247,34 @@ impl PerceiverResampler {
         Ok(self.proj_out.forward(&self.norm_out.forward(&lat)?)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_sizes_are_named() {
+        for (key, cfg) in [
+            (
+                "perceiver.heads",
+                PerceiverConfig {
+                    heads: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "perceiver.dim",
+                PerceiverConfig {
+                    dim: Some(0),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let vb = VarBuilder::zeros(DType::F32, &candle_core::Device::Cpu);
+            let e = PerceiverResampler::new(&cfg, 8, 16, 4, vb)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

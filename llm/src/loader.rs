@@ -214,6 +214,30 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
         .map_err(|e| Error::io(path, "read", e))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| Error::format(path, format!("corrupt GGUF: {e}")))?;
+    // The header of a cut-off download reads fine; its tensors would fail only when loaded
+    // (and `inspect` would describe the file as whole).
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "read", e))?
+        .len();
+    let end = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            let dt = t.ggml_dtype;
+            let bytes = (t.shape.elem_count() / dt.block_size()) as u64 * dt.type_size() as u64;
+            content.tensor_data_offset + t.offset + bytes
+        })
+        .max()
+        .unwrap_or(0);
+    if end > len {
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: its tensors end at byte {end} but the file has {len} (an interrupted download?)"
+            ),
+        ));
+    }
     Ok((content, file))
 }
 

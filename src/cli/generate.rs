@@ -46,7 +46,7 @@ pub fn run(a: GenerateArgs, registry: &ModalityRegistry) -> Result<()> {
         ..m.spec()
     };
     let model = load_model(registry, &spec)?;
-    let media = media_refs(&model, &a.inputs)?;
+    let media = media_refs(&model, &a.inputs, &media_flags_used())?;
     let mut turns = Vec::new();
     if let Some(sys) = &a.answer.system {
         turns.push(Turn::new(Role::System, sys));
@@ -87,13 +87,63 @@ pub fn run(a: GenerateArgs, registry: &ModalityRegistry) -> Result<()> {
     Ok(())
 }
 
+/// Which spelling of `--input` gave each input, in order (`audio`, `image`, ... or `input`):
+/// clap folds the aliases into one list, and `--audio clip.wav` to a model without an audio
+/// projector should say so rather than fail to decode the clip as an image. Empty when the
+/// command line cannot be matched up with certainty.
+fn media_flags_used() -> Vec<String> {
+    const FLAGS: [&str; 5] = ["input", "audio", "image", "video", "imu"];
+    let mut used = Vec::new();
+    for arg in std::env::args().skip(1) {
+        if arg == "--" {
+            break;
+        }
+        let Some(name) = arg.strip_prefix("--") else {
+            continue;
+        };
+        let name = name.split_once('=').map_or(name, |(n, _)| n);
+        if FLAGS.contains(&name) {
+            used.push(name.to_string());
+        }
+    }
+    used
+}
+
 /// `--input` values as media: `modality=path`, or a bare path when the model takes one
-/// modality.
-fn media_refs(model: &MultimodalModel, inputs: &[PathBuf]) -> Result<Vec<MediaRef>> {
+/// modality. `flags` (see [`media_flags_used`]), when it matches `inputs`, says which alias
+/// gave each: `--audio` names the modality as `audio=` would.
+fn media_refs(
+    model: &MultimodalModel,
+    inputs: &[PathBuf],
+    flags: &[String],
+) -> Result<Vec<MediaRef>> {
+    let flags = if flags.len() == inputs.len() {
+        flags
+    } else {
+        &[]
+    };
     inputs
         .iter()
-        .map(|inp| {
+        .enumerate()
+        .map(|(i, inp)| {
             let text = inp.to_string_lossy();
+            if let Some(flag) = flags.get(i).filter(|f| *f != "input") {
+                if !model.adapters.iter().any(|x| &x.modality == flag) {
+                    let takes: Vec<&str> =
+                        model.adapters.iter().map(|x| x.modality.as_str()).collect();
+                    bail!(
+                        "--{flag} {text}: this model has no {flag} projector (it takes {})",
+                        if takes.is_empty() {
+                            "text only".to_string()
+                        } else {
+                            takes.join(", ")
+                        }
+                    );
+                }
+                if !text.starts_with(&format!("{flag}=")) {
+                    return Ok(MediaRef::file(flag.clone(), inp.clone()));
+                }
+            }
             let (modality, path) = match text.split_once('=') {
                 Some((k, v)) if model.adapters.iter().any(|x| x.modality == k) => {
                     (k.to_string(), PathBuf::from(v))

@@ -73,6 +73,9 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
         .collect();
     match found.len() {
         1 => Ok(found.into_iter().next().unwrap_or_default()),
+        0 if p.is_dir() => bail!(
+            "{name}: is a folder, not a recipe (a .toml file or a shipped recipe's name; see `anymal recipes list`)"
+        ),
         0 => bail!("{name}: no such recipe file or name (see `anymal recipes list`)"),
         _ => bail!("{name}: ambiguous recipe name: {found:?}"),
     }

@@ -287,6 +287,15 @@ mod tests {
         let err = man.check_bad_fraction(0.5).unwrap_err().to_string();
         assert!(err.contains("5 of 6 lines are bad"), "{err}");
         assert!(man.check_bad_fraction(0.9).is_ok());
+        // A byte-order mark before the first line (Windows editors write one).
+        std::fs::write(&m, "\u{feff}{\"audio\": \"a.wav\", \"text\": \"hello\"}\n")?;
+        let man = Manifest::read(&m, "audio")?;
+        assert_eq!(
+            (man.items.len(), man.problems.len()),
+            (1, 0),
+            "{:?}",
+            man.problems
+        );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -90,13 +90,27 @@ impl Llm {
                 }
             })
             .collect();
-        if picked.is_empty() {
+        let none_matched = |targets: String| {
             let mut examples = self.linear_paths();
             examples.truncate(7);
-            return Err(Error::NoLoraTargets {
-                targets: targets.to_json().to_string(),
-                examples,
-            });
+            Error::NoLoraTargets { targets, examples }
+        };
+        if picked.is_empty() {
+            return Err(none_matched(targets.to_json().to_string()));
+        }
+        // A list with a typo in one name would otherwise train fewer layers than asked,
+        // silently.
+        if let TargetModules::Names(names) = targets {
+            let paths = self.linear_paths();
+            for n in names {
+                let one = TargetModules::Names(vec![n.clone()]).matcher()?;
+                if !paths.iter().any(|p| one(p)) {
+                    return Err(none_matched(format!(
+                        "{} (its entry \"{n}\")",
+                        targets.to_json()
+                    )));
+                }
+            }
         }
         Ok(picked)
     }
