@@ -16,7 +16,7 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
 use crate::error::{Error, Result};
-use crate::limits::{limits, AUDIO_RATE_RANGE_HZ};
+use crate::limits::{check_audio_length, check_audio_rate};
 
 /// A decoded clip: `samples` is mono (the mean of all channels), `(n,)` at `sample_rate`;
 /// `channels` is how many channels the file had before the downmix.
@@ -115,7 +115,7 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
         .ok_or_else(|| corrupt("the audio track has no codec parameters".into()))?
         .clone();
     if let Some(rate) = params.sample_rate {
-        check_rate(path, rate)?;
+        check_audio_rate(path, rate)?;
     }
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
@@ -178,7 +178,7 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
             return Err(corrupt("a decoded packet has zero channels".into()));
         }
         if sample_rate.is_none() {
-            check_rate(path, spec.rate())?;
+            check_audio_rate(path, spec.rate())?;
             sample_rate = Some(spec.rate());
         }
         channels.get_or_insert(n_ch);
@@ -201,7 +201,7 @@ fn decode_source(source: Box<dyn MediaSource>, path: &Path) -> Result<DecodedAud
                 *dst += s * scale;
             }
         }
-        check_length(path, mono.len(), spec.rate())?;
+        check_audio_length(path, mono.len(), spec.rate())?;
     }
 
     let sample_rate = check_decoded(path, &mono, sample_rate, stopped.clone())?;
@@ -243,38 +243,6 @@ pub(crate) fn check_decoded(
         return Err(corrupt("decoded samples contain NaN or infinity".into()));
     }
     Ok(sample_rate)
-}
-
-/// A sample rate no audio format in use has (a crafted or corrupt header: a 1 Hz WAV would
-/// resample 32 KB into 16000 s of audio) is an error, before any sample is decoded.
-pub(crate) fn check_rate(path: &Path, rate: u32) -> Result<()> {
-    if !AUDIO_RATE_RANGE_HZ.contains(&rate) {
-        return Err(Error::Corrupt {
-            path: path.to_path_buf(),
-            what: format!(
-                "a sample rate of {rate} Hz (audio is {}-{} Hz)",
-                AUDIO_RATE_RANGE_HZ.start(),
-                AUDIO_RATE_RANGE_HZ.end()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// `n` samples decoded so far at `rate`, against
-/// [`MediaLimits::max_audio_seconds`](crate::MediaLimits): checked as decoding goes, so a
-/// clip over the bound stops decoding as soon as it passes it, whatever its header says.
-pub(crate) fn check_length(path: &Path, n: usize, rate: u32) -> Result<()> {
-    let max = limits().max_audio_seconds;
-    if n as f64 > max * f64::from(rate.max(1)) {
-        return Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            what: "the audio runs longer".into(),
-            limit: format!("{max} s"),
-            setting: "max_audio_seconds",
-        });
-    }
-    Ok(())
 }
 
 /// Whether a declared data length of `bytes` (frames of `frame_bytes` each) is a writer's

@@ -15,7 +15,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage};
 use super::tiff_float::{decode_float_tiff, FloatTiffError};
 
 use crate::error::{Error, Result};
-use crate::limits::{limits, megapixels};
+use crate::limits::{check_image_pixels, limits};
 
 /// Decodes `path` into an image in its own pixel format (8/16-bit, with or without alpha),
 /// upright: the orientation an EXIF block states (JPEG, and PNG/WebP/TIFF that carry one) is
@@ -73,7 +73,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
     let decoded = match reader.into_decoder() {
         Ok(mut decoder) => {
             let (w, h) = decoder.dimensions();
-            check_pixels(w, h, path)?;
+            check_image_pixels(w, h, path)?;
             // A malformed EXIF block should not make an otherwise good picture unreadable:
             // fall back to the stored orientation.
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
@@ -105,20 +105,6 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
         )));
     }
     Ok(img)
-}
-
-/// An image of `w x h` pixels against [`MediaLimits::max_image_pixels`](crate::MediaLimits).
-pub(crate) fn check_pixels(w: u32, h: u32, path: &Path) -> Result<()> {
-    let (px, max) = (u64::from(w) * u64::from(h), limits().max_image_pixels);
-    if px > max {
-        return Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            what: format!("the image is {w}x{h} ({})", megapixels(px)),
-            limit: megapixels(max),
-            setting: "max_image_pixels",
-        });
-    }
-    Ok(())
 }
 
 /// Whether a JPEG's marker structure runs through to its end-of-image marker (EOI, `FF D9`).

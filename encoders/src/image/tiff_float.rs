@@ -8,7 +8,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageBuffer, Rgb};
 
-use super::decode::check_pixels;
+use crate::limits::check_image_pixels;
 
 /// Why a TIFF was not decoded: over the pixel bound (reported as such), or anything else,
 /// which the caller adds to the `image` crate's own complaint.
@@ -59,7 +59,7 @@ pub(crate) fn decode_float_tiff(bytes: &[u8], path: &Path) -> Result<DynamicImag
     let (Ok(w), Ok(h)) = (u32::try_from(tags.width), u32::try_from(tags.height)) else {
         return Err(FloatTiffError::Other("a size beyond TIFF's 32 bits".into()));
     };
-    check_pixels(w, h, path).map_err(FloatTiffError::TooLarge)?;
+    check_image_pixels(w, h, path).map_err(FloatTiffError::TooLarge)?;
     Ok(tags.decode(&r)?)
 }
 

@@ -256,7 +256,7 @@ pub fn read_csv(path: &Path, opts: &ImuCsvOptions) -> Result<ImuRecording> {
         });
     }
     let rate = 1.0 / median_s;
-    super::check_rows(path, secs[n - 1] * rate, rate as f32)?;
+    crate::limits::check_imu_rows(path, secs[n - 1] * rate, rate as f32)?;
     Ok(ImuRecording {
         rate_hz: rate as f32,
         channels,

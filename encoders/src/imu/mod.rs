@@ -89,7 +89,7 @@ pub fn load_imu_with_length(path: &Path, cfg: &ImuPreprocessConfig) -> Result<(V
             ),
         });
     }
-    check_rows(path, rec.duration_s() * f64::from(cfg.rate_hz), cfg.rate_hz)?;
+    crate::limits::check_imu_rows(path, rec.duration_s() * f64::from(cfg.rate_hz), cfg.rate_hz)?;
     preprocess_with_length(&rec, cfg).map_err(|e| Error::BadData {
         path: path.to_path_buf(),
         what: e.to_string(),
@@ -132,22 +132,6 @@ pub fn read_imu(path: &Path, cfg: &ImuPreprocessConfig) -> Result<ImuRecording> 
             ),
         }),
     }
-}
-
-/// `rows` (as resampled to `rate_hz`, or read) against
-/// [`MediaLimits::max_imu_rows`](crate::MediaLimits), before they are made: a time step of
-/// 1e15 s between two rows would otherwise resample into billions.
-pub(crate) fn check_rows(path: &Path, rows: f64, rate_hz: f32) -> Result<()> {
-    let max = crate::limits().max_imu_rows;
-    if !(rows <= max as f64) {
-        return Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            what: format!("the recording spans {rows:.3e} rows at {rate_hz} Hz"),
-            limit: format!("{max} rows"),
-            setting: "max_imu_rows",
-        });
-    }
-    Ok(())
 }
 
 /// The file as text; a missing file is an I/O error naming it, bytes that are not UTF-8 a

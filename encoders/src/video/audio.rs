@@ -19,9 +19,10 @@ use ffmpeg::util::frame::audio::Audio as AvAudio;
 use ffmpeg::{ChannelLayout, Dictionary, Packet};
 
 use super::input::{codec_context, decoder_open_error, open_input, receive_frames};
-use crate::audio::decode::{check_decoded, check_length, check_rate};
+use crate::audio::decode::check_decoded;
 use crate::audio::{resample, SAMPLE_RATE};
 use crate::error::{Error, Result};
+use crate::limits::{check_audio_length, check_audio_rate};
 
 /// Decodes the first audio stream of `path` (any container and codec FFmpeg reads), mixes it
 /// down to mono and resamples it to 16 kHz: `(n,)` f32 samples.
@@ -63,7 +64,7 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
     let mut take = |frame: &AvAudio, mono: &mut Vec<f32>| -> Result<()> {
         match rate {
             None => {
-                check_rate(path, frame.rate())?;
+                check_audio_rate(path, frame.rate())?;
                 rate = Some(frame.rate());
             }
             Some(r) if r != frame.rate() => {
@@ -80,7 +81,7 @@ pub fn decode_audio_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
         if let Some(m) = mixer.as_mut() {
             m.run(frame, mono).map_err(&corrupt)?;
         }
-        check_length(path, mono.len(), frame.rate())
+        check_audio_length(path, mono.len(), frame.rate())
     };
     let mut ended = false;
     while !ended {

@@ -143,7 +143,7 @@ pub fn decode_frames_with(
 
     let mut decoder = open_decoder(&ictx, info.index, path)?;
     // Frames are decoded at their own size before any downscale: bound it first.
-    crate::image::decode::check_pixels(decoder.width(), decoder.height(), path)?;
+    crate::limits::check_image_pixels(decoder.width(), decoder.height(), path)?;
     let mut picker = Picker::new(targets, opts.max_side);
     run(
         &mut ictx,
