@@ -364,6 +364,13 @@ fn settings_and_files_that_cannot_work_are_named() {
     let f = write("tone.wav", &wav(16_000, 1, &noise(3200, 30), None));
     let o = generate(SIGLIP_PROJECTOR, "--audio", &f, &[]);
     assert_error(&o, &f, "no audio projector (it takes image)");
+    // A missing relative path that looks like a hub id (org/name): both readings are named.
+    let o = anymal(&["inspect", "models/not-here.gguf"], &[]);
+    assert_error(
+        &o,
+        Path::new("models/not-here.gguf"),
+        "no such file or folder",
+    );
     // A GGUF cut off in the middle of its tensors.
     let model = anymal_llm::loader::known_model_path("smollm2").unwrap();
     let bytes = std::fs::read(&model).unwrap();

@@ -308,6 +308,13 @@ fn generate(
     };
     // A 30 MB text would take the tokenizer a minute and GBs: text longer than the longest
     // token times the limit is over it, whatever its tokens.
+    // Likewise every message costs at least one token of its template.
+    if turns.len() > max_prompt {
+        return Err(over(format!(
+            "the conversation has {} messages, more than {max_prompt} tokens of any template",
+            turns.len()
+        )));
+    }
     let text_bytes: usize = turns.iter().map(|t| t.text.len()).sum();
     if text_bytes > max_prompt.saturating_mul(budget.max_token_bytes) {
         return Err(over(format!(
