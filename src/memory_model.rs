@@ -160,26 +160,16 @@ pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
         }
     };
     let trainable = s.projector_params + lora_params;
-    // Per adapted layer and token the graph keeps x A (r), x A B and its scaled copy, and the
-    // sum with the frozen output (3 out).
-    let lora_acts = match s.lora {
-        Some((r, targets)) => {
-            let (d, f, q, kv) = m.widths();
-            let outs: &[usize] = match targets {
-                LoraTargets::QV => &[q, kv],
-                LoraTargets::AllLinear => &[q, kv, kv, d, f, f, d],
-            };
-            outs.iter().map(|o| r + 3 * o).sum::<usize>() * tokens * s.act_bytes * m.layers
-        }
-        None => 0,
-    };
+    // Training runs each adapted layer's frozen product and LoRA update as one op
+    // (anymal-quant's lora_matmul), which keeps only its output, the frozen layer's own: the
+    // adapters add no activations. (Dropout > 0 takes the composed ops, which keep a mask and
+    // three more (tokens, out) tensors per adapted layer; not modelled.)
     let activations = if s.gradient_checkpointing {
         // Every layer's input, plus one layer rebuilt during its backward.
         m.layers * tokens * m.hidden * s.act_bytes + per_layer
     } else {
         m.layers * per_layer
-    } + lora_acts
-        + tokens * m.hidden * s.act_bytes; // the spliced input embeddings
+    } + tokens * m.hidden * s.act_bytes; // the spliced input embeddings
     let n_labels = s.batch * s.labels;
     let slice_rows = (HEAD_SLICE_BYTES / (4 * m.hidden)).max(256).min(m.vocab);
     let head =

@@ -13,7 +13,9 @@
 //!   [`dequant_rows`]: a range of a weight's rows dequantized (the fused head loss);
 //!   [`custom_op`]: turning a custom op's storage into tensors and back.
 //! - [`Lora`]: one trainable adapter beside a layer, with the side store its gradients go to
-//!   under gradient checkpointing; which layers get one is anymal-llm's business.
+//!   under gradient checkpointing; which layers get one is anymal-llm's business. In training
+//!   the frozen product and the update run as one op (`lora_matmul`), which keeps only its
+//!   output for backward.
 //! - [`Error`]: what failed, by kind; `From<Error> for candle_core::Error` for code that runs
 //!   inside candle.
 
@@ -22,6 +24,7 @@ pub mod custom_op;
 pub mod dequant_rows;
 mod error;
 mod lora;
+mod lora_matmul;
 mod nf4;
 mod qlinear;
 mod quant_type;

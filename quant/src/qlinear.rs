@@ -199,6 +199,18 @@ impl QLinear {
 
     /// `(.., in) -> (.., out)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(l) = self.fused_lora(xs) {
+            return Ok(xs.apply_op3(
+                l.a.as_tensor(),
+                l.b.as_tensor(),
+                crate::lora_matmul::QLoraMatMul {
+                    frozen: QMatMulWithGrad {
+                        weight: self.weight.clone(),
+                    },
+                    scale: l.scale,
+                },
+            )?);
+        }
         let ys = match &self.weight {
             QWeight::Dense(w) => {
                 let w = w.to_dtype(xs.dtype())?;
@@ -224,6 +236,21 @@ impl QLinear {
             }
             None => ys,
         })
+    }
+
+    /// Whether [`Self::forward`] takes the fused frozen + LoRA op: while training an adapter
+    /// without dropout on a quantized CPU layer with f32 activations (what `anymal tune` does);
+    /// anything else composes the update from candle ops.
+    fn fused_lora(&self, xs: &Tensor) -> Option<&Arc<Lora>> {
+        let l = self.lora.as_ref()?;
+        let fits = l.is_training()
+            && l.dropout == 0.0
+            && self.bias.is_none()
+            && xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+            && l.a.as_tensor().dtype() == DType::F32
+            && !matches!(self.weight, QWeight::Dense(_));
+        fits.then_some(l)
     }
 }
 
@@ -267,8 +294,8 @@ const DENSE_FORWARD_MIN_ROWS: usize = 128;
 /// The quantized matmul as a custom op with a backward. Forward: candle's quantized kernel (or
 /// NF4's dequantize-and-multiply). Backward: `grad @ dequant(W)`, dequantizing this one layer
 /// just for this call.
-struct QMatMulWithGrad {
-    weight: QWeight,
+pub(crate) struct QMatMulWithGrad {
+    pub(crate) weight: QWeight,
 }
 
 impl CustomOp1 for QMatMulWithGrad {
