@@ -11,11 +11,11 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use crate::custom_op::{cpu_tensor, into_cpu_storage};
-use crate::qlinear::QMatMulWithGrad;
 
-/// `x (.., in)`, `A (r, in)`, `B (out, r)` -> `(.., out)`.
-pub(crate) struct QLoraMatMul {
-    pub frozen: QMatMulWithGrad,
+/// `x (.., in)`, `A (r, in)`, `B (out, r)` -> `(.., out)`, around `frozen`, the frozen layer's
+/// own op (its forward and input gradient; `QLinear`'s quantized matmul).
+pub(crate) struct QLoraMatMul<F: CustomOp1> {
+    pub frozen: F,
     pub scale: f64,
 }
 
@@ -25,7 +25,7 @@ fn rows_of(t: &Tensor) -> candle_core::Result<Tensor> {
     t.reshape(((), last))
 }
 
-impl CustomOp3 for QLoraMatMul {
+impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
     fn name(&self) -> &'static str {
         "qlinear-lora"
     }

@@ -294,8 +294,8 @@ const DENSE_FORWARD_MIN_ROWS: usize = 128;
 /// The quantized matmul as a custom op with a backward. Forward: candle's quantized kernel (or
 /// NF4's dequantize-and-multiply). Backward: `grad @ dequant(W)`, dequantizing this one layer
 /// just for this call.
-pub(crate) struct QMatMulWithGrad {
-    pub(crate) weight: QWeight,
+struct QMatMulWithGrad {
+    weight: QWeight,
 }
 
 impl CustomOp1 for QMatMulWithGrad {
