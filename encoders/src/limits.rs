@@ -38,15 +38,18 @@ pub const AUDIO_RATE_RANGE_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 
 impl Default for MediaLimits {
     fn default() -> Self {
-        Self {
-            max_image_pixels: 64_000_000,
-            max_audio_seconds: 3600.0,
-            max_imu_rows: 10_000_000,
-        }
+        Self::DEFAULT
     }
 }
 
 impl MediaLimits {
+    /// The defaults, as a constant so that the process-wide value can start from them.
+    pub const DEFAULT: Self = Self {
+        max_image_pixels: 64_000_000,
+        max_audio_seconds: 3600.0,
+        max_imu_rows: 10_000_000,
+    };
+
     /// The first bound that cannot work (zero, negative, NaN), as (field, what is wrong).
     pub fn problem(&self) -> Option<(&'static str, String)> {
         if self.max_image_pixels == 0 {
@@ -65,11 +68,7 @@ impl MediaLimits {
     }
 }
 
-static LIMITS: RwLock<MediaLimits> = RwLock::new(MediaLimits {
-    max_image_pixels: 64_000_000,
-    max_audio_seconds: 3600.0,
-    max_imu_rows: 10_000_000,
-});
+static LIMITS: RwLock<MediaLimits> = RwLock::new(MediaLimits::DEFAULT);
 
 /// The bounds in force.
 pub fn limits() -> MediaLimits {

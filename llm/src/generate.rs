@@ -96,29 +96,26 @@ pub fn generate_with(
     };
     let prompt_len = embeds.dim(1)?;
     stats.prompt_tokens = prompt_len;
+    if prompt_len == 0 {
+        return Err(crate::Error::ShapeMismatch {
+            what: "the prompt".into(),
+            got: "0 tokens".into(),
+            expected: "at least 1".into(),
+        });
+    }
     let mut start = 0;
-    let mut hidden = None;
-    while start < prompt_len {
+    let hidden = loop {
         if !(prefill.proceed)() {
             return Err(crate::Error::Stopped(format!(
                 "prefill stopped after {start} of {prompt_len} prompt tokens"
             )));
         }
         let n = prefill.chunk.min(prompt_len - start);
-        let part = if n == prompt_len {
-            embeds.clone()
-        } else {
-            embeds.narrow(1, start, n)?
-        };
-        hidden = Some(llm.forward_embeds(&part, start, None, Some(&mut cache))?);
+        let h = llm.forward_embeds(&embeds.narrow(1, start, n)?, start, None, Some(&mut cache))?;
         start += n;
-    }
-    let Some(hidden) = hidden else {
-        return Err(crate::Error::ShapeMismatch {
-            what: "the prompt".into(),
-            got: "0 tokens".into(),
-            expected: "at least 1".into(),
-        });
+        if start == prompt_len {
+            break h;
+        }
     };
     let mut logits = last_logits(llm, &hidden)?;
     stats.prompt_seconds = t0.elapsed().as_secs_f64();

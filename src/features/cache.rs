@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use sha2::{Digest, Sha256};
 
 pub struct FeatureCache {
     dir: PathBuf,
@@ -37,23 +36,16 @@ impl FeatureCache {
         }
     }
 
-    /// Hex sha256 of a file's bytes, read in pieces (checkpoints hash their optimizer state
-    /// with it too, which can be larger than is worth holding in memory at once).
+    /// Hex sha256 of a file's bytes (read in pieces: checkpoints hash their optimizer state
+    /// with it too).
     pub fn content_key(path: &Path) -> Result<String> {
-        let mut f = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let mut h = Sha256::new();
-        std::io::copy(&mut f, &mut h)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        anymal_util::sha256::file_hex(path)
+            .with_context(|| format!("{}: cannot read", path.display()))
     }
 
     /// Hex sha256 of bytes in memory (embedded media).
     pub fn bytes_key(bytes: &[u8]) -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        anymal_util::sha256::hex(bytes)
     }
 
     fn entry(&self, key: &str) -> PathBuf {

@@ -13,13 +13,11 @@
 //! `config.json`). Both are mapped onto the HF names candle expects.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as cw, model::AudioEncoder};
-use sha2::{Digest, Sha256};
 
 use super::ct2;
 use super::mel::{LogMel, HOP_LENGTH, N_FRAMES, N_SAMPLES};
@@ -200,7 +198,10 @@ impl WhisperEncoder {
             file: weight_file,
         } = WhisperWeights::load(path, device)?;
         let encoder = build_encoder(tensors, dims, device, &weight_file)?;
-        let hash = hash_file(&weight_file)?;
+        let hash = anymal_util::sha256::file_hex(&weight_file).map_err(|source| Error::Io {
+            path: weight_file.clone(),
+            source,
+        })?;
         let id = format!("whisper-{}-{}-{}", dims.d_model, dims.n_layers, &hash[..16]);
         Ok(Self {
             encoder,
@@ -651,25 +652,4 @@ fn build_encoder(
     let whisper = cw::model::Whisper::load(&vb, cfg)
         .map_err(|e| model_err(file, format!("weights do not fit a Whisper encoder: {e}")))?;
     Ok(whisper.encoder)
-}
-
-/// sha256 of a file, hex.
-fn hash_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

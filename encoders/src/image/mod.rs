@@ -19,11 +19,9 @@ pub mod preprocess;
 mod tiff_float;
 pub mod torch_legacy;
 
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use sha2::{Digest, Sha256};
 
 pub use clip::{ClipVisionEncoder, VisionTowerConfig, VisionTowerKind};
 pub use decode::{decode_bytes, load_image, to_rgb_f32};
@@ -79,21 +77,10 @@ pub fn load_image_encoder(path: &Path, device: &Device) -> Result<Box<dyn ImageE
     }
 }
 
-/// Hex sha256 of a file, read in 1 MiB chunks.
+/// Hex sha256 of a file, as the encoders' ids use it.
 pub(crate) fn file_sha256(path: &Path) -> Result<String> {
-    let io = |source| Error::Io {
+    anymal_util::sha256::file_hex(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
 }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, D};
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{
     decode_bytes, load_image, load_image_encoder, preprocess, ImageEncoder, ImagePreprocessConfig,
@@ -165,11 +164,7 @@ impl FrozenImageEncoder {
         // The features depend on the weights, the preprocessing and the pooling.
         let json = serde_json::to_string(&(&pre, options.grid))
             .map_err(|e| Error::Internal(format!("image options: {e}")))?;
-        let hex: String = Sha256::digest(json.as_bytes())
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = &anymal_util::sha256::hex(json.as_bytes())[..12];
         Ok(Self {
             id: format!("{}-{hex}", inner.id()),
             inner,

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use candle_core::Tensor;
-use sha2::{Digest, Sha256};
 
 use super::{load_imu_with_length, ImuPreprocessConfig};
 use crate::modality::{Batch, Encoder, EncoderContext, Modality};
@@ -64,8 +63,7 @@ impl Modality for ImuModality {
         // The features depend on every preprocessing setting, so all of them go into the id.
         let json = serde_json::to_string(&self.cfg)
             .map_err(|e| Error::Internal(format!("IMU options: {e}")))?;
-        let hash = Sha256::digest(json.as_bytes());
-        let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let hex = &anymal_util::sha256::hex(json.as_bytes())[..16];
         Ok(Box::new(RawImu {
             id: format!("imu-raw-{}x{}-{hex}", self.cfg.window, self.cfg.channels),
             cfg: self.cfg.clone(),
