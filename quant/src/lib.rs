@@ -32,7 +32,7 @@ mod quant_type;
 pub use error::{Error, Result};
 pub use lora::{Lora, LoraConfig};
 pub use nf4::{Nf4Tensor, NF4_CODE};
-pub use qlinear::{QLinear, QWeight};
+pub use qlinear::{QLinear, QWeight, EXACT_ROWS};
 pub use quant_type::QuantType;
 
 /// Re-exported so users name GGUF block types without depending on candle directly.

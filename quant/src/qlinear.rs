@@ -10,6 +10,12 @@ use crate::lora::Lora;
 use crate::nf4::{Nf4MatMul, Nf4Tensor};
 use crate::{Error, QuantType, Result};
 
+/// Up to this many rows multiplied together for inference on the CPU give each row exactly,
+/// bit for bit, what it gets alone, so that a batch of sequences decoded together
+/// (`anymal_llm::BatchGenerator`) produces each sequence's own tokens. Below every row count
+/// at which candle switches kernels (AMX tiles from 32 rows, QLinear's dense GEMM from 128).
+pub const EXACT_ROWS: usize = 16;
+
 /// Where a frozen weight (out, in) lives.
 #[derive(Clone, Debug)]
 pub enum QWeight {
@@ -197,8 +203,17 @@ impl QLinear {
         })
     }
 
-    /// `(.., in) -> (.., out)`.
+    /// `(.., in) -> (.., out)`. For inference on the CPU, up to [`EXACT_ROWS`] rows give each
+    /// row exactly the result it gets alone (see there).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(rows) = self.rows_to_run_alone(xs) {
+            let (lead, k) = split_last(xs.dims());
+            let x2 = xs.reshape(((), k))?;
+            let ys = (0..rows)
+                .map(|i| self.forward(&x2.narrow(0, i, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&ys, 0)?.reshape(with_last(&lead, self.out_features))?);
+        }
         if let Some(l) = self.fused_lora(xs) {
             return Ok(xs.apply_op3(
                 l.a.as_tensor(),
@@ -236,6 +251,27 @@ impl QLinear {
             }
             None => ys,
         })
+    }
+
+    /// The number of rows of `xs` when [`Self::forward`] must run them one by one to keep
+    /// [`EXACT_ROWS`]' promise: a few inference rows on the CPU through a product whose
+    /// arithmetic may depend on the row count. candle's Q6_K kernel is a GEMV for one row and
+    /// a tiled kernel for more; dense and NF4 weights and a LoRA's update go through the f32
+    /// GEMM, whose blocking depends on the shape. The other GGUF types run every row through
+    /// the same dot product whatever the count (checked for every type by
+    /// `tests/row_exact.rs`).
+    fn rows_to_run_alone(&self, xs: &Tensor) -> Option<usize> {
+        let (_, k) = split_last(xs.dims());
+        let rows = xs.elem_count() / k.max(1);
+        let exact_together = match &self.weight {
+            QWeight::Ggml(w) => !matches!(
+                w.dtype(),
+                GgmlDType::Q6K | GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            ),
+            QWeight::Nf4(_) | QWeight::Dense(_) => false,
+        } && self.lora.is_none();
+        let few = (2..=EXACT_ROWS).contains(&rows);
+        (few && !exact_together && !xs.track_op() && xs.device().is_cpu()).then_some(rows)
     }
 
     /// Whether [`Self::forward`] takes the fused frozen + LoRA op: while training an adapter
