@@ -3,6 +3,7 @@
 use anymal_quant::QLinear;
 use candle_core::{Tensor, D};
 
+use crate::decode_attention::{decode_attention, DecodeRow, Heads};
 use crate::kv_cache::KvCache;
 use crate::norm::{maybe_norm, RmsNorm};
 use crate::rope::RopeTables;
@@ -32,11 +33,86 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
+        let q = self.q_proj.forward(xs)?;
+        let k = self.k_proj.forward(xs)?;
+        let v = self.v_proj.forward(xs)?;
+        let out = self.attend(&q, &k, &v, rope, mask, cache)?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+
+    /// One new position for each of `b` sequences: `xs (b, 1, d)`, row `i` at its own
+    /// position in its own cache (`rows[i]`, `caches[i]`, this block being `layer`). The
+    /// projections and norms run once over all rows; rotation, the cache write and attention
+    /// run per row, on the CPU in one fused pass ([`crate::decode_attention`]), elsewhere
+    /// through the ops [`Self::forward`] runs for one sequence. Either way a row's result does
+    /// not depend on the others (batched generation is tested to give the one-at-a-time
+    /// tokens).
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rows: &[RowContext<'_>],
+        caches: &mut [KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(xs)?;
+        let k = self.k_proj.forward(xs)?;
+        let v = self.v_proj.forward(xs)?;
+        let fused = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
+        let out = if fused {
+            let b = rows.len();
+            let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+            let q = maybe_norm(self.q_norm.as_ref(), q.reshape((b, 1, h, hd))?)?;
+            let k = maybe_norm(self.k_norm.as_ref(), k.reshape((b, 1, kvh, hd))?)?;
+            let decode_rows: Vec<DecodeRow<'_>> = rows
+                .iter()
+                .map(|r| DecodeRow {
+                    cos: &r.rope.cos_values,
+                    sin: &r.rope.sin_values,
+                    interleaved: r.rope.interleaved,
+                    window: r.window,
+                })
+                .collect();
+            let heads = Heads {
+                q: h,
+                kv: kvh,
+                dim: hd,
+                scale: self.scale as f32,
+            };
+            decode_attention(&q, &k, &v, heads, &decode_rows, caches, layer)?
+        } else {
+            let mut outs = Vec::with_capacity(rows.len());
+            for (i, (row, cache)) in rows.iter().zip(caches.iter_mut()).enumerate() {
+                let one = |t: &Tensor| t.narrow(0, i, 1);
+                outs.push(self.attend(
+                    &one(&q)?,
+                    &one(&k)?,
+                    &one(&v)?,
+                    row.rope,
+                    row.mask,
+                    Some((cache, layer)),
+                )?);
+            }
+            Tensor::cat(&outs, 0)?
+        };
+        Ok(self.o_proj.forward(&out)?)
+    }
+
+    /// Attention of projected `q (b, t, h * hd)` over `k, v (b, t, kvh * hd)` and the cached
+    /// positions before them; returns `(b, t, h * hd)`, before the output projection.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &RopeTables,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(xs)?.reshape((b, t, h, hd))?;
-        let k = self.k_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
-        let v = self.v_proj.forward(xs)?.reshape((b, t, kvh, hd))?;
+        let q = q.reshape((b, t, h, hd))?;
+        let k = k.reshape((b, t, kvh, hd))?;
+        let v = v.reshape((b, t, kvh, hd))?;
         let q = maybe_norm(self.q_norm.as_ref(), q)?;
         let k = maybe_norm(self.k_norm.as_ref(), k)?;
         let q = rope.apply(&q.transpose(1, 2)?)?;
@@ -77,11 +153,20 @@ impl Attention {
                 candle_nn::ops::softmax_last_dim(&s)?
             }
         };
-        let out = probs
+        Ok(probs
             .matmul(&v)?
             .reshape((b, h, t, hd))?
             .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
-        Ok(self.o_proj.forward(&out)?)
+            .reshape((b, t, h * hd))?)
     }
+}
+
+/// Where the positions of a forward call are, for the kind of layer at hand (sliding-window
+/// or global): their rotary tables, the mask over the cached and new positions (None: nothing
+/// masked) and the window it applies (None: global).
+#[derive(Clone, Copy)]
+pub struct RowContext<'a> {
+    pub rope: &'a RopeTables,
+    pub mask: Option<&'a Tensor>,
+    pub window: Option<usize>,
 }

@@ -5,7 +5,7 @@
 use anymal_quant::QLinear;
 use candle_core::Tensor;
 
-use crate::attention::Attention;
+use crate::attention::{Attention, RowContext};
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
 use crate::norm::{maybe_norm, RmsNorm};
@@ -66,9 +66,28 @@ impl Block {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let h = self
-            .attn
-            .forward(&self.attn_norm.forward(xs)?, rope, mask, cache)?;
+        self.forward_with(xs, |attn, h| attn.forward(h, rope, mask, cache))
+    }
+
+    /// One new position for each of the `(b, 1, d)` rows, row `i` in its own cache: see
+    /// [`Attention::forward_rows`]. The norms, residuals and MLP run over all rows at once.
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rows: &[RowContext<'_>],
+        caches: &mut [KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        self.forward_with(xs, |attn, h| attn.forward_rows(h, rows, caches, layer))
+    }
+
+    /// The layer around its attention, which `attend` runs on the normed input.
+    fn forward_with(
+        &self,
+        xs: &Tensor,
+        attend: impl FnOnce(&Attention, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let h = attend(&self.attn, &self.attn_norm.forward(xs)?)?;
         let h = maybe_norm(self.post_attn_norm.as_ref(), h)?;
         let xs = (xs + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&xs)?)?;

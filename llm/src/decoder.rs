@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use anymal_quant::QLinear;
+use anymal_quant::{QLinear, EXACT_ROWS};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
+use crate::attention::RowContext;
 use crate::block::Block;
 use crate::checkpoint::CheckpointedBlock;
 use crate::config::LlmConfig;
@@ -78,48 +79,18 @@ impl Llm {
                 });
             }
         }
-        let hd = self.cfg.head_dim;
-        let ff = self.rope_freq_factors.as_deref();
-        let rope_global = RopeTables::new(
-            hd,
-            self.cfg.rope_theta,
-            self.cfg.rope_scale,
-            ff,
-            seqlen_offset,
-            t,
-            self.cfg.rope_interleaved,
-            self.dtype,
-            &self.device,
-        )?;
-        // Sliding-window layers (Gemma 3) rotate with their own base; other models have none,
-        // so their tables and mask are the global ones, built once per call.
-        let rope_local = match self.cfg.sliding_window {
-            Some(_) => RopeTables::new(
-                hd,
-                self.cfg.rope_local_theta,
-                1.0,
-                ff,
-                seqlen_offset,
-                t,
-                self.cfg.rope_interleaved,
-                self.dtype,
-                &self.device,
-            )?,
-            None => rope_global.clone(),
-        };
-        let mask_global = build_mask(b, t, seqlen_offset, None, attention_mask, &self.device)?;
-        let mask_local = match self.cfg.sliding_window {
-            Some(w) => build_mask(b, t, seqlen_offset, Some(w), attention_mask, &self.device)?,
-            None => mask_global.clone(),
-        };
+        // Decoding one position of one sequence: the path batched decoding takes, so that a
+        // sequence decodes to the same bits alone and in a batch.
+        if let (Some(c), 1, 1, None) = (cache.as_deref_mut(), b, t, attention_mask) {
+            if !inputs_embeds.track_op() {
+                return self.forward_rows(inputs_embeds, std::slice::from_mut(c));
+            }
+        }
+        let ctx = self.position_context(b, t, seqlen_offset, attention_mask)?;
         let mut xs = inputs_embeds.to_dtype(self.dtype)?;
         let checkpoint = self.gradient_checkpointing && cache.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
-            let (rope, mask) = if layer.sliding {
-                (&rope_local, mask_local.as_ref())
-            } else {
-                (&rope_global, mask_global.as_ref())
-            };
+            let RowContext { rope, mask, .. } = ctx.for_layer(layer);
             // Only a graph-tracking input records the checkpointing op (and with it the
             // block's backward): an untracked input (text-only LoRA tuning, layer 0) runs the
             // block plainly, and its LoRA makes the output tracked for the layers after it.
@@ -134,6 +105,90 @@ impl Llm {
             };
         }
         self.norm.forward(&xs)
+    }
+
+    /// One new position for each of several sequences: `inputs_embeds (b, 1, d)`, row `i`
+    /// continuing the sequence whose keys and values `caches[i]` holds (at its own position).
+    /// Returns the hidden states `(b, 1, d)` after the final norm, inference only. Each row
+    /// gets the result [`Self::forward_embeds`] gives it alone (attention runs per row; every
+    /// other op treats rows independently), which is what lets batched generation match
+    /// one-at-a-time generation token for token. More rows than
+    /// [`anymal_quant::EXACT_ROWS`] go through in groups of that many, which keeps that promise.
+    pub fn forward_rows(&self, inputs_embeds: &Tensor, caches: &mut [KvCache]) -> Result<Tensor> {
+        let (b, t, d) = inputs_embeds.dims3()?;
+        if b > EXACT_ROWS && b == caches.len() {
+            let groups = caches
+                .chunks_mut(EXACT_ROWS)
+                .enumerate()
+                .map(|(g, c)| {
+                    let rows = inputs_embeds.narrow(0, g * EXACT_ROWS, c.len())?;
+                    self.forward_rows(&rows, c)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&groups, 0)?);
+        }
+        if t != 1 || b != caches.len() || d != self.cfg.hidden_size {
+            return Err(Error::ShapeMismatch {
+                what: "inputs_embeds of a decoding batch".into(),
+                got: format!("({b}, {t}, {d}) for {} caches", caches.len()),
+                expected: format!("({}, 1, {})", caches.len(), self.cfg.hidden_size),
+            });
+        }
+        let ctxs = caches
+            .iter()
+            .map(|c| self.position_context(1, 1, c.seq_len(), None))
+            .collect::<Result<Vec<_>>>()?;
+        let mut xs = inputs_embeds.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rows: Vec<RowContext<'_>> = ctxs.iter().map(|c| c.for_layer(layer)).collect();
+            xs = layer.forward_rows(&xs, &rows, caches, i)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Rotary tables and masks for positions `offset .. offset + t` of `b` sequences, for
+    /// both kinds of layer.
+    fn position_context(
+        &self,
+        b: usize,
+        t: usize,
+        offset: usize,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<PositionContext> {
+        let hd = self.cfg.head_dim;
+        let ff = self.rope_freq_factors.as_deref();
+        let tables = |theta: f64, scale: f64| {
+            RopeTables::new(
+                hd,
+                theta,
+                scale,
+                ff,
+                offset,
+                t,
+                self.cfg.rope_interleaved,
+                self.dtype,
+                &self.device,
+            )
+        };
+        let rope_global = tables(self.cfg.rope_theta, self.cfg.rope_scale)?;
+        // Sliding-window layers (Gemma 3) rotate with their own base; other models have none,
+        // so their tables and mask are the global ones, built once per call.
+        let rope_local = match self.cfg.sliding_window {
+            Some(_) => tables(self.cfg.rope_local_theta, 1.0)?,
+            None => rope_global.clone(),
+        };
+        let mask_global = build_mask(b, t, offset, None, attention_mask, &self.device)?;
+        let mask_local = match self.cfg.sliding_window {
+            Some(w) => build_mask(b, t, offset, Some(w), attention_mask, &self.device)?,
+            None => mask_global.clone(),
+        };
+        Ok(PositionContext {
+            window: self.cfg.sliding_window,
+            rope_global,
+            rope_local,
+            mask_global,
+            mask_local,
+        })
     }
 
     /// `(b, t, d) -> (b, t, vocab)` logits for every position given.
@@ -168,6 +223,34 @@ impl Llm {
             n += l.linears().iter().map(|(_, q)| lin(q)).sum::<usize>();
         }
         n
+    }
+}
+
+/// The rotary tables and masks of one forward call, for global and sliding-window layers.
+struct PositionContext {
+    /// The sliding window of the model's local layers.
+    window: Option<usize>,
+    rope_global: RopeTables,
+    rope_local: RopeTables,
+    mask_global: Option<Tensor>,
+    mask_local: Option<Tensor>,
+}
+
+impl PositionContext {
+    fn for_layer(&self, layer: &Block) -> RowContext<'_> {
+        if layer.sliding {
+            RowContext {
+                rope: &self.rope_local,
+                mask: self.mask_local.as_ref(),
+                window: self.window,
+            }
+        } else {
+            RowContext {
+                rope: &self.rope_global,
+                mask: self.mask_global.as_ref(),
+                window: None,
+            }
+        }
     }
 }
 

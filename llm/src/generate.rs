@@ -5,6 +5,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::decoder::Llm;
+use crate::kv_cache::KvCache;
 use crate::sampling::Sampler;
 use crate::Result;
 
@@ -84,68 +85,259 @@ pub fn generate_with(
     prefill: &mut Prefill<'_>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    let mut cache = llm.new_cache();
-    let mut stats = GenerationStats::default();
-    let t0 = Instant::now();
-    let embeds = match prompt_embeds {
-        Some(e) => e.clone(),
-        None => {
-            let ids = Tensor::new(prompt_ids, &llm.device)?.unsqueeze(0)?;
-            llm.embed_tokens(&ids)?
+    let (mut seq, mut cache) =
+        Sequence::prefill(llm, prompt_ids, prompt_embeds, max_tokens, prefill)?;
+    loop {
+        match seq.choose(sampler, eos_ids) {
+            Choice::Feed(token) => {
+                on_token(token)?;
+                let ids = Tensor::new(&[token], &llm.device)?.unsqueeze(0)?;
+                let e = llm.embed_tokens(&ids)?;
+                let hidden = llm.forward_embeds(&e, cache.seq_len(), None, Some(&mut cache))?;
+                seq.logits = last_logits(llm, &hidden)?.remove(0);
+            }
+            Choice::Last(token) => {
+                on_token(token)?;
+                break;
+            }
+            Choice::Done => break,
         }
-    };
-    let prompt_len = embeds.dim(1)?;
-    stats.prompt_tokens = prompt_len;
-    if prompt_len == 0 {
-        return Err(crate::Error::ShapeMismatch {
-            what: "the prompt".into(),
-            got: "0 tokens".into(),
-            expected: "at least 1".into(),
-        });
     }
-    let mut start = 0;
-    let hidden = loop {
-        if !(prefill.proceed)() {
-            return Err(crate::Error::Stopped(format!(
-                "prefill stopped after {start} of {prompt_len} prompt tokens"
-            )));
-        }
-        let n = prefill.chunk.min(prompt_len - start);
-        let h = llm.forward_embeds(&embeds.narrow(1, start, n)?, start, None, Some(&mut cache))?;
-        start += n;
-        if start == prompt_len {
-            break h;
-        }
-    };
-    let mut logits = last_logits(llm, &hidden)?;
-    stats.prompt_seconds = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut out = Vec::new();
-    for pos in prompt_len..prompt_len + max_tokens {
-        let next = sampler.sample(&logits);
-        if eos_ids.contains(&next) {
-            stats.stopped_at_eos = true;
-            break;
-        }
-        out.push(next);
-        on_token(next)?;
-        if out.len() == max_tokens {
-            break;
-        }
-        let ids = Tensor::new(&[next], &llm.device)?.unsqueeze(0)?;
-        let e = llm.embed_tokens(&ids)?;
-        let hidden = llm.forward_embeds(&e, pos, None, Some(&mut cache))?;
-        logits = last_logits(llm, &hidden)?;
-    }
-    stats.generated_tokens = out.len();
-    stats.generate_seconds = t1.elapsed().as_secs_f64();
-    Ok((out, stats))
+    Ok(seq.finish())
 }
 
-/// Logits of the last position only: the head is not run on the others.
-fn last_logits(llm: &Llm, hidden: &Tensor) -> Result<Vec<f32>> {
+/// One sequence being generated: the logits of its next position and what it produced.
+struct Sequence {
+    logits: Vec<f32>,
+    out: Vec<u32>,
+    max_tokens: usize,
+    stats: GenerationStats,
+    decoding_since: Instant,
+}
+
+/// What a sequence does with the token it chose.
+enum Choice {
+    /// Emit it and feed it back for the next position.
+    Feed(u32),
+    /// Emit it; it was the last one allowed.
+    Last(u32),
+    /// Nothing more: an end-of-sequence token, or no tokens allowed at all.
+    Done,
+}
+
+impl Sequence {
+    /// Runs the prompt (ids, or embeddings `(1, t, d)`) through the model as `prefill` says,
+    /// returning the sequence ready to choose its first token and the cache it fills.
+    fn prefill(
+        llm: &Llm,
+        prompt_ids: &[u32],
+        prompt_embeds: Option<&Tensor>,
+        max_tokens: usize,
+        prefill: &mut Prefill<'_>,
+    ) -> Result<(Self, KvCache)> {
+        let mut cache = llm.new_cache();
+        let mut stats = GenerationStats::default();
+        let t0 = Instant::now();
+        let embeds = match prompt_embeds {
+            Some(e) => e.clone(),
+            None => {
+                let ids = Tensor::new(prompt_ids, &llm.device)?.unsqueeze(0)?;
+                llm.embed_tokens(&ids)?
+            }
+        };
+        let prompt_len = embeds.dim(1)?;
+        stats.prompt_tokens = prompt_len;
+        if prompt_len == 0 || embeds.dim(0)? != 1 {
+            return Err(crate::Error::ShapeMismatch {
+                what: "the prompt".into(),
+                got: format!("{:?}", embeds.dims()),
+                expected: "one sequence of at least 1 token".into(),
+            });
+        }
+        let mut start = 0;
+        let hidden = loop {
+            if !(prefill.proceed)() {
+                return Err(crate::Error::Stopped(format!(
+                    "prefill stopped after {start} of {prompt_len} prompt tokens"
+                )));
+            }
+            let n = prefill.chunk.min(prompt_len - start);
+            let h =
+                llm.forward_embeds(&embeds.narrow(1, start, n)?, start, None, Some(&mut cache))?;
+            start += n;
+            if start == prompt_len {
+                break h;
+            }
+        };
+        let logits = last_logits(llm, &hidden)?.remove(0);
+        stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        let seq = Self {
+            logits,
+            out: Vec::new(),
+            max_tokens,
+            stats,
+            decoding_since: Instant::now(),
+        };
+        Ok((seq, cache))
+    }
+
+    /// Chooses the next token from the current logits and records it.
+    fn choose(&mut self, sampler: &mut Sampler, eos_ids: &[u32]) -> Choice {
+        if self.out.len() >= self.max_tokens {
+            return Choice::Done;
+        }
+        let next = sampler.sample(&self.logits);
+        if eos_ids.contains(&next) {
+            self.stats.stopped_at_eos = true;
+            return Choice::Done;
+        }
+        self.out.push(next);
+        if self.out.len() == self.max_tokens {
+            Choice::Last(next)
+        } else {
+            Choice::Feed(next)
+        }
+    }
+
+    fn finish(mut self) -> (Vec<u32>, GenerationStats) {
+        self.stats.generated_tokens = self.out.len();
+        self.stats.generate_seconds = self.decoding_since.elapsed().as_secs_f64();
+        (self.out, self.stats)
+    }
+}
+
+/// Generation for several sequences at once (continuous batching): every [`Self::step`]
+/// chooses one token for each sequence and runs the ones that go on through the model
+/// together, one row each ([`Llm::forward_rows`]); a finished sequence leaves the batch at
+/// once and a new one may join between steps ([`Self::add`]). Each sequence gets the tokens
+/// [`generate_with`] gives it alone (tested), because no row's arithmetic depends on the
+/// others; what batching saves is the per-operation cost and one pass over the weights per
+/// step instead of one per sequence.
+pub struct BatchGenerator<'m, K> {
+    llm: &'m Llm,
+    eos_ids: Vec<u32>,
+    /// One entry per sequence in the batch, in the order they joined; `caches[i]` is row i's.
+    rows: Vec<Row<K>>,
+    caches: Vec<KvCache>,
+}
+
+struct Row<K> {
+    key: K,
+    seq: Sequence,
+    sampler: Sampler,
+}
+
+/// What a [`BatchGenerator::step`] produced for one sequence.
+#[derive(Debug)]
+pub enum BatchEvent<K> {
+    /// A new token of the sequence `key` (end-of-sequence tokens are not reported).
+    Token { key: K, token: u32 },
+    /// The sequence `key` is complete and has left the batch.
+    Finished {
+        key: K,
+        tokens: Vec<u32>,
+        stats: GenerationStats,
+    },
+}
+
+impl<'m, K: Clone> BatchGenerator<'m, K> {
+    pub fn new(llm: &'m Llm, eos_ids: &[u32]) -> Self {
+        Self {
+            llm,
+            eos_ids: eos_ids.to_vec(),
+            rows: Vec::new(),
+            caches: Vec::new(),
+        }
+    }
+
+    /// Sequences in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Runs a prompt's prefill (alone, as `prefill` says) and adds the sequence, known as
+    /// `key`, to the batch; its tokens come from the next steps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        key: K,
+        prompt_ids: &[u32],
+        prompt_embeds: Option<&Tensor>,
+        max_tokens: usize,
+        sampler: Sampler,
+        prefill: &mut Prefill<'_>,
+    ) -> Result<()> {
+        let (seq, cache) =
+            Sequence::prefill(self.llm, prompt_ids, prompt_embeds, max_tokens, prefill)?;
+        self.rows.push(Row { key, seq, sampler });
+        self.caches.push(cache);
+        Ok(())
+    }
+
+    /// Takes the sequence `key` out of the batch (its client went away), returning what it
+    /// had produced.
+    pub fn remove(&mut self, key: &K) -> Option<(Vec<u32>, GenerationStats)>
+    where
+        K: PartialEq,
+    {
+        let i = self.rows.iter().position(|r| &r.key == key)?;
+        self.caches.remove(i);
+        Some(self.rows.remove(i).seq.finish())
+    }
+
+    /// One token for every sequence in the batch: the events in row order, a sequence's
+    /// `Token` before its `Finished`.
+    pub fn step(&mut self) -> Result<Vec<BatchEvent<K>>> {
+        let mut events = Vec::new();
+        let mut feed = Vec::with_capacity(self.rows.len());
+        let mut keep = Vec::with_capacity(self.rows.len());
+        for row in &mut self.rows {
+            let choice = row.seq.choose(&mut row.sampler, &self.eos_ids);
+            if let Choice::Feed(token) | Choice::Last(token) = choice {
+                events.push(BatchEvent::Token {
+                    key: row.key.clone(),
+                    token,
+                });
+            }
+            let goes_on = matches!(choice, Choice::Feed(_));
+            if let Choice::Feed(token) = choice {
+                feed.push(token);
+            }
+            keep.push(goes_on);
+        }
+        // Finished sequences leave before the forward, so it runs only the rows that go on.
+        let (mut rows, mut caches) = (Vec::new(), Vec::new());
+        for ((row, cache), goes_on) in self.rows.drain(..).zip(self.caches.drain(..)).zip(keep) {
+            if goes_on {
+                rows.push(row);
+                caches.push(cache);
+            } else {
+                let key = row.key.clone();
+                let (tokens, stats) = row.seq.finish();
+                events.push(BatchEvent::Finished { key, tokens, stats });
+            }
+        }
+        (self.rows, self.caches) = (rows, caches);
+        if !feed.is_empty() {
+            let ids = Tensor::new(feed.as_slice(), &self.llm.device)?.unsqueeze(1)?;
+            let e = self.llm.embed_tokens(&ids)?;
+            let hidden = self.llm.forward_rows(&e, &mut self.caches)?;
+            for (row, logits) in self.rows.iter_mut().zip(last_logits(self.llm, &hidden)?) {
+                row.seq.logits = logits;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// Logits of each sequence's last position `(b, vocab)`: the head is not run on the others.
+fn last_logits(llm: &Llm, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
     let t = hidden.dim(1)?;
     let last = hidden.narrow(1, t - 1, 1)?;
-    let logits = llm.logits(&last)?.flatten_all()?.to_device(&Device::Cpu)?;
-    Ok(logits.to_vec1::<f32>()?)
+    let logits = llm.logits(&last)?.squeeze(1)?.to_device(&Device::Cpu)?;
+    Ok(logits.to_vec2::<f32>()?)
 }

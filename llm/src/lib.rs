@@ -15,7 +15,8 @@
 //!   the loss ([`head_loss`]) and, when asked, gradient checkpointing.
 //! - Adapters: [`lora`] chooses the layers that get one, attaches them, holds them during
 //!   training, and reads and writes PEFT's folders.
-//! - Inference: [`generate()`] with a [`KvCache`] and a [`Sampler`].
+//! - Inference: [`generate()`] with a [`KvCache`] and a [`Sampler`], or several sequences at
+//!   once with a [`BatchGenerator`]; decoding runs attention through [`decode_attention`].
 //! - Errors: [`Error`], one variant per condition a caller may act on.
 //!
 //! The frozen quantized layers and the math of one adapter come from anymal-quant; shared
@@ -26,6 +27,7 @@ pub mod block;
 pub mod chat;
 mod checkpoint;
 pub mod config;
+pub mod decode_attention;
 pub mod decoder;
 mod error;
 pub mod fused_ops;
@@ -46,7 +48,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, LlmConfig};
 pub use decoder::Llm;
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, GenerationStats, Prefill};
+pub use generate::{generate, generate_with, BatchEvent, BatchGenerator, GenerationStats, Prefill};
 pub use kv_cache::KvCache;
 pub use loader::{load_model, LoadOptions, LoadedModel};
 pub use lora::{LoraSet, LoraSpec, PeftAdapter, TargetModules};

@@ -4,12 +4,15 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::Result;
 
-/// cos/sin tables `(t, head_dim / 2)` for positions `offset .. offset + t`.
+/// cos/sin tables `(t, head_dim / 2)` for positions `offset .. offset + t`, as tensors and as
+/// host values (which the fused decoding attention reads).
 #[derive(Debug, Clone)]
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
-    interleaved: bool,
+    pub cos_values: Vec<f32>,
+    pub sin_values: Vec<f32>,
+    pub interleaved: bool,
 }
 
 impl RopeTables {
@@ -42,10 +45,17 @@ impl RopeTables {
         for p in offset..offset + t {
             angles.extend(inv_freq.iter().map(|f| p as f32 * f));
         }
-        let angles = Tensor::from_vec(angles, (t, half), device)?;
+        // f32 cos and sin as candle's own ops compute them (`f32::cos`), here on the host.
+        let cos_values: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin_values: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let table = |v: &[f32]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(v, (t, half), device)?.to_dtype(dtype)?)
+        };
         Ok(Self {
-            cos: angles.cos()?.to_dtype(dtype)?,
-            sin: angles.sin()?.to_dtype(dtype)?,
+            cos: table(&cos_values)?,
+            sin: table(&sin_values)?,
+            cos_values,
+            sin_values,
             interleaved,
         })
     }
