@@ -158,6 +158,13 @@ impl ModelSpec {
     }
 }
 
+/// A prompt ready for the LLM: token ids for text alone, or the embeddings `(1, t, d)` with
+/// the media's tokens spliced in (then `ids` is empty).
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    pub embeds: Option<Tensor>,
+}
+
 pub struct MultimodalModel {
     /// The frozen LLM.
     pub model: LoadedModel,
@@ -451,13 +458,17 @@ impl MultimodalModel {
         prefill: &mut Prefill<'_>,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
-        let r = self.render_question(turns)?;
-        let toks = if r.slot_placeholders.is_empty() && media.is_empty() {
-            Vec::new()
-        } else {
-            self.media_tokens(&[(&r, media)], false)?.remove(0)
-        };
-        self.generate_rendered(&r, &toks, max_tokens, sampler, prefill, on_token)
+        let p = self.prompt(turns, media)?;
+        Ok(generate_with(
+            &self.model.llm,
+            &p.ids,
+            p.embeds.as_ref(),
+            max_tokens,
+            sampler,
+            &self.model.eos_ids(),
+            prefill,
+            on_token,
+        )?)
     }
 
     /// [`Self::generate`] with the media slots' tokens given, one `(k_i, d)` tensor per slot
@@ -505,37 +516,50 @@ impl MultimodalModel {
         prefill: &mut Prefill<'_>,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
-        let eos = self.model.eos_ids();
-        // Text alone goes in as token ids; media slots need the spliced embeddings.
-        let res = if toks.is_empty() {
-            generate_with(
-                &self.model.llm,
-                &r.example.input_ids,
-                None,
-                max_tokens,
-                sampler,
-                &eos,
-                prefill,
-                on_token,
-            )?
+        let p = self.rendered_prompt(r, toks)?;
+        Ok(generate_with(
+            &self.model.llm,
+            &p.ids,
+            p.embeds.as_ref(),
+            max_tokens,
+            sampler,
+            &self.model.eos_ids(),
+            prefill,
+            on_token,
+        )?)
+    }
+
+    /// The next assistant turn's prompt as the LLM takes it, media encoded and spliced in,
+    /// for callers that run generation themselves ([`anymal_llm::BatchGenerator`]).
+    pub fn prompt(&self, turns: &[Turn], media: &[MediaRef]) -> Result<Prompt> {
+        let r = self.render_question(turns)?;
+        let toks = if r.slot_placeholders.is_empty() && media.is_empty() {
+            Vec::new()
         } else {
-            let embeds = build_batch(
+            self.media_tokens(&[(&r, media)], false)?.remove(0)
+        };
+        self.rendered_prompt(&r, &toks)
+    }
+
+    fn rendered_prompt(&self, r: &Rendered, toks: &[Tensor]) -> Result<Prompt> {
+        // Text alone goes in as token ids; media slots need the spliced embeddings.
+        let embeds = if toks.is_empty() {
+            None
+        } else {
+            let batch = build_batch(
                 &self.model.llm,
                 std::slice::from_ref(&r.example),
                 &[toks.to_vec()],
-            )?
-            .inputs_embeds;
-            generate_with(
-                &self.model.llm,
-                &[],
-                Some(&embeds),
-                max_tokens,
-                sampler,
-                &eos,
-                prefill,
-                on_token,
-            )?
+            )?;
+            Some(batch.inputs_embeds)
         };
-        Ok(res)
+        Ok(Prompt {
+            ids: if embeds.is_none() {
+                r.example.input_ids.clone()
+            } else {
+                Vec::new()
+            },
+            embeds,
+        })
     }
 }

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
 use super::wer::{corpus_wer, normalize_text};
@@ -73,12 +72,14 @@ pub fn answer_is_right(reference: &str, prediction: &str) -> bool {
     !r.is_empty() && !r.contains(' ') && p.split(' ').next() == Some(r.as_str())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_instruct(
     m: &MultimodalModel,
     registry: &anymal_encoders::ModalityRegistry,
     data_path: &Path,
     group_by: &str,
     max_tokens: usize,
+    batch: usize,
     limit: usize,
     predictions: &Path,
 ) -> Result<InstructReport> {
@@ -97,60 +98,69 @@ pub fn evaluate_instruct(
     // group -> (reference, prediction) pairs
     let mut by_group: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut skipped = data.problems.len();
-    for (i, s) in data.samples[..n].iter().enumerate() {
-        let Some((last, history)) = s
+    let samples = &data.samples[..n];
+    // The conversation before its last answer, which is the reference.
+    let split = |i: usize| {
+        samples[i]
             .turns
             .split_last()
             .filter(|(l, _)| l.role == Role::Assistant)
-        else {
-            skipped += 1;
-            continue;
-        };
-        let mut sampler = Sampler::new(SamplingConfig {
-            temperature: 0.0,
-            ..Default::default()
-        });
-        let pred = match m.generate(history, &s.media, max_tokens, &mut sampler, |_| Ok(())) {
-            Ok((ids, _)) => m.model.tokenizer.decode(&ids)?.trim().to_string(),
-            Err(e) => {
+    };
+    super::batch::generate_in_order(
+        m,
+        n,
+        batch,
+        max_tokens,
+        |i| match split(i) {
+            Some((_, history)) => m.prompt(history, &samples[i].media),
+            None => bail!("the conversation does not end with an answer to score"),
+        },
+        |i, result| {
+            let s = &samples[i];
+            let pred = match result {
+                Ok(ids) => m.model.tokenizer.decode(&ids)?.trim().to_string(),
+                Err(e) => {
+                    eprintln!(
+                        "skipped {}: record {}: {e:#}",
+                        data_path.display(),
+                        s.record
+                    );
+                    skipped += 1;
+                    return Ok(());
+                }
+            };
+            let last = split(i).expect("only answered conversations generate").0;
+            let group = s
+                .fields
+                .get(group_by)
+                .cloned()
+                .unwrap_or_else(|| "(none)".into());
+            let right = answer_is_right(&last.text, &pred);
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"record": s.record, "id": s.id, group_by: group, "reference": last.text, "prediction": pred, "right": right})
+            )?;
+            by_group
+                .entry(group)
+                .or_default()
+                .push((last.text.clone(), pred));
+            if (i + 1) % 10 == 0 || i + 1 == n {
+                let done: usize = by_group.values().map(|v| v.len()).sum();
+                let ok: usize = by_group
+                    .values()
+                    .flatten()
+                    .filter(|(r, p)| answer_is_right(r, p))
+                    .count();
                 eprintln!(
-                    "skipped {}: record {}: {e:#}",
-                    data_path.display(),
-                    s.record
+                    "eval {}/{n}: accuracy so far {:.1}%",
+                    i + 1,
+                    100.0 * ok as f64 / done.max(1) as f64
                 );
-                skipped += 1;
-                continue;
             }
-        };
-        let group = s
-            .fields
-            .get(group_by)
-            .cloned()
-            .unwrap_or_else(|| "(none)".into());
-        let right = answer_is_right(&last.text, &pred);
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"record": s.record, "id": s.id, group_by: group, "reference": last.text, "prediction": pred, "right": right})
-        )?;
-        by_group
-            .entry(group)
-            .or_default()
-            .push((last.text.clone(), pred));
-        if (i + 1) % 10 == 0 || i + 1 == n {
-            let done: usize = by_group.values().map(|v| v.len()).sum();
-            let ok: usize = by_group
-                .values()
-                .flatten()
-                .filter(|(r, p)| answer_is_right(r, p))
-                .count();
-            eprintln!(
-                "eval {}/{n}: accuracy so far {:.1}%",
-                i + 1,
-                100.0 * ok as f64 / done.max(1) as f64
-            );
-        }
-    }
+            Ok(())
+        },
+    )?;
     if by_group.is_empty() {
         bail!(
             "{}: no conversation could be evaluated",

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use anymal_llm::{Sampler, SamplingConfig};
 use serde::Serialize;
 
 use super::{attribute, cider::cider_d, wer::corpus_wer, wer::word_errors};
@@ -55,13 +54,16 @@ impl EvalReport {
     }
 }
 
-/// Greedy generation for each item (at most `limit`, 0 = all); predictions go to
+/// Greedy generation for each item (at most `limit`, 0 = all; `batch` at a time, which gives
+/// the same generations as one at a time, faster); predictions go to
 /// `predictions` as JSONL (`text`, `prediction`, per-item word errors).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     m: &MultimodalModel,
     manifest_path: &Path,
     columns: &std::collections::BTreeMap<String, String>,
     max_tokens: usize,
+    batch: usize,
     limit: usize,
     attributes: &[String],
     predictions: &Path,
@@ -125,47 +127,52 @@ pub fn evaluate(
         .with_context(|| format!("{}: cannot create", predictions.display()))?;
     let mut pairs = Vec::with_capacity(n);
     let mut skipped = manifest.problems.len();
-    for (i, item) in manifest.items[..n].iter().enumerate() {
-        let mut sampler = Sampler::new(SamplingConfig {
-            temperature: 0.0,
-            ..Default::default()
-        });
-        let media = [item.media(&modality)];
-        let ids = match m.generate(&turns, &media, max_tokens, &mut sampler, |_| Ok(())) {
-            Ok((ids, _)) => ids,
-            Err(e) => {
-                eprintln!("skipped {}:{}: {e:#}", manifest_path.display(), item.line);
-                skipped += 1;
-                continue;
+    let items = &manifest.items[..n];
+    super::batch::generate_in_order(
+        m,
+        n,
+        batch,
+        max_tokens,
+        |i| m.prompt(&turns, &[items[i].media(&modality)]),
+        |i, result| {
+            let item = &items[i];
+            let ids = match result {
+                Ok(ids) => ids,
+                Err(e) => {
+                    eprintln!("skipped {}:{}: {e:#}", manifest_path.display(), item.line);
+                    skipped += 1;
+                    return Ok(());
+                }
+            };
+            let pred = m.model.tokenizer.decode(&ids)?.trim().to_string();
+            let (edits, words) = word_errors(&item.text, &pred);
+            let mut named = serde_json::Map::new();
+            for (ai, a) in attributes.iter().enumerate() {
+                let ok = attribute::is_right(&pred, &item.fields[a], &class_sets[ai]);
+                right[ai] += ok as usize;
+                named.insert(a.clone(), serde_json::Value::Bool(ok));
             }
-        };
-        let pred = m.model.tokenizer.decode(&ids)?.trim().to_string();
-        let (edits, words) = word_errors(&item.text, &pred);
-        let mut named = serde_json::Map::new();
-        for (ai, a) in attributes.iter().enumerate() {
-            let ok = attribute::is_right(&pred, &item.fields[a], &class_sets[ai]);
-            right[ai] += ok as usize;
-            named.insert(a.clone(), serde_json::Value::Bool(ok));
-        }
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"line": item.line, "path": item.path, "text": item.text, "prediction": pred, "edits": edits, "words": words, "right": named})
-        )?;
-        pairs.push((item.text.clone(), pred));
-        if (i + 1) % 10 == 0 || i + 1 == n {
-            let accs: String = attributes
-                .iter()
-                .zip(&right)
-                .map(|(a, r)| format!(", {a} {:.1}%", 100.0 * *r as f64 / pairs.len() as f64))
-                .collect();
-            eprintln!(
-                "eval {}/{n}: WER so far {:.1}%{accs}",
-                i + 1,
-                100.0 * corpus_wer(&pairs)
-            );
-        }
-    }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"line": item.line, "path": item.path, "text": item.text, "prediction": pred, "edits": edits, "words": words, "right": named})
+            )?;
+            pairs.push((item.text.clone(), pred));
+            if (i + 1) % 10 == 0 || i + 1 == n {
+                let accs: String = attributes
+                    .iter()
+                    .zip(&right)
+                    .map(|(a, r)| format!(", {a} {:.1}%", 100.0 * *r as f64 / pairs.len() as f64))
+                    .collect();
+                eprintln!(
+                    "eval {}/{n}: WER so far {:.1}%{accs}",
+                    i + 1,
+                    100.0 * corpus_wer(&pairs)
+                );
+            }
+            Ok(())
+        },
+    )?;
     if pairs.is_empty() {
         anyhow::bail!("{}: no item could be evaluated", manifest_path.display());
     }
