@@ -492,13 +492,13 @@ fn openai_chat_completions_on_smollm2_and_bad_requests_are_4xx() {
     eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
 }
 
-/// With `--queue 0` a request that arrives while one is answered gets a 503; a client that
+/// With `--batch 1 --queue 0` a request that arrives while one is answered gets a 503; a client that
 /// leaves mid-stream stops its generation, and the next request is answered.
 #[test]
 fn full_queue_is_503_and_a_client_leaving_stops_generation() {
     smollm2();
     let t0 = Instant::now();
-    let srv = Server::start(&["--llm", "smollm2", "--queue", "0"]);
+    let srv = Server::start(&["--llm", "smollm2", "--queue", "0", "--batch", "1"]);
     let model = srv.model_id();
     let long = json!({
         "model": model,
@@ -560,6 +560,97 @@ fn full_queue_is_503_and_a_client_leaving_stops_generation() {
     };
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
     eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// Requests that arrive together are answered together (continuous batching), each with the
+/// answer it gets alone: greedy and sampled, streamed and not, cut by a stop string or by
+/// max_tokens, joining the batch as others leave it.
+#[test]
+fn concurrent_requests_are_batched_and_answered_as_alone() {
+    smollm2();
+    let srv = Server::start(&["--llm", "smollm2", "--batch", "4"]);
+    let model = srv.model_id();
+    let ask = |content: &str, extra: Value| {
+        let mut r = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 24,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let requests = vec![
+        ask("Name three fruits.", json!({})),
+        ask(
+            "Count from 1 to 30, separated by commas.",
+            json!({"max_tokens": 40}),
+        ),
+        ask("What is the capital of France?", json!({"max_tokens": 6})),
+        ask(
+            "Write a haiku about rain.",
+            json!({"temperature": 0.9, "seed": 5}),
+        ),
+        ask("Say hello.", json!({"stream": true})),
+        ask(
+            "List the days of the week.",
+            json!({"stop": ["Wednesday"], "max_tokens": 40}),
+        ),
+    ];
+    // What each gets alone.
+    let answer = |r: &Resp, streaming: bool| -> (String, String, Value) {
+        if streaming {
+            let (text, finish, usage) = streamed(r);
+            (text, finish, usage.unwrap_or(Value::Null))
+        } else {
+            let v = r.json();
+            let c = &v["choices"][0];
+            (
+                c["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                c["finish_reason"].as_str().unwrap_or_default().to_string(),
+                v["usage"].clone(),
+            )
+        }
+    };
+    let streaming = |r: &Value| r["stream"] == json!(true);
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|r| answer(&srv.post(r), streaming(r)))
+        .collect();
+    // All at once: six requests for four places, so two wait and join as others finish.
+    let addr = srv.addr.clone();
+    let together: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            let (addr, body) = (addr.clone(), r.to_string());
+            std::thread::spawn(move || {
+                request(&addr, "POST", "/v1/chat/completions", Some(body.as_bytes()))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .zip(&requests)
+        .map(|(resp, r)| answer(&resp, streaming(r)))
+        .collect();
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!(!a.0.is_empty(), "request {i}: empty answer {a:?}");
+        assert_eq!(a, t, "request {i}: answered differently in company");
+    }
+    assert_eq!(alone[5].1, "stop", "{:?}", alone[5]);
+    assert_eq!(alone[2].1, "length", "{:?}", alone[2]);
+    // The log says answers were generated alongside others.
+    let log = srv.log();
+    let most = log
+        .lines()
+        .filter_map(|l| l.split("alongside up to ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse::<usize>().ok())
+        .max();
+    assert_eq!(most, Some(3), "no step ran four answers together:\n{log}");
 }
 
 /// Train a tiny audio projector (two steps on real clips) like tests/align.rs does.

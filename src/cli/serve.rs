@@ -30,9 +30,13 @@ pub struct ServeArgs {
     /// Largest request body in MB (media come inline, base64).
     #[arg(long, default_value_t = 32)]
     pub max_body_mb: usize,
-    /// Requests that may wait while one is answered; more get a 503.
+    /// Requests that may wait while `--batch` are answered; more get a 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Requests answered at once (continuous batching: each gets the answer it would get
+    /// alone; a new one joins as soon as one ends).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub batch: u64,
     /// Longest prompt in tokens; longer ones get a 400 before any work. Default: the
     /// model's context.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -79,7 +83,8 @@ pub fn run(a: ServeArgs, registry: &anymal_encoders::ModalityRegistry) -> Result
             default_format: a.default_extension.clone(),
         })
         .collect();
-    let worker = Worker::spawn(model, a.queue, limits).context("starting the model worker")?;
+    let worker = Worker::spawn(model, a.queue, a.batch as usize, limits)
+        .context("starting the model worker")?;
     let state = Arc::new(AppState {
         worker,
         model_id: model_id.clone(),

@@ -1,12 +1,15 @@
-//! The one thread that owns the [`MultimodalModel`]: requests wait in a bounded queue and are
-//! answered one at a time, in the order they were queued. A CPU model answers one request at a
-//! full core count faster than two interleaved, and one owner needs no locking around the KV
-//! cache or the encoders.
+//! The one thread that owns the [`MultimodalModel`]: requests wait in a bounded queue, in the
+//! order they came, and up to `--batch` of them are answered together (continuous batching,
+//! as llama.cpp's server slots and vLLM do): each step of a [`BatchGenerator`] gives every
+//! answer in progress one token through one forward over all of them; a request that arrives
+//! joins between steps (its prompt is read alone, in chunks), and one that ends leaves at
+//! once. An answer's tokens are the ones it gets alone (batched generation is exact per row).
+//! One owner needs no locking around the KV caches or the encoders.
 //!
 //! Each job carries a channel back to its HTTP handler. The worker sends text as it is
-//! generated; a send that fails means the client went away, and generation stops at the next
-//! token. A panic while answering one request becomes a 500 for that request; the worker goes
-//! on with the next.
+//! generated; a send that fails means the client went away, and its answer leaves the batch.
+//! A panic while reading one request's prompt becomes a 500 for that request; a failed or
+//! panicking step, a 500 for the answers in progress. The worker goes on with the next.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anymal_llm::tokenizer::TokenStream;
-use anymal_llm::{Prefill, Sampler, SamplingConfig};
+use anymal_llm::{BatchEvent, BatchGenerator, GenerationStats, Prefill, Sampler, SamplingConfig};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
@@ -106,46 +109,54 @@ pub struct Worker {
     tx: SyncSender<Job>,
     alive: Arc<AtomicBool>,
     queue: usize,
-    /// Jobs accepted and not yet answered (the one being answered included).
+    batch: usize,
+    /// Jobs accepted and not yet answered (those being answered included).
     pending: Arc<AtomicUsize>,
 }
 
 impl Worker {
-    /// Start the thread; at most `queue` jobs wait while one is being answered.
+    /// Start the thread: it answers up to `batch` requests at once; at most `queue` more
+    /// wait.
     pub fn spawn(
         model: MultimodalModel,
         queue: usize,
+        batch: usize,
         limits: RequestLimits,
     ) -> anyhow::Result<Self> {
+        let batch = batch.max(1);
         // Admission is counted in `pending`, not by the channel: a zero-capacity channel
         // accepts a job only while the worker sits in `recv`, so with `--queue 0` a request
         // arriving just before the idle worker got there was refused as "busy".
-        let (tx, rx) = sync_channel(queue + 1);
+        let (tx, rx) = sync_channel(queue + batch);
         let alive = Arc::new(AtomicBool::new(true));
         let pending = Arc::new(AtomicUsize::new(0));
         let (flag, done) = (alive.clone(), pending.clone());
         std::thread::Builder::new()
             .name("anymal-worker".into())
             .spawn(move || {
-                let max_token_bytes = longest_token_bytes(&model);
-                run(&model, rx, &done, limits, max_token_bytes);
+                let budget = Budget {
+                    limits,
+                    max_token_bytes: longest_token_bytes(&model),
+                };
+                run(&model, rx, &done, budget, batch);
                 flag.store(false, Ordering::SeqCst);
             })?;
         Ok(Self {
             tx,
             alive,
             queue,
+            batch,
             pending,
         })
     }
 
-    /// Queue a job, or refuse it at once when `queue` jobs already wait behind the one being
-    /// answered (the client can retry; a request silently left hanging cannot).
+    /// Queue a job, or refuse it at once when `queue` jobs already wait behind the `batch`
+    /// being answered (the client can retry; a request silently left hanging cannot).
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
         let admitted = self
             .pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n <= self.queue).then_some(n + 1)
+                (n < self.queue + self.batch).then_some(n + 1)
             })
             .is_ok();
         let sent = if admitted {
@@ -191,50 +202,126 @@ fn run(
     model: &MultimodalModel,
     rx: Receiver<Job>,
     pending: &AtomicUsize,
-    limits: RequestLimits,
-    max_token_bytes: usize,
+    budget: Budget,
+    batch: usize,
 ) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    while let Ok(job) = rx.recv() {
-        // However this job ends, it no longer counts against the queue afterwards.
-        struct Finished<'a>(&'a AtomicUsize);
-        impl Drop for Finished<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
+    let eos = model.model.eos_ids();
+    let mut generator = BatchGenerator::new(&model.model.llm, &eos);
+    let mut answering: Vec<Answer<'_>> = Vec::new();
+    loop {
+        // Idle: wait for a request. Busy: take a queued one while the batch has room, without
+        // waiting, so the answers in progress go on.
+        let job = if answering.is_empty() {
+            match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
             }
-        }
-        let _finished = Finished(pending);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // The client left while its request waited: nothing to do.
-        if job.events.is_closed() {
-            eprintln!("request {n}: client went away while queued");
+        } else if answering.len() < batch {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+        if let Some(job) = job {
+            // However this job ends, it no longer counts against the queue afterwards.
+            let counted = Counted(pending);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            // The client left while its request waited: nothing to do.
+            if job.events.is_closed() {
+                eprintln!("request {n}: client went away while queued");
+                continue;
+            }
+            let events = job.events.clone();
+            let started = catch_unwind(AssertUnwindSafe(|| {
+                start(model, &mut generator, job, n, budget)
+            }));
+            match started {
+                Ok(Some(mut a)) => {
+                    a.counted = Some(counted);
+                    answering.push(a);
+                }
+                Ok(None) => {}
+                Err(p) => {
+                    let what = panic_message(&p);
+                    eprintln!("request {n}: panicked: {what}");
+                    let _ = events.send(Event::Error(ApiError::internal(format!(
+                        "internal error while answering this request: {what}"
+                    ))));
+                }
+            }
             continue;
         }
-        let events = job.events.clone();
-        let budget = Budget {
-            limits,
-            max_token_bytes,
+        // One token for every answer in the batch.
+        let others = answering.len() - 1;
+        for a in &mut answering {
+            a.alongside = a.alongside.max(others);
+        }
+        let stepped = match catch_unwind(AssertUnwindSafe(|| generator.step())) {
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(e)) => Err(format!("generation failed: {e:#}")),
+            Err(p) => Err(format!(
+                "internal error while answering this request: {}",
+                panic_message(&p)
+            )),
         };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| answer(model, job, n, budget))) {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            eprintln!("request {n}: panicked: {what}");
-            let _ = events.send(Event::Error(ApiError::internal(format!(
-                "internal error while answering this request: {what}"
-            ))));
+        let events = match stepped {
+            Ok(events) => events,
+            Err(what) => {
+                // The batch's state is unknown after a failed step: every answer in it fails.
+                for a in answering.drain(..) {
+                    eprintln!("request {}: error {what}", a.n);
+                    let _ = a
+                        .events
+                        .send(Event::Error(ApiError::internal(what.clone())));
+                }
+                generator = BatchGenerator::new(&model.model.llm, &eos);
+                continue;
+            }
+        };
+        for event in events {
+            match event {
+                BatchEvent::Token { key, token } => {
+                    let Some(i) = answering.iter().position(|a| a.n == key) else {
+                        continue;
+                    };
+                    if let Some(halt) = answering[i].token(token) {
+                        generator.remove(&key);
+                        answering.remove(i).halt(halt);
+                    }
+                }
+                BatchEvent::Finished { key, tokens, stats } => {
+                    if let Some(i) = answering.iter().position(|a| a.n == key) {
+                        answering.remove(i).complete(&tokens, &stats);
+                    }
+                }
+            }
         }
     }
 }
 
-/// Why generation was cut short from inside a callback.
-#[derive(Clone, Copy)]
+/// Decrements the count of pending requests when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+        .to_string()
+}
+
+/// Why an answer ended before the model finished it.
 enum Halt {
     StopString,
     ClientGone,
     OutOfTime,
+    Failed(ApiError),
 }
 
 /// The limits of one request and what the worker knows of the tokenizer to check them fast.
@@ -244,58 +331,156 @@ struct Budget {
     max_token_bytes: usize,
 }
 
-fn answer(model: &MultimodalModel, job: Job, n: u64, budget: Budget) {
+/// A request whose prompt has been read and whose tokens come from the batch's steps.
+struct Answer<'m> {
+    n: u64,
+    events: UnboundedSender<Event>,
+    t0: Instant,
+    max_seconds: f64,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    stream: TokenStream<'m>,
+    stop: StopMatcher,
+    completion_tokens: usize,
+    /// The most other answers generated alongside this one in a step (for the log).
+    alongside: usize,
+    /// Set once the request is in the batch: it counts against the queue until dropped.
+    counted: Option<Counted<'m>>,
+}
+
+impl Answer<'_> {
+    /// A new token: streams its text; `Some` when the answer must end here.
+    fn token(&mut self, id: u32) -> Option<Halt> {
+        self.completion_tokens += 1;
+        if self.t0.elapsed().as_secs_f64() > self.max_seconds {
+            return Some(Halt::OutOfTime);
+        }
+        let piece = match self.stream.push(id) {
+            Ok(piece) => piece?,
+            Err(e) => {
+                return Some(Halt::Failed(ApiError::internal(format!(
+                    "decoding the answer: {e}"
+                ))))
+            }
+        };
+        let (text, hit) = self.stop.push(&piece);
+        if !text.is_empty() && self.events.send(Event::Text(text)).is_err() {
+            return Some(Halt::ClientGone);
+        }
+        hit.then_some(Halt::StopString)
+    }
+
+    /// Ends the answer before the model did (its row has left the batch).
+    fn halt(mut self, halt: Halt) {
+        match halt {
+            Halt::ClientGone => eprintln!(
+                "request {}: client went away; generation stopped after {:.2}s",
+                self.n,
+                self.t0.elapsed().as_secs_f64()
+            ),
+            // The tokens streamed so far are the answer, cut as max_tokens would cut it.
+            Halt::OutOfTime => {
+                let text = self.stop.finish();
+                if text.is_empty() || self.events.send(Event::Text(text)).is_ok() {
+                    let used = self.completion_tokens - 1;
+                    self.done(FinishReason::Length, used);
+                }
+            }
+            Halt::StopString => self.done(FinishReason::Stop, self.completion_tokens),
+            Halt::Failed(e) => {
+                eprintln!("request {}: error {e}", self.n);
+                let _ = self.events.send(Event::Error(e));
+            }
+        }
+    }
+
+    /// The model finished the answer (end of sequence or `max_tokens`).
+    fn complete(mut self, ids: &[u32], stats: &GenerationStats) {
+        let tail = match self.stream.finish() {
+            Ok(tail) => tail,
+            Err(e) => {
+                return self.halt(Halt::Failed(ApiError::internal(format!(
+                    "decoding the answer: {e}"
+                ))))
+            }
+        };
+        let (mut text, hit) = self.stop.push(tail.as_deref().unwrap_or(""));
+        if !hit {
+            text.push_str(&self.stop.finish());
+        }
+        if !text.is_empty() && self.events.send(Event::Text(text)).is_err() {
+            return self.halt(Halt::ClientGone);
+        }
+        let reason = if hit || stats.stopped_at_eos || ids.len() < self.max_tokens {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        self.done(reason, ids.len());
+    }
+
+    fn done(&self, finish_reason: FinishReason, completion_tokens: usize) {
+        eprintln!(
+            "request {}: {} prompt + {completion_tokens} completion tokens in {:.2}s ({}; alongside up to {} others)",
+            self.n,
+            self.prompt_tokens,
+            self.t0.elapsed().as_secs_f64(),
+            finish_reason.as_str(),
+            self.alongside
+        );
+        let _ = self.events.send(Event::Done {
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens,
+            },
+        });
+    }
+}
+
+/// Checks a request, encodes its media and reads its prompt into the batch; the answer is
+/// then produced by the batch's steps. `None` when the request already ended (an error was
+/// sent, or its client left).
+fn start<'m>(
+    model: &'m MultimodalModel,
+    generator: &mut BatchGenerator<'m, u64>,
+    job: Job,
+    n: u64,
+    budget: Budget,
+) -> Option<Answer<'m>> {
+    let events = job.events.clone();
+    let t0 = Instant::now();
+    match read_prompt(model, generator, job, n, budget, t0) {
+        Ok(answer) => Some(answer),
+        Err(e) if e.code == Some(CLIENT_GONE) => {
+            eprintln!(
+                "request {n}: client went away during the prefill; stopped after {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("request {n}: error {e}");
+            let _ = events.send(Event::Error(e));
+            None
+        }
+    }
+}
+
+fn read_prompt<'m>(
+    model: &'m MultimodalModel,
+    generator: &mut BatchGenerator<'m, u64>,
+    job: Job,
+    n: u64,
+    budget: Budget,
+    t0: Instant,
+) -> Result<Answer<'m>, ApiError> {
     let Job {
         turns,
         media,
         params,
         events,
     } = job;
-    let t0 = Instant::now();
-    let result = generate(model, &turns, &media, &params, &events, budget, n);
-    // The request's files go before its answer ends: a client that got its answer finds
-    // nothing of its request left on the server's disk.
-    drop(media);
-    match result {
-        Ok(Some((finish_reason, usage))) => {
-            eprintln!(
-                "request {n}: {} prompt + {} completion tokens in {:.2}s ({})",
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                t0.elapsed().as_secs_f64(),
-                finish_reason.as_str()
-            );
-            let _ = events.send(Event::Done {
-                finish_reason,
-                usage,
-            });
-        }
-        Ok(None) => eprintln!(
-            "request {n}: client went away; generation stopped after {:.2}s",
-            t0.elapsed().as_secs_f64()
-        ),
-        Err(e) if e.code == Some(CLIENT_GONE) => eprintln!(
-            "request {n}: client went away during the prefill; stopped after {:.2}s",
-            t0.elapsed().as_secs_f64()
-        ),
-        Err(e) => {
-            eprintln!("request {n}: error {e}");
-            let _ = events.send(Event::Error(e));
-        }
-    }
-}
-
-/// Generate and stream one answer; `None` when the client went away.
-fn generate(
-    model: &MultimodalModel,
-    turns: &[Turn],
-    media: &[JobMedia],
-    params: &GenParams,
-    events: &UnboundedSender<Event>,
-    budget: Budget,
-    n: u64,
-) -> Result<Option<(FinishReason, Usage)>, ApiError> {
-    let t0 = Instant::now();
     let context = model.model.llm.cfg.max_position_embeddings;
     let max_prompt = budget.limits.max_prompt_tokens.min(context);
     let over = |what: String| {
@@ -322,7 +507,7 @@ fn generate(
         )));
     }
     // Rendering checks the conversation (a client error) and gives the prompt length.
-    let rendered = model.format().render(turns).map_err(|e| {
+    let rendered = model.format().render(&turns).map_err(|e| {
         ApiError::invalid(
             "invalid_conversation",
             format!("the conversation cannot be formatted: {e:#}"),
@@ -332,7 +517,8 @@ fn generate(
     if prompt_tokens > max_prompt || prompt_tokens >= context {
         return Err(over(format!("the prompt is {prompt_tokens} tokens")));
     }
-    let out_of_time = move || t0.elapsed().as_secs_f64() > budget.limits.max_seconds;
+    let max_seconds = budget.limits.max_seconds;
+    let out_of_time = move || t0.elapsed().as_secs_f64() > max_seconds;
     if prompt_tokens > PREFILL_CHUNK {
         eprintln!("request {n}: reading a prompt of {prompt_tokens} tokens");
     }
@@ -341,118 +527,75 @@ fn generate(
         .iter()
         .map(|m| MediaRef::file(m.modality.clone(), m.file.path.clone()))
         .collect();
-    let mut sampler = Sampler::new(params.sampling);
-    let mut stream = TokenStream::new(&model.model.tokenizer);
-    let mut stop = StopMatcher::new(params.stop.clone());
-    let mut completion_tokens = 0;
-    let mut halt = None;
-    // Between prefill chunks: has the client left, has the request run out of time.
-    let prefill_halt = std::cell::Cell::new(None);
+    let prompt = model
+        .prompt(&turns, &refs)
+        .map_err(|e| diagnose(model, &media, e))?;
+    // The request's files go as soon as they are encoded: a client that got its answer finds
+    // nothing of its request left on the server's disk.
+    drop(media);
+    // Between prefill chunks: has the client left (true), has the request run out of time
+    // (false).
+    let client_gone = std::cell::Cell::new(None);
     let mut prefill = Prefill::chunked(PREFILL_CHUNK, || {
         if events.is_closed() {
-            prefill_halt.set(Some(Halt::ClientGone));
+            client_gone.set(Some(true));
         } else if out_of_time() {
-            prefill_halt.set(Some(Halt::OutOfTime));
+            client_gone.set(Some(false));
         }
-        prefill_halt.get().is_none()
+        client_gone.get().is_none()
     });
-    let res = model.generate_with(turns, &refs, max_tokens, &mut sampler, &mut prefill, |id| {
-        completion_tokens += 1;
-        if out_of_time() {
-            halt = Some(Halt::OutOfTime);
-            return Err(anymal_llm::Error::Stopped("out of time".into()));
-        }
-        if let Some(piece) = stream.push(id)? {
-            let (text, hit) = stop.push(&piece);
-            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
-                halt = Some(Halt::ClientGone);
-                return Err(anymal_llm::Error::Stopped("the client went away".into()));
-            }
-            if hit {
-                halt = Some(Halt::StopString);
-                return Err(anymal_llm::Error::Stopped("stop string".into()));
-            }
-        }
-        Ok(())
-    });
-    let usage = |completion_tokens| Usage {
-        prompt_tokens,
-        completion_tokens,
-    };
+    let added = generator.add(
+        n,
+        &prompt.ids,
+        prompt.embeds.as_ref(),
+        max_tokens,
+        Sampler::new(params.sampling),
+        &mut prefill,
+    );
     drop(prefill);
-    let halt = halt.or(prefill_halt.take());
-    match (res, halt) {
-        // Nobody reads this error: it tells `answer` where the request ended.
-        (_, Some(Halt::ClientGone)) if completion_tokens == 0 => {
-            Err(ApiError::unavailable(CLIENT_GONE, "the client went away"))
-        }
-        (_, Some(Halt::ClientGone)) => Ok(None),
-        (_, Some(Halt::OutOfTime)) if completion_tokens == 0 => Err(ApiError::unavailable(
+    match (added, client_gone.get()) {
+        (_, Some(true)) => Err(ApiError::unavailable(CLIENT_GONE, "the client went away")),
+        (_, Some(false)) => Err(ApiError::unavailable(
             "timeout",
             format!(
-                "the request ran past the limit of {} s before its first token (--max-request-seconds)",
-                budget.limits.max_seconds
+                "the request ran past the limit of {max_seconds} s before its first token (--max-request-seconds)"
             ),
         )),
-        (_, Some(Halt::OutOfTime)) => {
-            // The tokens streamed so far are the answer, cut as max_tokens would cut it.
-            let text = stop.finish();
-            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
-                return Ok(None);
-            }
-            Ok(Some((FinishReason::Length, usage(completion_tokens - 1))))
-        }
-        (_, Some(Halt::StopString)) => Ok(Some((FinishReason::Stop, usage(completion_tokens)))),
-        (Ok((ids, stats)), None) => {
-            let tail = stream
-                .finish()
-                .map_err(|e| ApiError::internal(format!("decoding the answer: {e}")))?;
-            let (mut text, hit) = stop.push(tail.as_deref().unwrap_or(""));
-            if !hit {
-                text.push_str(&stop.finish());
-            }
-            if !text.is_empty() && events.send(Event::Text(text)).is_err() {
-                return Ok(None);
-            }
-            let reason = if hit || stats.stopped_at_eos || ids.len() < max_tokens {
-                FinishReason::Stop
-            } else {
-                FinishReason::Length
-            };
-            Ok(Some((
-                reason,
-                Usage {
-                    prompt_tokens: stats.prompt_tokens,
-                    completion_tokens: ids.len(),
-                },
-            )))
-        }
-        (Err(e), None) => Err(diagnose(model, media, completion_tokens, e)),
+        (Err(e), None) => Err(ApiError::internal(format!("generation failed: {e:#}"))),
+        (Ok(()), None) => Ok(Answer {
+            n,
+            events,
+            t0,
+            max_seconds,
+            // With media, the prompt holds their tokens too.
+            prompt_tokens: match &prompt.embeds {
+                Some(e) => e.dims().get(1).copied().unwrap_or(prompt_tokens),
+                None => prompt.ids.len(),
+            },
+            max_tokens,
+            stream: TokenStream::new(&model.model.tokenizer),
+            stop: StopMatcher::new(params.stop),
+            completion_tokens: 0,
+            alongside: 0,
+            counted: None,
+        }),
     }
 }
 
 /// A failed generation: if a media file cannot be encoded on its own, the request is at
 /// fault (400 naming its part); else it is ours (500).
-fn diagnose(
-    model: &MultimodalModel,
-    media: &[JobMedia],
-    generated: usize,
-    e: anyhow::Error,
-) -> ApiError {
-    if generated == 0 {
-        for m in media {
-            let Ok(adapter) = model.adapter(&m.modality) else {
-                continue;
-            };
-            if let Some(Err(err)) = adapter.source.get_files(&[m.file.path.as_path()]).pop() {
-                // The temporary path means nothing to the client.
-                let msg =
-                    format!("{err:#}").replace(&m.file.path.display().to_string(), "the file");
-                return ApiError::invalid(
-                    "invalid_media",
-                    format!("{}: cannot decode the {}: {msg}", m.label, m.modality),
-                );
-            }
+fn diagnose(model: &MultimodalModel, media: &[JobMedia], e: anyhow::Error) -> ApiError {
+    for m in media {
+        let Ok(adapter) = model.adapter(&m.modality) else {
+            continue;
+        };
+        if let Some(Err(err)) = adapter.source.get_files(&[m.file.path.as_path()]).pop() {
+            // The temporary path means nothing to the client.
+            let msg = format!("{err:#}").replace(&m.file.path.display().to_string(), "the file");
+            return ApiError::invalid(
+                "invalid_media",
+                format!("{}: cannot decode the {}: {msg}", m.label, m.modality),
+            );
         }
     }
     ApiError::internal(format!("generation failed: {e:#}"))
