@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, Var};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: qlinear, train, align, generate (default: all).
+    /// What to measure: qlinear, train, align, generate, batch (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long, default_value = "smollm2")]
@@ -41,7 +41,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if wants(&a, "qlinear") {
         bench_qlinear(a.reps)?;
     }
-    if wants(&a, "train") || wants(&a, "generate") || wants(&a, "align") {
+    let llm_benches = ["train", "generate", "align", "batch"];
+    if llm_benches.iter().any(|w| wants(&a, w)) {
         let opts = anymal_llm::LoadOptions::requantized(a.requant.as_deref())?;
         let mut model =
             load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
@@ -71,6 +72,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         "machine": crate::system::machine()})
                 );
             }
+        }
+        if wants(&a, "batch") {
+            bench_batch(&model)?;
         }
     }
     println!("peak RSS: {:.0} MiB", crate::system::peak_rss_mib());
@@ -311,4 +315,59 @@ fn bench_generate(model: &anymal_llm::LoadedModel) -> anyhow::Result<(f64, f64)>
     );
     println!("\nGeneration: tg128 {tg:.1} tokens/s; prompt processing pp512 {pp:.1} tokens/s");
     Ok((tg, pp))
+}
+
+/// Decoding throughput of batched generation: `b` sequences (different prompts) generate 64
+/// tokens each together; tokens/s over all of them, prefills excluded.
+fn bench_batch(model: &anymal_llm::LoadedModel) -> anyhow::Result<()> {
+    const TOKENS: usize = 64;
+    let topics = [
+        "the printing press",
+        "the steam engine",
+        "the telescope",
+        "paper money",
+        "the compass",
+        "the bicycle",
+        "glass lenses",
+        "the telegraph",
+    ];
+    println!("\nBatched generation, {TOKENS} tokens per sequence, prefills excluded:");
+    println!("| sequences | tokens/s (all) | tokens/s per sequence | vs 1 |");
+    println!("|---|---|---|---|");
+    let mut single = 0.0;
+    for b in [1usize, 2, 4, 8, 16] {
+        let mut g = anymal_llm::BatchGenerator::new(&model.llm, &[]);
+        for i in 0..b {
+            let prompt = format!("A short history of {}", topics[i % topics.len()]);
+            let ids = model.tokenizer.encode(&prompt, true, false)?;
+            let sampler = Sampler::new(SamplingConfig::default());
+            g.add(
+                i,
+                &ids,
+                None,
+                TOKENS,
+                sampler,
+                &mut anymal_llm::Prefill::whole(),
+            )?;
+        }
+        let t = Instant::now();
+        let mut tokens = 0;
+        while !g.is_empty() {
+            tokens += g
+                .step()?
+                .iter()
+                .filter(|e| matches!(e, anymal_llm::BatchEvent::Token { .. }))
+                .count();
+        }
+        let rate = tokens as f64 / t.elapsed().as_secs_f64();
+        if b == 1 {
+            single = rate;
+        }
+        println!(
+            "| {b} | {rate:.1} | {:.1} | {:.2}x |",
+            rate / b as f64,
+            rate / single
+        );
+    }
+    Ok(())
 }
