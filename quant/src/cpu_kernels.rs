@@ -1,5 +1,7 @@
-//! SIMD dot-product kernels for the GGUF block types candle 0.11 multiplies with scalar code
-//! (Q4_1, Q5_0), run through candle's own threaded quantized matmul.
+//! SIMD kernels for the GGUF block types candle 0.11 multiplies with scalar code (Q4_1, Q5_0),
+//! with their own matmul on candle's thread pool: tiles of weight rows by activation rows, so
+//! that several activation rows (a batch of sequences decoding together) share each weight
+//! block's unpacking instead of repeating it per row as candle's row-at-a-time matmul would.
 //!
 //! SmolLM2's GGUF is Q4_1 and Gemma 3 270M's Q4_K_M file stores 81 of its tensors as Q5_0
 //! (rows of 576 / 640 do not tile Q4K's 256-wide super-blocks); with candle's scalar dot products
@@ -128,11 +130,11 @@ macro_rules! weight_block {
             fn vec_dot(n: usize, xs: &[Self], ys: &[BlockQ8s]) -> f32 {
                 #[cfg(target_arch = "x86_64")]
                 if avx2() {
-                    let [d] = unsafe {
+                    let [[d]] = unsafe {
                         if vnni() {
-                            $vnni(n / QK, [xs], ys)
+                            $vnni(n / QK, [xs], [ys])
                         } else {
-                            $avx2(n / QK, [xs], ys)
+                            $avx2(n / QK, [xs], [ys])
                         }
                     };
                     return d;
@@ -151,11 +153,11 @@ macro_rules! weight_block {
                 #[cfg(target_arch = "x86_64")]
                 if avx2() {
                     let xs = [x0, x1, x2, x3];
-                    let [a, b, c, d] = unsafe {
+                    let [[a, b, c, d]] = unsafe {
                         if vnni() {
-                            $vnni(n / QK, xs, ys)
+                            $vnni(n / QK, xs, [ys])
                         } else {
-                            $avx2(n / QK, xs, ys)
+                            $avx2(n / QK, xs, [ys])
                         }
                     };
                     return (a, b, c, d);
@@ -183,7 +185,7 @@ impl BlockQ4_1 {
                 s += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32;
                 s += (x.qs[j] >> 4) as i32 * y.qs[j + QK / 2] as i32;
             }
-            sum += x.d.to_f32() * y.d * s as f32 + x.m.to_f32() * y.d * y.sum as f32;
+            sum += x.d.to_f32() * y.d * s as f32 + x.m.to_f32() * (y.d * y.sum as f32);
         }
         sum
     }
@@ -278,14 +280,15 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// What the row kernel needs of a weight block: its 32 values as unsigned bytes, its scale, and
-/// the constant part of its dot product with an activation block (Q4_1's minimum, Q5_0's -16),
-/// which the activation's sum turns into one multiply.
+/// What the tile kernel needs of a weight block: its 32 values as unsigned bytes, its scale,
+/// and the factor of the constant part of its dot product with an activation block (Q4_1's
+/// minimum, Q5_0's -16 times its scale), which the activation's scaled sum turns into one
+/// multiply.
 #[cfg(target_arch = "x86_64")]
 trait SimdBlock {
     unsafe fn quants(&self) -> __m256i;
     fn scale(&self) -> f16;
-    unsafe fn offset(&self, y: &BlockQ8s) -> f32;
+    unsafe fn offset_factor(&self) -> f32;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -299,8 +302,8 @@ impl SimdBlock for BlockQ4_1 {
         self.d
     }
     #[inline(always)]
-    unsafe fn offset(&self, y: &BlockQ8s) -> f32 {
-        f16_to_f32(self.m) * y.d * y.sum as f32
+    unsafe fn offset_factor(&self) -> f32 {
+        f16_to_f32(self.m)
     }
 }
 
@@ -315,49 +318,54 @@ impl SimdBlock for BlockQ5_0 {
         self.d
     }
     #[inline(always)]
-    unsafe fn offset(&self, y: &BlockQ8s) -> f32 {
-        -16.0 * f16_to_f32(self.d) * y.d * y.sum as f32
+    unsafe fn offset_factor(&self) -> f32 {
+        -16.0 * f16_to_f32(self.d)
     }
 }
 
-/// Dot products of `R` weight rows with one activation row: the activation block is loaded once
-/// per block for all rows.
+/// Dot products of `R` weight rows with `A` activation rows: each weight block is unpacked
+/// once for the `A` rows and each activation block loaded once for the `R` weight rows.
+/// Every (activation, weight) pair goes through the same operations in the same order
+/// whatever `R` and `A` are, so a row's results do not depend on how many rows were
+/// multiplied with it (batched decoding relies on it; `tests/row_exact.rs`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn rows<B: SimdBlock, const VNNI: bool, const R: usize>(
+unsafe fn tile<B: SimdBlock, const VNNI: bool, const R: usize, const A: usize>(
     blocks: usize,
     xs: [&[B]; R],
-    ys: &[BlockQ8s],
-) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut offset = [0f32; R];
-    for (b, y) in ys.iter().enumerate().take(blocks) {
-        let yq = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+    ys: [&[BlockQ8s]; A],
+) -> [[f32; R]; A] {
+    let mut acc = [[_mm256_setzero_ps(); R]; A];
+    let mut offset = [[0f32; R]; A];
+    for b in 0..blocks {
+        let yq: [__m256i; A] =
+            std::array::from_fn(|a| _mm256_loadu_si256(ys[a][b].qs.as_ptr() as *const __m256i));
+        let ysum: [f32; A] = std::array::from_fn(|a| ys[a][b].d * ys[a][b].sum as f32);
         for r in 0..R {
             let x = &xs[r][b];
-            let p = dot_u8_i8::<VNNI>(x.quants(), yq);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(x.scale()) * y.d), p, acc[r]);
-            offset[r] += x.offset(y);
+            let (xq, xd, xo) = (x.quants(), f16_to_f32(x.scale()), x.offset_factor());
+            for a in 0..A {
+                let p = dot_u8_i8::<VNNI>(xq, yq[a]);
+                acc[a][r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * ys[a][b].d), p, acc[a][r]);
+                offset[a][r] += xo * ysum[a];
+            }
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]) + offset[r];
-    }
-    out
+    std::array::from_fn(|a| std::array::from_fn(|r| hsum(acc[a][r]) + offset[a][r]))
 }
 
-/// Instantiates the row kernels for one instruction set: `$name::<R>(...)`.
+/// Instantiates the tile kernel for one block type and instruction set:
+/// `$name::<R, A>(...)`.
 macro_rules! simd_entry {
     ($name:ident, $block:ty, $vnni:literal, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const R: usize>(
+        unsafe fn $name<const R: usize, const A: usize>(
             blocks: usize,
             xs: [&[$block]; R],
-            ys: &[BlockQ8s],
-        ) -> [f32; R] {
-            rows::<$block, $vnni, R>(blocks, xs, ys)
+            ys: [&[BlockQ8s]; A],
+        ) -> [[f32; R]; A] {
+            tile::<$block, $vnni, R, A>(blocks, xs, ys)
         }
     };
 }
@@ -377,7 +385,8 @@ simd_entry!(
 );
 
 /// `x (m, k) @ W^T` for a Q4_1 or Q5_0 weight `(n, k)` with the SIMD kernels above, on candle's
-/// thread pool. `None` for other types (candle's own kernels are used for those).
+/// thread pool. `None` for other types (candle's own kernels are used for those) or where the
+/// CPU lacks AVX2 (candle's matmul then drives our scalar dot products).
 pub fn matmul(w: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
     let (n, k) = w.shape().dims2()?;
     if k % QK != 0 || x.len() != m * k {
@@ -385,12 +394,163 @@ pub fn matmul(w: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Option<Ve
     }
     let data = w.data()?;
     let mut dst = vec![0f32; m * n];
+    let mkn = (m, k, n);
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        let vnni = vnni();
+        match w.dtype() {
+            GgmlDType::Q4_1 => {
+                let w = blocks::<BlockQ4_1>(&data);
+                if vnni {
+                    drive::<_, VnniQ4_1>(mkn, x, w, &mut dst)
+                } else {
+                    drive::<_, Avx2Q4_1>(mkn, x, w, &mut dst)
+                }
+            }
+            GgmlDType::Q5_0 => {
+                let w = blocks::<BlockQ5_0>(&data);
+                if vnni {
+                    drive::<_, VnniQ5_0>(mkn, x, w, &mut dst)
+                } else {
+                    drive::<_, Avx2Q5_0>(mkn, x, w, &mut dst)
+                }
+            }
+            _ => return Ok(None),
+        }
+        return Ok(Some(dst));
+    }
     match w.dtype() {
-        GgmlDType::Q4_1 => k_quants::matmul((m, k, n), x, blocks::<BlockQ4_1>(&data), &mut dst)?,
-        GgmlDType::Q5_0 => k_quants::matmul((m, k, n), x, blocks::<BlockQ5_0>(&data), &mut dst)?,
+        GgmlDType::Q4_1 => k_quants::matmul(mkn, x, blocks::<BlockQ4_1>(&data), &mut dst)?,
+        GgmlDType::Q5_0 => k_quants::matmul(mkn, x, blocks::<BlockQ5_0>(&data), &mut dst)?,
         _ => return Ok(None),
     }
     Ok(Some(dst))
+}
+
+/// One tile kernel instantiation, named by type so the driver is written once.
+#[cfg(target_arch = "x86_64")]
+trait TileKernel<B> {
+    unsafe fn tile<const R: usize, const A: usize>(
+        blocks: usize,
+        xs: [&[B]; R],
+        ys: [&[BlockQ8s]; A],
+    ) -> [[f32; R]; A];
+}
+
+macro_rules! tile_kernel {
+    ($kernel:ident, $block:ty, $entry:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        struct $kernel;
+        #[cfg(target_arch = "x86_64")]
+        impl TileKernel<$block> for $kernel {
+            unsafe fn tile<const R: usize, const A: usize>(
+                blocks: usize,
+                xs: [&[$block]; R],
+                ys: [&[BlockQ8s]; A],
+            ) -> [[f32; R]; A] {
+                $entry::<R, A>(blocks, xs, ys)
+            }
+        }
+    };
+}
+tile_kernel!(Avx2Q4_1, BlockQ4_1, avx2_q4_1);
+tile_kernel!(VnniQ4_1, BlockQ4_1, vnni_q4_1);
+tile_kernel!(Avx2Q5_0, BlockQ5_0, avx2_q5_0);
+tile_kernel!(VnniQ5_0, BlockQ5_0, vnni_q5_0);
+
+/// Output columns per work item of the pool.
+const COLUMNS_PER_ITEM: usize = 8;
+
+/// The matmul around a tile kernel: the activation rows are quantized once, then the pool
+/// splits the output columns into items of [`COLUMNS_PER_ITEM`]; an item runs its columns
+/// against groups of four activation rows (two weight rows per tile, each weight block
+/// unpacked once per group) or, with fewer rows left, one row against four weight rows.
+#[cfg(target_arch = "x86_64")]
+fn drive<B: Sync, K: TileKernel<B>>(
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[B],
+    dst: &mut [f32],
+) {
+    let nb = k / QK;
+    let mut xq = vec![
+        BlockQ8s {
+            d: 0.0,
+            sum: 0,
+            qs: [0; QK]
+        };
+        m * nb
+    ];
+    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
+        BlockQ8s::from_float(row, q);
+    }
+    let row_of = |i: usize| &xq[i * nb..(i + 1) * nb];
+    let col_of = |j: usize| &w[j * nb..(j + 1) * nb];
+    // Each (row, column) of dst is written by exactly one item.
+    let out = SharedOut(dst.as_mut_ptr());
+    let items = n.div_ceil(COLUMNS_PER_ITEM);
+    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+        let out = &out;
+        for item in range {
+            let (c0, c1) = (
+                item * COLUMNS_PER_ITEM,
+                ((item + 1) * COLUMNS_PER_ITEM).min(n),
+            );
+            let mut r = 0;
+            while r + 4 <= m {
+                let ys = std::array::from_fn(|a| row_of(r + a));
+                let mut c = c0;
+                while c + 2 <= c1 {
+                    let t = unsafe { K::tile::<2, 4>(nb, [col_of(c), col_of(c + 1)], ys) };
+                    for (a, vals) in t.iter().enumerate() {
+                        out.put(n, r + a, c, vals);
+                    }
+                    c += 2;
+                }
+                if c < c1 {
+                    let t = unsafe { K::tile::<1, 4>(nb, [col_of(c)], ys) };
+                    for (a, vals) in t.iter().enumerate() {
+                        out.put(n, r + a, c, vals);
+                    }
+                }
+                r += 4;
+            }
+            for r in r..m {
+                let ys = [row_of(r)];
+                let mut c = c0;
+                while c + 4 <= c1 {
+                    let cols = [col_of(c), col_of(c + 1), col_of(c + 2), col_of(c + 3)];
+                    let [vals] = unsafe { K::tile::<4, 1>(nb, cols, ys) };
+                    out.put(n, r, c, &vals);
+                    c += 4;
+                }
+                for c in c..c1 {
+                    let [vals] = unsafe { K::tile::<1, 1>(nb, [col_of(c)], ys) };
+                    out.put(n, r, c, &vals);
+                }
+            }
+        }
+    });
+}
+
+/// The output matrix, written by the pool's items at disjoint (row, column) positions.
+#[cfg(target_arch = "x86_64")]
+struct SharedOut(*mut f32);
+
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SharedOut {}
+
+#[cfg(target_arch = "x86_64")]
+impl SharedOut {
+    /// `vals` into row `r` from column `c` of an `(m, n)` matrix.
+    #[inline(always)]
+    fn put(&self, n: usize, r: usize, c: usize, vals: &[f32]) {
+        // SAFETY: the caller's items cover disjoint columns, and r, c + vals.len() are within
+        // the (m, n) matrix the pointer was taken from.
+        unsafe {
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), self.0.add(r * n + c), vals.len());
+        }
+    }
 }
 
 /// Whether [`matmul`] has a kernel for this type.
@@ -469,7 +629,7 @@ mod tests {
         let mut extra = vec![];
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            extra.push(unsafe { avx2_q4_1(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+            extra.push(unsafe { avx2_q4_1(nb, [r[0], r[1], r[2], r[3]], [&y]) }[0].to_vec());
         }
         check_variants(&r, k, &y, extra);
 
@@ -480,7 +640,7 @@ mod tests {
         let mut extra = vec![];
         #[cfg(target_arch = "x86_64")]
         if avx2() {
-            extra.push(unsafe { avx2_q5_0(nb, [r[0], r[1], r[2], r[3]], &y) }.to_vec());
+            extra.push(unsafe { avx2_q5_0(nb, [r[0], r[1], r[2], r[3]], [&y]) }[0].to_vec());
         }
         check_variants(&r, k, &y, extra);
     }
