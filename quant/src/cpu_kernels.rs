@@ -38,6 +38,17 @@ pub struct BlockQ5_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
+/// Q8_0 weights: `x = d * q`, q in -127..=127. candle has an int8 tile kernel for them only
+/// with VNNI; elsewhere it multiplies row by row, and [`matmul`] takes them (see
+/// [`has_kernel`]).
+#[derive(Debug, Clone, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    d: f16,
+    qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
 /// A quantized activation block: `x ~ d * q`, with `sum = sum(q)`.
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
@@ -232,7 +243,7 @@ unsafe fn dot_u8_i8<const VNNI: bool>(x: __m256i, y: __m256i) -> __m256 {
     let p32 = if VNNI {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
     } else {
-        // u8 * i8 pairs summed to i16: at most 2 * 31 * 127, no saturation.
+        // u8 * i8 pairs summed to i16: at most 2 * 127 * 127 (Q8_0's |x|), no saturation.
         _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
     };
     _mm256_cvtepi32_ps(p32)
@@ -286,6 +297,10 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// multiply.
 #[cfg(target_arch = "x86_64")]
 trait SimdBlock {
+    /// Whether `quants` are signed bytes (multiplied as |x| times y with x's sign).
+    const SIGNED: bool = false;
+    /// Whether the dot product has a constant part (`offset_factor`).
+    const OFFSET: bool = true;
     unsafe fn quants(&self) -> __m256i;
     fn scale(&self) -> f16;
     unsafe fn offset_factor(&self) -> f32;
@@ -304,6 +319,24 @@ impl SimdBlock for BlockQ4_1 {
     #[inline(always)]
     unsafe fn offset_factor(&self) -> f32 {
         f16_to_f32(self.m)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl SimdBlock for BlockQ8_0 {
+    const SIGNED: bool = true;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn quants(&self) -> __m256i {
+        _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    #[inline(always)]
+    unsafe fn offset_factor(&self) -> f32 {
+        0.0
     }
 }
 
@@ -345,9 +378,17 @@ unsafe fn tile<B: SimdBlock, const VNNI: bool, const R: usize, const A: usize>(
             let x = &xs[r][b];
             let (xq, xd, xo) = (x.quants(), f16_to_f32(x.scale()), x.offset_factor());
             for a in 0..A {
-                let p = dot_u8_i8::<VNNI>(xq, yq[a]);
+                // Signed weights: |x| times y carrying x's sign (at most 2 * 127 * 127 per
+                // byte pair, inside maddubs' i16).
+                let p = if B::SIGNED {
+                    dot_u8_i8::<VNNI>(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(yq[a], xq))
+                } else {
+                    dot_u8_i8::<VNNI>(xq, yq[a])
+                };
                 acc[a][r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * ys[a][b].d), p, acc[a][r]);
-                offset[a][r] += xo * ysum[a];
+                if B::OFFSET {
+                    offset[a][r] += xo * ysum[a];
+                }
             }
         }
     }
@@ -377,6 +418,7 @@ simd_entry!(
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
 simd_entry!(avx2_q5_0, BlockQ5_0, false, "avx2,fma,f16c");
+simd_entry!(avx2_q8_0, BlockQ8_0, false, "avx2,fma,f16c");
 simd_entry!(
     vnni_q5_0,
     BlockQ5_0,
@@ -414,6 +456,9 @@ pub fn matmul(w: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Option<Ve
                 } else {
                     drive::<_, Avx2Q5_0>(mkn, x, w, &mut dst)
                 }
+            }
+            GgmlDType::Q8_0 if !candle_has_int8_tiles() => {
+                drive::<_, Avx2Q8_0>(mkn, x, blocks::<BlockQ8_0>(&data), &mut dst)
             }
             _ => return Ok(None),
         }
@@ -457,6 +502,7 @@ tile_kernel!(Avx2Q4_1, BlockQ4_1, avx2_q4_1);
 tile_kernel!(VnniQ4_1, BlockQ4_1, vnni_q4_1);
 tile_kernel!(Avx2Q5_0, BlockQ5_0, avx2_q5_0);
 tile_kernel!(VnniQ5_0, BlockQ5_0, vnni_q5_0);
+tile_kernel!(Avx2Q8_0, BlockQ8_0, avx2_q8_0);
 
 /// Output columns per work item of the pool.
 const COLUMNS_PER_ITEM: usize = 8;
@@ -464,9 +510,9 @@ const COLUMNS_PER_ITEM: usize = 8;
 /// The matmul around a tile kernel: the activation rows are quantized once, then the pool
 /// splits the output columns into items of [`COLUMNS_PER_ITEM`]; an item runs its columns
 /// against groups of four activation rows (two weight rows per tile, each weight block
-/// unpacked once per group) or, with fewer rows left, one row against four weight rows.
+/// unpacked once per group), then a pair, then single rows against four weight rows.
 #[cfg(target_arch = "x86_64")]
-fn drive<B: Sync, K: TileKernel<B>>(
+fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
     (m, k, n): (usize, usize, usize),
     x: &[f32],
     w: &[B],
@@ -483,6 +529,14 @@ fn drive<B: Sync, K: TileKernel<B>>(
     ];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
         BlockQ8s::from_float(row, q);
+        if B::SIGNED {
+            // llama.cpp multiplies Q8_0 weights by Q8_0 activations, whose scale is stored as
+            // f16: rounded the same way, the products are llama.cpp's (Gemma 3's greedy
+            // tokens follow it through near-ties, tests/llama_cpp_reference.rs).
+            for b in q.iter_mut() {
+                b.d = f16::from_f32(b.d).to_f32();
+            }
+        }
     }
     let row_of = |i: usize| &xq[i * nb..(i + 1) * nb];
     let col_of = |j: usize| &w[j * nb..(j + 1) * nb];
@@ -514,6 +568,16 @@ fn drive<B: Sync, K: TileKernel<B>>(
                     }
                 }
                 r += 4;
+            }
+            if r + 2 <= m {
+                let ys = [row_of(r), row_of(r + 1)];
+                for c in c0..c1 {
+                    let t = unsafe { K::tile::<1, 2>(nb, [col_of(c)], ys) };
+                    for (a, vals) in t.iter().enumerate() {
+                        out.put(n, r + a, c, vals);
+                    }
+                }
+                r += 2;
             }
             for r in r..m {
                 let ys = [row_of(r)];
@@ -553,9 +617,22 @@ impl SharedOut {
     }
 }
 
-/// Whether [`matmul`] has a kernel for this type.
+/// Whether [`matmul`] has a kernel for this type on this CPU. Q8_0 only where candle has no
+/// int8 tile kernel for it: with AVX2 but neither AVX-512 VNNI nor AVX-VNNI (candle's repacked
+/// Q8_0 kernel needs `vpdpbusd`), where candle multiplies it one row at a time.
 pub fn has_kernel(t: GgmlDType) -> bool {
-    matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0)
+    match t {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 => true,
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::Q8_0 => avx2() && !candle_has_int8_tiles(),
+        _ => false,
+    }
+}
+
+/// Whether candle 0.11 runs Q8_0 through its repacked int8 tiles on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn candle_has_int8_tiles() -> bool {
+    vnni() || is_x86_feature_detected!("avxvnni")
 }
 
 fn blocks<B>(bytes: &[u8]) -> &[B] {
@@ -575,8 +652,8 @@ mod tests {
     #[test]
     fn kernels_match_dequantized_matmul() {
         let dev = Device::Cpu;
-        for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
-            for m in [1usize, 3] {
+        for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            for m in [1usize, 3, 6] {
                 let (n, k) = (37, 576);
                 let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
@@ -585,7 +662,9 @@ mod tests {
                 let want = x.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap();
                 let want = want.to_vec1::<f32>().unwrap();
                 let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let got = matmul(&q, &xv, m).unwrap().unwrap();
+                let got = matmul(&q, &xv, m).unwrap();
+                assert_eq!(got.is_some(), has_kernel(ty), "{ty:?}");
+                let Some(got) = got else { continue };
                 let scale = (k as f32).sqrt();
                 for (g, w) in got.iter().zip(want.iter()) {
                     assert!((g - w).abs() < 0.03 * scale, "{ty:?} m={m}: {g} vs {w}");
