@@ -459,16 +459,7 @@ impl MultimodalModel {
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
         let p = self.prompt(turns, media)?;
-        Ok(generate_with(
-            &self.model.llm,
-            &p.ids,
-            p.embeds.as_ref(),
-            max_tokens,
-            sampler,
-            &self.model.eos_ids(),
-            prefill,
-            on_token,
-        )?)
+        self.generate_prompt(&p, max_tokens, sampler, prefill, on_token)
     }
 
     /// [`Self::generate`] with the media slots' tokens given, one `(k_i, d)` tensor per slot
@@ -489,15 +480,8 @@ impl MultimodalModel {
                 media_tokens.len()
             );
         }
-        let mut prefill = Prefill::whole();
-        self.generate_rendered(
-            &r,
-            media_tokens,
-            max_tokens,
-            sampler,
-            &mut prefill,
-            on_token,
-        )
+        let p = self.rendered_prompt(&r, media_tokens)?;
+        self.generate_prompt(&p, max_tokens, sampler, &mut Prefill::whole(), on_token)
     }
 
     fn render_question(&self, turns: &[Turn]) -> Result<Rendered> {
@@ -507,16 +491,14 @@ impl MultimodalModel {
         self.format().render(turns)
     }
 
-    fn generate_rendered(
+    fn generate_prompt(
         &self,
-        r: &Rendered,
-        toks: &[Tensor],
+        p: &Prompt,
         max_tokens: usize,
         sampler: &mut Sampler,
         prefill: &mut Prefill<'_>,
         on_token: impl FnMut(u32) -> anymal_llm::Result<()>,
     ) -> Result<(Vec<u32>, GenerationStats)> {
-        let p = self.rendered_prompt(r, toks)?;
         Ok(generate_with(
             &self.model.llm,
             &p.ids,
