@@ -356,6 +356,7 @@ impl Answer<'_> {
             return Some(Halt::OutOfTime);
         }
         let piece = match self.stream.push(id) {
+            // No text yet (a character split across tokens): nothing to send, go on.
             Ok(piece) => piece?,
             Err(e) => {
                 return Some(Halt::Failed(ApiError::internal(format!(
