@@ -653,6 +653,40 @@ fn concurrent_requests_are_batched_and_answered_as_alone() {
     assert_eq!(most, Some(3), "no step ran four answers together:\n{log}");
 }
 
+/// A long prompt is read a chunk per step, between the tokens of the answers in progress: a
+/// short request that arrives while a ~6000-token prompt is being read is answered before it.
+#[test]
+fn a_long_prompt_does_not_stall_the_answers_in_progress() {
+    smollm2();
+    let srv = Server::start(&["--llm", "smollm2", "--batch", "4"]);
+    let model = srv.model_id();
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(600);
+    let body =
+        json!({"model": model, "messages": [{"role": "user", "content": long}], "max_tokens": 1})
+            .to_string();
+    let addr = srv.addr.clone();
+    let reader = std::thread::spawn(move || {
+        request(&addr, "POST", "/v1/chat/completions", Some(body.as_bytes()))
+    });
+    assert!(
+        srv.wait_for_log("reading a prompt of", Duration::from_secs(60)),
+        "the long request did not start:\n{}",
+        srv.log()
+    );
+    let short = json!({"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8});
+    let v = srv.post(&short).json();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    let still_reading = !srv.log().contains("+ 1 completion tokens");
+    let r = reader.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+    assert!(
+        still_reading,
+        "the short request waited for the long prompt:\n{}",
+        srv.log()
+    );
+}
+
 /// Train a tiny audio projector (two steps on real clips) like tests/align.rs does.
 fn tiny_audio_projector(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     let root = anymal::recipe::expand_path("{cache}/data/asterisk-en");

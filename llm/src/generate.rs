@@ -106,6 +106,83 @@ pub fn generate_with(
     Ok(seq.finish())
 }
 
+/// A prompt being read into its cache, some positions per forward.
+struct Reading {
+    embeds: Tensor,
+    start: usize,
+    cache: KvCache,
+    max_tokens: usize,
+    t0: Instant,
+}
+
+/// What reading more of a prompt left.
+enum Read {
+    More(Reading),
+    /// The whole prompt is in the cache: the sequence can choose its first token.
+    Done(Sequence, KvCache),
+}
+
+impl Reading {
+    /// The prompt as token ids, or as embeddings `(1, t, d)`; nothing read yet.
+    fn new(
+        llm: &Llm,
+        prompt_ids: &[u32],
+        prompt_embeds: Option<&Tensor>,
+        max_tokens: usize,
+    ) -> Result<Self> {
+        let t0 = Instant::now();
+        let embeds = match prompt_embeds {
+            Some(e) => e.clone(),
+            None => {
+                let ids = Tensor::new(prompt_ids, &llm.device)?.unsqueeze(0)?;
+                llm.embed_tokens(&ids)?
+            }
+        };
+        if embeds.dim(1)? == 0 || embeds.dim(0)? != 1 {
+            return Err(crate::Error::ShapeMismatch {
+                what: "the prompt".into(),
+                got: format!("{:?}", embeds.dims()),
+                expected: "one sequence of at least 1 token".into(),
+            });
+        }
+        Ok(Self {
+            embeds,
+            start: 0,
+            cache: llm.new_cache(),
+            max_tokens,
+            t0,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.embeds.dims()[1]
+    }
+
+    /// Reads up to `chunk` more positions (one forward).
+    fn advance(mut self, llm: &Llm, chunk: usize) -> Result<Read> {
+        let n = chunk.max(1).min(self.len() - self.start);
+        let part = self.embeds.narrow(1, self.start, n)?;
+        let hidden = llm.forward_embeds(&part, self.start, None, Some(&mut self.cache))?;
+        self.start += n;
+        if self.start < self.len() {
+            return Ok(Read::More(self));
+        }
+        let stats = GenerationStats {
+            prompt_tokens: self.len(),
+            prompt_seconds: self.t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        let seq = Sequence {
+            logits: last_logits(llm, &hidden)?.remove(0),
+            out: Vec::new(),
+            max_tokens: self.max_tokens,
+            stats,
+            decoding_since: Instant::now(),
+        };
+        Ok(Read::Done(seq, self.cache))
+    }
+}
+
 /// One sequence being generated: the logits of its next position and what it produced.
 struct Sequence {
     logits: Vec<f32>,
@@ -135,50 +212,20 @@ impl Sequence {
         max_tokens: usize,
         prefill: &mut Prefill<'_>,
     ) -> Result<(Self, KvCache)> {
-        let mut cache = llm.new_cache();
-        let mut stats = GenerationStats::default();
-        let t0 = Instant::now();
-        let embeds = match prompt_embeds {
-            Some(e) => e.clone(),
-            None => {
-                let ids = Tensor::new(prompt_ids, &llm.device)?.unsqueeze(0)?;
-                llm.embed_tokens(&ids)?
-            }
-        };
-        let prompt_len = embeds.dim(1)?;
-        stats.prompt_tokens = prompt_len;
-        if prompt_len == 0 || embeds.dim(0)? != 1 {
-            return Err(crate::Error::ShapeMismatch {
-                what: "the prompt".into(),
-                got: format!("{:?}", embeds.dims()),
-                expected: "one sequence of at least 1 token".into(),
-            });
-        }
-        let mut start = 0;
-        let hidden = loop {
+        let mut reading = Reading::new(llm, prompt_ids, prompt_embeds, max_tokens)?;
+        loop {
             if !(prefill.proceed)() {
                 return Err(crate::Error::Stopped(format!(
-                    "prefill stopped after {start} of {prompt_len} prompt tokens"
+                    "prefill stopped after {} of {} prompt tokens",
+                    reading.start,
+                    reading.len()
                 )));
             }
-            let n = prefill.chunk.min(prompt_len - start);
-            let h =
-                llm.forward_embeds(&embeds.narrow(1, start, n)?, start, None, Some(&mut cache))?;
-            start += n;
-            if start == prompt_len {
-                break h;
-            }
-        };
-        let logits = last_logits(llm, &hidden)?.remove(0);
-        stats.prompt_seconds = t0.elapsed().as_secs_f64();
-        let seq = Self {
-            logits,
-            out: Vec::new(),
-            max_tokens,
-            stats,
-            decoding_since: Instant::now(),
-        };
-        Ok((seq, cache))
+            reading = match reading.advance(llm, prefill.chunk)? {
+                Read::More(r) => r,
+                Read::Done(seq, cache) => return Ok((seq, cache)),
+            };
+        }
     }
 
     /// Chooses the next token from the current logits and records it.
@@ -219,6 +266,15 @@ pub struct BatchGenerator<'m, K> {
     /// One entry per sequence in the batch, in the order they joined; `caches[i]` is row i's.
     rows: Vec<Row<K>>,
     caches: Vec<KvCache>,
+    /// Prompts being read a chunk per step ([`Self::add_reading`]), in the order they came.
+    reading: Vec<Pending<K>>,
+}
+
+struct Pending<K> {
+    key: K,
+    reading: Reading,
+    chunk: usize,
+    sampler: Sampler,
 }
 
 struct Row<K> {
@@ -238,6 +294,8 @@ pub enum BatchEvent<K> {
         tokens: Vec<u32>,
         stats: GenerationStats,
     },
+    /// Reading the prompt of `key` failed; it has left the batch (the others go on).
+    Failed { key: K, error: crate::Error },
 }
 
 impl<'m, K: Clone> BatchGenerator<'m, K> {
@@ -247,16 +305,25 @@ impl<'m, K: Clone> BatchGenerator<'m, K> {
             eos_ids: eos_ids.to_vec(),
             rows: Vec::new(),
             caches: Vec::new(),
+            reading: Vec::new(),
         }
     }
 
-    /// Sequences in the batch.
+    /// Sequences in the batch, those whose prompt is still being read included.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.reading.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether the prompt of `key` is still being read.
+    pub fn is_reading(&self, key: &K) -> bool
+    where
+        K: PartialEq,
+    {
+        self.reading.iter().any(|p| &p.key == key)
     }
 
     /// Runs a prompt's prefill (alone, as `prefill` says) and adds the sequence, known as
@@ -278,21 +345,72 @@ impl<'m, K: Clone> BatchGenerator<'m, K> {
         Ok(())
     }
 
+    /// Adds the sequence `key` whose prompt is read `chunk` positions per [`Self::step`],
+    /// between the steps of the others, so that a long prompt joining does not stall the
+    /// sequences already generating for all of its length. Chunks fall at the same positions
+    /// whatever else is in the batch, so the sequence gets the tokens [`generate_with`] gives
+    /// it with `Prefill::chunked(chunk, ..)`. Its first token comes from the step that reads
+    /// its last chunk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_reading(
+        &mut self,
+        key: K,
+        prompt_ids: &[u32],
+        prompt_embeds: Option<&Tensor>,
+        max_tokens: usize,
+        sampler: Sampler,
+        chunk: usize,
+    ) -> Result<()> {
+        let reading = Reading::new(self.llm, prompt_ids, prompt_embeds, max_tokens)?;
+        self.reading.push(Pending {
+            key,
+            reading,
+            chunk,
+            sampler,
+        });
+        Ok(())
+    }
+
     /// Takes the sequence `key` out of the batch (its client went away), returning what it
-    /// had produced.
+    /// had produced (nothing while its prompt is being read).
     pub fn remove(&mut self, key: &K) -> Option<(Vec<u32>, GenerationStats)>
     where
         K: PartialEq,
     {
+        if let Some(i) = self.reading.iter().position(|p| &p.key == key) {
+            self.reading.remove(i);
+            return Some((Vec::new(), GenerationStats::default()));
+        }
         let i = self.rows.iter().position(|r| &r.key == key)?;
         self.caches.remove(i);
         Some(self.rows.remove(i).seq.finish())
     }
 
-    /// One token for every sequence in the batch: the events in row order, a sequence's
-    /// `Token` before its `Finished`.
+    /// One chunk of every prompt being read, then one token for every sequence whose prompt
+    /// is read: the events in row order, a sequence's `Token` before its `Finished`.
     pub fn step(&mut self) -> Result<Vec<BatchEvent<K>>> {
         let mut events = Vec::new();
+        for p in std::mem::take(&mut self.reading) {
+            let Pending {
+                key,
+                reading,
+                chunk,
+                sampler,
+            } = p;
+            match reading.advance(self.llm, chunk) {
+                Ok(Read::More(reading)) => self.reading.push(Pending {
+                    key,
+                    reading,
+                    chunk,
+                    sampler,
+                }),
+                Ok(Read::Done(seq, cache)) => {
+                    self.rows.push(Row { key, seq, sampler });
+                    self.caches.push(cache);
+                }
+                Err(error) => events.push(BatchEvent::Failed { key, error }),
+            }
+        }
         let mut feed = Vec::with_capacity(self.rows.len());
         let mut keep = Vec::with_capacity(self.rows.len());
         for row in &mut self.rows {

@@ -1,15 +1,29 @@
 //! Batched generation gives every sequence the tokens one-at-a-time generation gives it, on
 //! the real GGUF models (from `scripts/fetch-assets.sh`): sequences of different lengths, with
 //! different token budgets, greedy and sampled, joining and leaving the batch at different
+//! steps, half of them with their prompts read a few positions per step between the others'
 //! steps; for Gemma 3 also one that decodes past its sliding window.
 
 use std::collections::BTreeMap;
 
 use anymal_llm::loader::known_model_path;
 use anymal_llm::{
-    generate, load_model, BatchEvent, BatchGenerator, LoadOptions, LoadedModel, Prefill, Sampler,
-    SamplingConfig,
+    generate_with, load_model, BatchEvent, BatchGenerator, LoadOptions, LoadedModel, Prefill,
+    Sampler, SamplingConfig,
 };
+
+/// Every other sequence joins with its prompt read 4 positions per step
+/// (`BatchGenerator::add_reading`); alone, it is generated with the same chunks.
+fn chunk_of(i: usize) -> Option<usize> {
+    (i % 2 == 0).then_some(4)
+}
+
+fn prefill_of(i: usize) -> Prefill<'static> {
+    match chunk_of(i) {
+        Some(c) => Prefill::chunked(c, || true),
+        None => Prefill::whole(),
+    }
+}
 
 fn model(name: &str) -> LoadedModel {
     let path = known_model_path(name).unwrap_or_else(|e| panic!("{e}"));
@@ -71,11 +85,22 @@ fn check(name: &str, long_prompt: bool, copies: usize, batches: &[usize]) {
     let cases = cases(&m, long_prompt, copies);
     let alone: Vec<Vec<u32>> = cases
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let mut s = Sampler::new(c.sampling);
-            generate(&m.llm, &c.ids, None, c.max_tokens, &mut s, &eos, |_| Ok(()))
-                .unwrap()
-                .0
+            let mut prefill = prefill_of(i);
+            generate_with(
+                &m.llm,
+                &c.ids,
+                None,
+                c.max_tokens,
+                &mut s,
+                &eos,
+                &mut prefill,
+                |_| Ok(()),
+            )
+            .unwrap()
+            .0
         })
         .collect();
     for &batch in batches {
@@ -88,8 +113,11 @@ fn check(name: &str, long_prompt: bool, copies: usize, batches: &[usize]) {
             while g.len() < batch && next < cases.len() {
                 let c = &cases[next];
                 let s = Sampler::new(c.sampling);
-                g.add(next, &c.ids, None, c.max_tokens, s, &mut Prefill::whole())
-                    .unwrap();
+                match chunk_of(next) {
+                    Some(chunk) => g.add_reading(next, &c.ids, None, c.max_tokens, s, chunk),
+                    None => g.add(next, &c.ids, None, c.max_tokens, s, &mut prefill_of(next)),
+                }
+                .unwrap();
                 next += 1;
             }
             widest = widest.max(g.len());
@@ -102,6 +130,7 @@ fn check(name: &str, long_prompt: bool, copies: usize, batches: &[usize]) {
                         assert_eq!(stats.generated_tokens, tokens.len());
                         assert!(finished.insert(key, tokens).is_none(), "{key} twice");
                     }
+                    BatchEvent::Failed { key, error } => panic!("sequence {key} failed: {error}"),
                 }
             }
         }

@@ -47,8 +47,10 @@ pub fn generate_in_order(
         }
         if !generator.is_empty() {
             for event in generator.step()? {
-                if let BatchEvent::Finished { key, tokens, .. } = event {
-                    finished[key] = Some(Ok(tokens));
+                match event {
+                    BatchEvent::Finished { key, tokens, .. } => finished[key] = Some(Ok(tokens)),
+                    BatchEvent::Failed { key, error } => finished[key] = Some(Err(error.into())),
+                    BatchEvent::Token { .. } => {}
                 }
             }
         }

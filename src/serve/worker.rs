@@ -2,14 +2,15 @@
 //! order they came, and up to `--batch` of them are answered together (continuous batching,
 //! as llama.cpp's server slots and vLLM do): each step of a [`BatchGenerator`] gives every
 //! answer in progress one token through one forward over all of them; a request that arrives
-//! joins between steps (its prompt is read alone, in chunks), and one that ends leaves at
-//! once. An answer's tokens are the ones it gets alone (batched generation is exact per row).
-//! One owner needs no locking around the KV caches or the encoders.
+//! joins between steps (its prompt is read a chunk per step, between the others' tokens, so a
+//! long prompt does not stall them), and one that ends leaves at once. An answer's tokens are
+//! the ones it gets alone (batched generation is exact per row). One owner needs no locking
+//! around the KV caches or the encoders.
 //!
 //! Each job carries a channel back to its HTTP handler. The worker sends text as it is
 //! generated; a send that fails means the client went away, and its answer leaves the batch.
-//! A panic while reading one request's prompt becomes a 500 for that request; a failed or
-//! panicking step, a 500 for the answers in progress. The worker goes on with the next.
+//! A panic while checking a request or encoding its media becomes a 500 for that request; a
+//! failed or panicking step, a 500 for the answers in it. The worker goes on with the next.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anymal_llm::tokenizer::TokenStream;
-use anymal_llm::{BatchEvent, BatchGenerator, GenerationStats, Prefill, Sampler, SamplingConfig};
+use anymal_llm::{BatchEvent, BatchGenerator, GenerationStats, Sampler, SamplingConfig};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
@@ -97,11 +98,9 @@ pub struct RequestLimits {
     pub max_seconds: f64,
 }
 
-/// The error code of a request whose client left before its first token.
-const CLIENT_GONE: &str = "client_gone";
-
-/// Prompt positions fed per forward, between which a client that left or a deadline that
-/// passed stops the prefill: a few seconds of work on a 2-core CPU.
+/// Prompt positions read per step of the batch: between them the other answers get a token
+/// each, and a client that left or a deadline that passed ends the reading (a second or so
+/// of work on a 2-core CPU).
 const PREFILL_CHUNK: usize = 256;
 
 /// The HTTP side's handle on the worker.
@@ -251,6 +250,45 @@ fn run(
             }
             continue;
         }
+        // Answers still reading their prompt: a client that left or a request out of time
+        // ends here, between chunks.
+        answering.retain(|a| {
+            if !generator.is_reading(&a.n) {
+                return true;
+            }
+            let why = if a.events.is_closed() {
+                Some(None)
+            } else if a.t0.elapsed().as_secs_f64() > a.max_seconds {
+                Some(Some(ApiError::unavailable(
+                    "timeout",
+                    format!(
+                        "the request ran past the limit of {} s before its first token (--max-request-seconds)",
+                        a.max_seconds
+                    ),
+                )))
+            } else {
+                None
+            };
+            let Some(error) = why else {
+                return true;
+            };
+            generator.remove(&a.n);
+            match error {
+                None => eprintln!(
+                    "request {}: client went away during the prefill; stopped after {:.2}s",
+                    a.n,
+                    a.t0.elapsed().as_secs_f64()
+                ),
+                Some(e) => {
+                    eprintln!("request {}: error {e}", a.n);
+                    let _ = a.events.send(Event::Error(e));
+                }
+            }
+            false
+        });
+        if answering.is_empty() {
+            continue;
+        }
         // One token for every answer in the batch.
         let others = answering.len() - 1;
         for a in &mut answering {
@@ -292,6 +330,12 @@ fn run(
                 BatchEvent::Finished { key, tokens, stats } => {
                     if let Some(i) = answering.iter().position(|a| a.n == key) {
                         answering.remove(i).complete(&tokens, &stats);
+                    }
+                }
+                BatchEvent::Failed { key, error } => {
+                    if let Some(i) = answering.iter().position(|a| a.n == key) {
+                        let e = ApiError::internal(format!("generation failed: {error:#}"));
+                        answering.remove(i).halt(Halt::Failed(e));
                     }
                 }
             }
@@ -439,8 +483,8 @@ impl Answer<'_> {
     }
 }
 
-/// Checks a request, encodes its media and reads its prompt into the batch; the answer is
-/// then produced by the batch's steps. `None` when the request already ended (an error was
+/// Checks a request, encodes its media and puts its prompt in the batch to be read; the answer
+/// is then produced by the batch's steps. `None` when the request already ended (an error was
 /// sent, or its client left).
 fn start<'m>(
     model: &'m MultimodalModel,
@@ -453,13 +497,6 @@ fn start<'m>(
     let t0 = Instant::now();
     match read_prompt(model, generator, job, n, budget, t0) {
         Ok(answer) => Some(answer),
-        Err(e) if e.code == Some(CLIENT_GONE) => {
-            eprintln!(
-                "request {n}: client went away during the prefill; stopped after {:.2}s",
-                t0.elapsed().as_secs_f64()
-            );
-            None
-        }
         Err(e) => {
             eprintln!("request {n}: error {e}");
             let _ = events.send(Event::Error(e));
@@ -519,7 +556,6 @@ fn read_prompt<'m>(
         return Err(over(format!("the prompt is {prompt_tokens} tokens")));
     }
     let max_seconds = budget.limits.max_seconds;
-    let out_of_time = move || t0.elapsed().as_secs_f64() > max_seconds;
     if prompt_tokens > PREFILL_CHUNK {
         eprintln!("request {n}: reading a prompt of {prompt_tokens} tokens");
     }
@@ -534,53 +570,35 @@ fn read_prompt<'m>(
     // The request's files go as soon as they are encoded: a client that got its answer finds
     // nothing of its request left on the server's disk.
     drop(media);
-    // Between prefill chunks: has the client left (true), has the request run out of time
-    // (false).
-    let client_gone = std::cell::Cell::new(None);
-    let mut prefill = Prefill::chunked(PREFILL_CHUNK, || {
-        if events.is_closed() {
-            client_gone.set(Some(true));
-        } else if out_of_time() {
-            client_gone.set(Some(false));
-        }
-        client_gone.get().is_none()
-    });
-    let added = generator.add(
-        n,
-        &prompt.ids,
-        prompt.embeds.as_ref(),
-        max_tokens,
-        Sampler::new(params.sampling),
-        &mut prefill,
-    );
-    drop(prefill);
-    match (added, client_gone.get()) {
-        (_, Some(true)) => Err(ApiError::unavailable(CLIENT_GONE, "the client went away")),
-        (_, Some(false)) => Err(ApiError::unavailable(
-            "timeout",
-            format!(
-                "the request ran past the limit of {max_seconds} s before its first token (--max-request-seconds)"
-            ),
-        )),
-        (Err(e), None) => Err(ApiError::internal(format!("generation failed: {e:#}"))),
-        (Ok(()), None) => Ok(Answer {
+    // The prompt is read PREFILL_CHUNK positions per step of the batch; between chunks the
+    // worker checks that the client is still there and the request in time (`check_reading`).
+    generator
+        .add_reading(
             n,
-            events,
-            t0,
-            max_seconds,
-            // With media, the prompt holds their tokens too.
-            prompt_tokens: match &prompt.embeds {
-                Some(e) => e.dims().get(1).copied().unwrap_or(prompt_tokens),
-                None => prompt.ids.len(),
-            },
+            &prompt.ids,
+            prompt.embeds.as_ref(),
             max_tokens,
-            stream: TokenStream::new(&model.model.tokenizer),
-            stop: StopMatcher::new(params.stop),
-            completion_tokens: 0,
-            alongside: 0,
-            counted: None,
-        }),
-    }
+            Sampler::new(params.sampling),
+            PREFILL_CHUNK,
+        )
+        .map_err(|e| ApiError::internal(format!("generation failed: {e:#}")))?;
+    Ok(Answer {
+        n,
+        events,
+        t0,
+        max_seconds,
+        // With media, the prompt holds their tokens too.
+        prompt_tokens: match &prompt.embeds {
+            Some(e) => e.dims().get(1).copied().unwrap_or(prompt_tokens),
+            None => prompt.ids.len(),
+        },
+        max_tokens,
+        stream: TokenStream::new(&model.model.tokenizer),
+        stop: StopMatcher::new(params.stop),
+        completion_tokens: 0,
+        alongside: 0,
+        counted: None,
+    })
 }
 
 /// A failed generation: if a media file cannot be encoded on its own, the request is at
