@@ -143,6 +143,8 @@ pub(crate) fn check_audio_length(path: &Path, n: usize, rate: u32) -> Result<()>
 /// 1e15 s between two rows would otherwise resample into billions.
 pub(crate) fn check_imu_rows(path: &Path, rows: f64, rate_hz: f32) -> Result<()> {
     let max = limits().max_imu_rows;
+    // Negated so that a NaN row count is over the limit too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if !(rows <= max as f64) {
         return Err(Error::TooLarge {
             path: path.to_path_buf(),

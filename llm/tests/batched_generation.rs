@@ -15,7 +15,7 @@ use anymal_llm::{
 /// Every other sequence joins with its prompt read 4 positions per step
 /// (`BatchGenerator::add_reading`); alone, it is generated with the same chunks.
 fn chunk_of(i: usize) -> Option<usize> {
-    (i % 2 == 0).then_some(4)
+    i.is_multiple_of(2).then_some(4)
 }
 
 fn prefill_of(i: usize) -> Prefill<'static> {

@@ -146,6 +146,7 @@ impl AdamW {
 
 /// Whether every element of `t` is finite: `x - x` is 0 for a finite `x` and NaN for NaN and
 /// the infinities, and a sum of zeros cannot overflow (a sum of `t` itself could).
+#[allow(clippy::eq_op)] // `t - t` on purpose: see above
 fn all_finite(t: &Tensor) -> Result<bool> {
     let s = (t - t)?
         .sum_all()?
