@@ -115,6 +115,14 @@ impl Llm {
     /// one-at-a-time generation token for token. More rows than
     /// [`anymal_quant::EXACT_ROWS`] go through in groups of that many, which keeps that promise.
     pub fn forward_rows(&self, inputs_embeds: &Tensor, caches: &mut [KvCache]) -> Result<Tensor> {
+        // The fused attention computes on host values: a gradient would stop there unseen.
+        if inputs_embeds.track_op() {
+            return Err(Error::Unsupported {
+                what: "gradients through Llm::forward_rows (decoding is inference only; \
+                       train through forward_embeds)"
+                    .into(),
+            });
+        }
         let (b, t, d) = inputs_embeds.dims3()?;
         if b > EXACT_ROWS && b == caches.len() {
             let groups = caches

@@ -301,6 +301,9 @@ trait SimdBlock {
     const SIGNED: bool = false;
     /// Whether the dot product has a constant part (`offset_factor`).
     const OFFSET: bool = true;
+    /// Whether the activation blocks' scales are rounded to f16 first, as llama.cpp's Q8_0
+    /// activations (the vec_dot type of Q8_0 weights) store them.
+    const F16_ACTIVATION_SCALE: bool = false;
     unsafe fn quants(&self) -> __m256i;
     fn scale(&self) -> f16;
     unsafe fn offset_factor(&self) -> f32;
@@ -326,6 +329,7 @@ impl SimdBlock for BlockQ4_1 {
 impl SimdBlock for BlockQ8_0 {
     const SIGNED: bool = true;
     const OFFSET: bool = false;
+    const F16_ACTIVATION_SCALE: bool = true;
     #[inline(always)]
     unsafe fn quants(&self) -> __m256i {
         _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i)
@@ -529,10 +533,9 @@ fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
     ];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
         BlockQ8s::from_float(row, q);
-        if B::SIGNED {
-            // llama.cpp multiplies Q8_0 weights by Q8_0 activations, whose scale is stored as
-            // f16: rounded the same way, the products are llama.cpp's (Gemma 3's greedy
-            // tokens follow it through near-ties, tests/llama_cpp_reference.rs).
+        if B::F16_ACTIVATION_SCALE {
+            // Rounded as llama.cpp stores them, the products are llama.cpp's (Gemma 3's
+            // greedy tokens follow it through near-ties, tests/llama_cpp_reference.rs).
             for b in q.iter_mut() {
                 b.d = f16::from_f32(b.d).to_f32();
             }
