@@ -279,7 +279,17 @@ unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn f16_to_f32(h: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    _mm_cvtss_f32(f16_splat(h))
+}
+
+/// `h` in every lane. Used for the scales in the tile kernel's loop: converting one lane
+/// there lets LLVM emit a `vpinsrw` that merges into whatever register it picks, which was
+/// an accumulator, chaining each block's scale to the previous block's multiply-add (Q8_0's
+/// single-row head ran at half speed).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn f16_splat(h: f16) -> __m128 {
+    _mm_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -360,6 +370,14 @@ impl SimdBlock for BlockQ5_0 {
     }
 }
 
+/// How far ahead of the block being multiplied the kernel asks for weight bytes. Decoding one
+/// row streams every weight from memory once per token; left to the hardware prefetcher the
+/// kernel waited on memory for half its time (Gemma 3's 178 MB Q8_0 head took 12.9 ms a token
+/// on two Zen 3 cores, 7.6 ms with this; 2 KiB to 4 KiB all land there). Weight rows are
+/// contiguous, so the address runs on into the rows the next tiles multiply.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BYTES: usize = 3072;
+
 /// Dot products of `R` weight rows with `A` activation rows: each weight block is unpacked
 /// once for the `A` rows and each activation block loaded once for the `R` weight rows.
 /// Every (activation, weight) pair goes through the same operations in the same order
@@ -372,15 +390,28 @@ unsafe fn tile<B: SimdBlock, const VNNI: bool, const R: usize, const A: usize>(
     xs: [&[B]; R],
     ys: [&[BlockQ8s]; A],
 ) -> [[f32; R]; A] {
+    // Plain loops rather than `std::array::from_fn`: its closures do not inherit the caller's
+    // target features, so the intrinsics inside them became calls.
     let mut acc = [[_mm256_setzero_ps(); R]; A];
     let mut offset = [[0f32; R]; A];
+    let mut yq = [_mm256_setzero_si256(); A];
+    let mut yd = [_mm256_setzero_ps(); A];
+    let mut ysum = [0f32; A];
     for b in 0..blocks {
-        let yq: [__m256i; A] =
-            std::array::from_fn(|a| _mm256_loadu_si256(ys[a][b].qs.as_ptr() as *const __m256i));
-        let ysum: [f32; A] = std::array::from_fn(|a| ys[a][b].d * ys[a][b].sum as f32);
+        for a in 0..A {
+            let y = &ys[a][b];
+            yq[a] = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            yd[a] = _mm256_set1_ps(y.d);
+            ysum[a] = y.d * y.sum as f32;
+        }
         for r in 0..R {
             let x = &xs[r][b];
-            let (xq, xd, xo) = (x.quants(), f16_to_f32(x.scale()), x.offset_factor());
+            // `wrapping_add`: past the last rows the address is only a hint, never read.
+            let ahead = (x as *const B as *const i8).wrapping_add(PREFETCH_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            let xq = x.quants();
+            let xd = _mm256_broadcastss_ps(f16_splat(x.scale()));
+            let xo = if B::OFFSET { x.offset_factor() } else { 0.0 };
             for a in 0..A {
                 // Signed weights: |x| times y carrying x's sign (at most 2 * 127 * 127 per
                 // byte pair, inside maddubs' i16).
@@ -389,14 +420,20 @@ unsafe fn tile<B: SimdBlock, const VNNI: bool, const R: usize, const A: usize>(
                 } else {
                     dot_u8_i8::<VNNI>(xq, yq[a])
                 };
-                acc[a][r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * ys[a][b].d), p, acc[a][r]);
+                acc[a][r] = _mm256_fmadd_ps(_mm256_mul_ps(xd, yd[a]), p, acc[a][r]);
                 if B::OFFSET {
                     offset[a][r] += xo * ysum[a];
                 }
             }
         }
     }
-    std::array::from_fn(|a| std::array::from_fn(|r| hsum(acc[a][r]) + offset[a][r]))
+    let mut out = [[0f32; R]; A];
+    for a in 0..A {
+        for r in 0..R {
+            out[a][r] = hsum(acc[a][r]) + offset[a][r];
+        }
+    }
+    out
 }
 
 /// Instantiates the tile kernel for one block type and instruction set:
