@@ -680,6 +680,56 @@ fn quantized_lora_gradient_matches_dense_and_checkpointing() {
     }
 }
 
+/// LoRA dropout under gradient checkpointing: the block's re-run in backward draws the masks
+/// its forward drew, so the loss and every adapter gradient equal the plain backward's with
+/// the same masks (the composed update on Gemma-style blocks, the fused op on q4k layers).
+/// Without the rewind the re-run would draw new masks and the gradients would not match.
+#[test]
+fn lora_dropout_is_replayed_under_checkpointing() {
+    for (arch, ty) in [(Arch::Llama, "q4k"), (Arch::Gemma3, "f32")] {
+        let c = cfg(arch);
+        let mut q = build(&c, &random_weights(&c, 8), ty, DType::F32);
+        let mut spec = lora_spec(4, TargetModules::AllLinear);
+        spec.cfg.dropout = 0.25;
+        let set = q.attach_lora(&spec, 3).unwrap();
+        randomize_b(&set, 4);
+        let e0 = q.embed_tokens(&ids(2, 6, 7)).unwrap();
+        let positions: Vec<u64> = set
+            .modules
+            .iter()
+            .map(|m| m.lora.dropout_position())
+            .collect();
+        let rewind = || {
+            for (m, &p) in set.modules.iter().zip(&positions) {
+                m.lora.rewind_dropout(p);
+            }
+        };
+        let (lp, gp) = lora_grads(&q, &set, &e0, true);
+        let (l_next, _) = lora_grads(&q, &set, &e0, true);
+        assert!(
+            (l_next - lp).abs() > 1e-6 * lp.abs(),
+            "{arch:?}: the next dropout masks gave the same loss"
+        );
+        q.gradient_checkpointing = true;
+        for track in [true, false] {
+            rewind();
+            let (lc, gc) = lora_grads(&q, &set, &e0, track);
+            assert!(
+                (lc - lp).abs() < 1e-5 * lp.abs().max(1.0),
+                "{arch:?}: checkpointed loss {lc} vs {lp}"
+            );
+            assert_eq!(gc.len(), gp.len());
+            for (k, g) in &gp {
+                let rel = max_diff(&gc[k], g) / max_abs(g);
+                assert!(
+                    rel < 1e-4,
+                    "{arch:?} {k} (input tracked: {track}): checkpointed gradient with dropout differs by {rel}"
+                );
+            }
+        }
+    }
+}
+
 /// A fresh adapter changes nothing; inference mode builds no graph; merging into f32 weights
 /// reproduces the adapter's outputs; PEFT files round-trip; and a GGUF-layout Llama (q/k rows
 /// permuted for interleaved RoPE) and its HF-layout twin give the same outputs with the same

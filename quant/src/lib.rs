@@ -30,7 +30,7 @@ mod qlinear;
 mod quant_type;
 
 pub use error::{Error, Result};
-pub use lora::{Lora, LoraConfig};
+pub use lora::{DropoutDraw, Lora, LoraConfig};
 pub use nf4::{Nf4Tensor, NF4_CODE};
 pub use qlinear::{QLinear, QWeight, EXACT_ROWS};
 pub use quant_type::QuantType;

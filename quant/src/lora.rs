@@ -10,8 +10,13 @@
 //! be dropped without a word. The checkpointing op therefore hands them to
 //! [`Lora::add_pending_grads`], and [`Lora::grads`] merges them with the ones the outer graph
 //! produced.
+//!
+//! Dropout's keep mask is never stored: each training forward takes the next [`DropoutDraw`] of
+//! the adapter's own stream, and the mask is a seeded sequence that the fused op's backward and
+//! a checkpointed block's re-run (which rewinds the stream, [`Lora::rewind_dropout`]) compute
+//! again, identical to the forward's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anymal_util::rng::SplitMix64;
@@ -53,10 +58,43 @@ pub struct Lora {
     pub dropout: f64,
     /// Gradients computed inside checkpointed backward passes, not yet collected.
     pending: Mutex<Option<(Tensor, Tensor)>>,
-    /// Whether forward passes build a graph to `A` and `B`. Off for inference, so generation
-    /// keeps no graph and runs its fused kernels.
+    /// Whether forward passes build a graph to `A` and `B` and apply dropout. Off for
+    /// inference, so generation keeps no graph and runs its fused kernels.
     training: AtomicBool,
+    /// This adapter's dropout stream (adapters are numbered as created, so each layer drops
+    /// different elements) and how many masks it has drawn.
+    dropout_stream: u64,
+    dropout_draws: AtomicU64,
 }
+
+/// One dropout mask: element `i` of the adapter's `(rows, in)` input survives where the `i`-th
+/// value of a SplitMix64 sequence seeded by `seed` is at least `p`, and is then scaled by
+/// `1 / (1 - p)` (inverted dropout, as PEFT's `nn.Dropout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutDraw {
+    pub p: f64,
+    pub seed: u64,
+}
+
+impl DropoutDraw {
+    /// The `n` multipliers of the mask: `0` or `1 / (1 - p)`.
+    pub fn multipliers(&self, n: usize) -> Vec<f32> {
+        let mut rng = SplitMix64::new(self.seed);
+        let kept = (1.0 / (1.0 - self.p)) as f32;
+        (0..n)
+            .map(|_| if rng.next_f64() >= self.p { kept } else { 0.0 })
+            .collect()
+    }
+
+    /// `x` times the mask, element `i` of `x`'s row-major order taking multiplier `i`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let mask = Tensor::from_vec(self.multipliers(x.elem_count()), x.shape(), x.device())?;
+        Ok((x * mask.to_dtype(x.dtype())?)?)
+    }
+}
+
+/// Numbers the adapters of a process in creation order: their dropout streams.
+static NEXT_DROPOUT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 impl Lora {
     /// A fresh adapter: `A` Kaiming-uniform from `seed` (bound `1/sqrt(in)`), `B` zero.
@@ -96,6 +134,8 @@ impl Lora {
             dropout: cfg.dropout,
             pending: Mutex::new(None),
             training: AtomicBool::new(true),
+            dropout_stream: NEXT_DROPOUT_STREAM.fetch_add(1, Ordering::Relaxed),
+            dropout_draws: AtomicU64::new(0),
         })
     }
 
@@ -116,16 +156,37 @@ impl Lora {
         self.a.elem_count() + self.b.elem_count()
     }
 
-    /// The update `scale * dropout(x) A^T B^T` for `x (rows, in)`; dropout only while the
-    /// input is part of a training graph.
+    /// The next dropout mask of this adapter while training with dropout; None otherwise.
+    pub fn draw_dropout(&self) -> Option<DropoutDraw> {
+        if self.dropout == 0.0 || !self.is_training() {
+            return None;
+        }
+        let draw = self.dropout_draws.fetch_add(1, Ordering::Relaxed);
+        let seed = SplitMix64::new(self.dropout_stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ draw)
+            .next_u64();
+        Some(DropoutDraw {
+            p: self.dropout,
+            seed,
+        })
+    }
+
+    /// How many dropout masks this adapter has drawn: where its stream stands.
+    pub fn dropout_position(&self) -> u64 {
+        self.dropout_draws.load(Ordering::Relaxed)
+    }
+
+    /// Puts the dropout stream back to `position`, so a re-run forward draws the masks the
+    /// first run drew (gradient checkpointing).
+    pub fn rewind_dropout(&self, position: u64) {
+        self.dropout_draws.store(position, Ordering::Relaxed);
+    }
+
+    /// The update `scale * dropout(x) A^T B^T` for `x (rows, in)`; dropout only while
+    /// training.
     pub fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if self.dropout > 0.0 && x.track_op() {
-            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
-                .ge(self.dropout as f32)?
-                .to_dtype(x.dtype())?;
-            ((x * keep)? * (1.0 / (1.0 - self.dropout)))?
-        } else {
-            x.clone()
+        let x = match self.draw_dropout() {
+            Some(d) => d.apply(x)?,
+            None => x.clone(),
         };
         let (a, b) = if self.is_training() {
             (self.a.as_tensor().clone(), self.b.as_tensor().clone())
@@ -182,6 +243,37 @@ impl Lora {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mask drops a fraction `p` of the elements and scales the rest by `1 / (1 - p)`, so
+    /// its mean is 1; successive draws of one adapter, and two adapters, drop different ones.
+    #[test]
+    fn dropout_masks_drop_p_and_differ_per_draw() {
+        let cfg = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.25,
+            use_rslora: false,
+        };
+        let (l1, l2) = (
+            Lora::init(&cfg, 8, 8, 1).unwrap(),
+            Lora::init(&cfg, 8, 8, 1).unwrap(),
+        );
+        let n = 200_000;
+        let m = l1.draw_dropout().unwrap().multipliers(n);
+        let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.25).abs() < 0.005, "dropped {dropped}");
+        assert!(m.iter().all(|&v| v == 0.0 || v == (1.0f64 / 0.75) as f32));
+        let mean = m.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        let next = l1.draw_dropout().unwrap().multipliers(n);
+        let other = l2.draw_dropout().unwrap().multipliers(n);
+        assert_ne!(m, next);
+        assert_ne!(next, other);
+        l1.rewind_dropout(0);
+        assert_eq!(l1.draw_dropout().unwrap().multipliers(n), m);
+        l1.set_training(false);
+        assert_eq!(l1.draw_dropout(), None);
+    }
 
     /// `A` depends on nothing but the seed: saved runs, resumed runs and the tests that compare
     /// against them rely on the exact stream (values recorded from the original generator).

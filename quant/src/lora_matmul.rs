@@ -1,22 +1,36 @@
 //! The frozen quantized product and a LoRA update as one op, for training:
-//! `y = x W^T + scale * (x A^T) B^T`.
+//! `y = x W^T + scale * (dropout(x) A^T) B^T`.
 //!
 //! Written as separate candle ops, the update keeps three `(rows, out)` tensors per adapted
 //! layer alive in the graph until backward (`(x A^T) B^T`, its scaled copy and the sum with
 //! the frozen product), on top of the product itself: with all seven linear layers of every
 //! block adapted, LoRA training held several times the activations of alignment. As one op
 //! only its output is kept; backward recomputes the small `(rows, r)` product `x A^T` and
-//! returns the gradients of `x`, `A` and `B` together.
+//! returns the gradients of `x`, `A` and `B` together. Dropout's mask is recomputed from its
+//! seed there too ([`DropoutDraw`]), so no mask, nor the masked input, is kept either.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use crate::custom_op::{cpu_tensor, into_cpu_storage};
+use crate::DropoutDraw;
 
 /// `x (.., in)`, `A (r, in)`, `B (out, r)` -> `(.., out)`, around `frozen`, the frozen layer's
 /// own op (its forward and input gradient; `QLinear`'s quantized matmul).
 pub(crate) struct QLoraMatMul<F: CustomOp1> {
     pub frozen: F,
     pub scale: f64,
+    /// This forward's mask on the adapter's input, if any.
+    pub dropout: Option<DropoutDraw>,
+}
+
+impl<F: CustomOp1> QLoraMatMul<F> {
+    /// The adapter's input, `x (rows, in)` through the dropout mask.
+    fn dropped(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        match &self.dropout {
+            Some(d) => d.apply(&x).map_err(Into::into),
+            None => Ok(x),
+        }
+    }
 }
 
 /// `t` as `(rows, last)`.
@@ -41,7 +55,7 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (frozen, shape) = self.frozen.cpu_fwd(s1, l1)?;
         let y = cpu_tensor(&frozen, &Layout::contiguous(shape.clone()))?;
-        let x = rows_of(&cpu_tensor(s1, l1)?)?;
+        let x = self.dropped(rows_of(&cpu_tensor(s1, l1)?)?)?;
         let (a, b) = (cpu_tensor(s2, l2)?, cpu_tensor(s3, l3)?);
         let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
         into_cpu_storage((y + delta.reshape(shape)?)?)
@@ -61,10 +75,12 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
             .bwd(&x, res, &grad)?
             .ok_or_else(|| candle_core::Error::Msg("qlinear: no input gradient".into()))?;
         let g = rows_of(&grad.contiguous()?)?;
-        let x2 = rows_of(&x)?;
+        let x2 = self.dropped(rows_of(&x)?)?;
         // (rows, r): the gradient at the low-rank bottleneck.
         let gb = (g.matmul(&b)? * self.scale)?;
-        let gx = (gx_frozen + gb.matmul(&a)?.reshape(x.dims())?)?;
+        // Through the mask back to x: d(x m)/dx = m.
+        let gx_lora = self.dropped(gb.matmul(&a)?)?;
+        let gx = (gx_frozen + gx_lora.reshape(x.dims())?)?;
         let ga = gb.t()?.matmul(&x2)?;
         let gb_w = (g.t()?.matmul(&x2.matmul(&a.t()?)?)? * self.scale)?;
         Ok((Some(gx), Some(ga), Some(gb_w)))
@@ -94,11 +110,13 @@ mod tests {
     }
 
     /// The fused op against the same layer written as separate candle ops (the frozen product
-    /// plus `Lora::forward_2d`): outputs and the gradients of `x`, `A` and `B`, on the types the
-    /// fused path takes, with few rows (quantized kernel) and many (dequantized GEMM).
+    /// plus `Lora::forward_2d`, the dropout mask a tensor in the graph): outputs and the
+    /// gradients of `x`, `A` and `B`, on the types the fused path takes, with few rows
+    /// (quantized kernel) and many (dequantized GEMM), with and without dropout. Both draw the
+    /// same mask (the stream is rewound between them); a further draw gives another output.
     #[test]
     fn fused_lora_matches_the_composed_ops() {
-        for ty in ["q4k", "q4_0", "nf4"] {
+        for (ty, dropout) in [("q4k", 0.0), ("q4_0", 0.0), ("nf4", 0.0), ("q4k", 0.3)] {
             for rows in [5, 160] {
                 let (k, n, r) = (256, 96, 8);
                 let base =
@@ -107,7 +125,7 @@ mod tests {
                 let cfg = LoraConfig {
                     r,
                     alpha: 16.0,
-                    dropout: 0.0,
+                    dropout,
                     use_rslora: false,
                 };
                 let lora = Arc::new(
@@ -142,8 +160,15 @@ mod tests {
                         pick(lora.b.as_tensor()),
                     )
                 };
+                let stream = lora.dropout_position();
                 let (yf, gxf, gaf, gbf) = run(true);
+                lora.rewind_dropout(stream);
                 let (yc, gxc, gac, gbc) = run(false);
+                if dropout > 0.0 {
+                    let (again, ..) = run(true);
+                    let rel = max_rel(&again, &yf);
+                    assert!(rel > 1e-3, "{ty}: another dropout draw changed nothing");
+                }
                 for (what, f, c) in [
                     ("y", &yf, &yc),
                     ("dx", &gxf, &gxc),

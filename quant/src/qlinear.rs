@@ -223,6 +223,7 @@ impl QLinear {
                         weight: self.weight.clone(),
                     },
                     scale: l.scale,
+                    dropout: l.draw_dropout(),
                 },
             )?);
         }
@@ -271,16 +272,18 @@ impl QLinear {
             QWeight::Nf4(_) | QWeight::Dense(_) => false,
         } && self.lora.is_none();
         let few = (2..=EXACT_ROWS).contains(&rows);
-        (few && !exact_together && !xs.track_op() && xs.device().is_cpu()).then_some(rows)
+        // A checkpointed block's forward runs on an input that tracks nothing, yet it trains:
+        // a training adapter's rows stay together (one dropout mask, as in the re-run).
+        let inference = !xs.track_op() && !self.lora.as_ref().is_some_and(|l| l.is_training());
+        (few && !exact_together && inference && xs.device().is_cpu()).then_some(rows)
     }
 
     /// Whether [`Self::forward`] takes the fused frozen + LoRA op: while training an adapter
-    /// without dropout on a quantized CPU layer with f32 activations (what `anymal tune` does);
-    /// anything else composes the update from candle ops.
+    /// on a quantized CPU layer with f32 activations (what `anymal tune` does); anything else
+    /// composes the update from candle ops.
     fn fused_lora(&self, xs: &Tensor) -> Option<&Arc<Lora>> {
         let l = self.lora.as_ref()?;
         let fits = l.is_training()
-            && l.dropout == 0.0
             && self.bias.is_none()
             && xs.device().is_cpu()
             && xs.dtype() == DType::F32
