@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// "with LoRA" variant does.
     #[arg(long)]
     pub lora_qv: bool,
+    /// align with --lora-qv: the adapters' dropout (PEFT's `lora_dropout`).
+    #[arg(long, default_value_t = 0.0, requires = "lora_qv")]
+    pub lora_dropout: f64,
     /// align: recompute each block in backward instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -37,6 +40,12 @@ fn wants(a: &BenchArgs, what: &str) -> bool {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&a.lora_dropout) {
+        anyhow::bail!(
+            "--lora-dropout must be within [0, 1), got {}",
+            a.lora_dropout
+        );
+    }
     println!("machine: {}", crate::system::machine());
     if wants(&a, "qlinear") {
         bench_qlinear(a.reps)?;
@@ -51,12 +60,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         if wants(&a, "align") {
             model.llm.gradient_checkpointing = a.gradient_checkpointing;
-            let r = bench_align(&mut model, a.reps, a.lora_qv)?;
+            let lora_dropout = a.lora_qv.then_some(a.lora_dropout);
+            let r = bench_align(&mut model, a.reps, lora_dropout)?;
             if a.json {
                 println!(
                     "{}",
                     serde_json::json!({"tool": "anymal", "what": "align", "model": a.llm,
-                        "lora_qv": a.lora_qv, "gradient_checkpointing": a.gradient_checkpointing,
+                        "lora_qv": a.lora_qv, "lora_dropout": a.lora_dropout,
+                        "gradient_checkpointing": a.gradient_checkpointing,
                         "samples_per_s": r.0, "step_s": r.1,
                         "peak_rss_mib": crate::system::peak_rss_mib(), "machine": crate::system::machine()})
                 );
@@ -178,20 +189,21 @@ fn bench_train(model: &anymal_llm::LoadedModel, reps: usize) -> anyhow::Result<(
 
 /// One alignment step as issue 6 defines it: batch 8, each 32 projected tokens + 32 text
 /// tokens, loss on the text tokens, projector Linear(384 -> d) trained, AdamW step; with
-/// `lora_qv` also a LoRA r=8 on q_proj and v_proj. Returns (samples/s, s/step).
+/// `lora_dropout` also a LoRA r=8 on q_proj and v_proj with that dropout. Returns (samples/s,
+/// s/step).
 fn bench_align(
     model: &mut anymal_llm::LoadedModel,
     reps: usize,
-    lora_qv: bool,
+    lora_dropout: Option<f64>,
 ) -> anyhow::Result<(f64, f64)> {
     use crate::splice::{answer_loss_sum, build_batch, Example, IGNORE_INDEX};
     use anymal_adapters::{Projector, ProjectorConfig, ProjectorKind, Reduce};
-    let lora = if lora_qv {
+    let lora = if let Some(dropout) = lora_dropout {
         let spec = anymal_llm::LoraSpec {
             cfg: anymal_quant::LoraConfig {
                 r: 8,
                 alpha: 16.0,
-                dropout: 0.0,
+                dropout,
                 use_rslora: false,
             },
             targets: anymal_llm::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
@@ -263,7 +275,11 @@ fn bench_align(
         .collect::<candle_core::Result<_>>()?;
     println!(
         "\nAlignment step: batch {b} x ({k} projected + {text} text tokens), loss on text tokens, AdamW{}:",
-        if lora_qv { ", LoRA r=8 on q,v" } else { "" }
+        match lora_dropout {
+            Some(p) if p > 0.0 => format!(", LoRA r=8 on q,v, dropout {p}"),
+            Some(_) => ", LoRA r=8 on q,v".into(),
+            None => String::new(),
+        }
     );
     let (mut t_fwd, mut t_bwd, mut t_opt) = (vec![], vec![], vec![]);
     for _ in 0..reps.max(2) + 1 {
