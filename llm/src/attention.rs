@@ -33,11 +33,17 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(xs)?;
-        let k = self.k_proj.forward(xs)?;
-        let v = self.v_proj.forward(xs)?;
-        let out = self.attend(&q, &k, &v, rope, mask, cache)?;
+        let qkv = self.project_qkv(xs)?;
+        let out = self.attend(&qkv[0], &qkv[1], &qkv[2], rope, mask, cache)?;
         Ok(self.o_proj.forward(&out)?)
+    }
+
+    /// `[q, k, v]` of `xs`, in one call of the kernels where they allow it.
+    fn project_qkv(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(QLinear::forward_many(
+            &[&self.q_proj, &self.k_proj, &self.v_proj],
+            xs,
+        )?)
     }
 
     /// One new position for each of `b` sequences: `xs (b, 1, d)`, row `i` at its own
@@ -54,9 +60,8 @@ impl Attention {
         caches: &mut [KvCache],
         layer: usize,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(xs)?;
-        let k = self.k_proj.forward(xs)?;
-        let v = self.v_proj.forward(xs)?;
+        let qkv = self.project_qkv(xs)?;
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
         let fused = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
         let out = if fused {
             let b = rows.len();

@@ -17,14 +17,14 @@ pub struct Mlp {
 impl Mlp {
     /// `(b, t, d) -> (b, t, d)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?;
-        let up = self.up_proj.forward(xs)?;
+        let gate_up = QLinear::forward_many(&[&self.gate_proj, &self.up_proj], xs)?;
+        let (gate, up) = (&gate_up[0], &gate_up[1]);
         let h = if (gate.track_op() || up.track_op()) && gate.dtype() != DType::F64 {
             // Training: one op that keeps only gate and up for its backward.
-            crate::fused_ops::gated(&gate, &up, self.act)?
+            crate::fused_ops::gated(gate, up, self.act)?
         } else {
             let gate = match self.act {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::Silu => candle_nn::ops::silu(gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
             (gate * up)?

@@ -467,50 +467,67 @@ simd_entry!(
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
 
-/// `x (m, k) @ W^T` for a Q4_1 or Q5_0 weight `(n, k)` with the SIMD kernels above, on candle's
-/// thread pool. `None` for other types (candle's own kernels are used for those) or where the
-/// CPU lacks AVX2 (candle's matmul then drives our scalar dot products).
+/// `x (m, k) @ W^T` for a Q4_1, Q5_0 or Q8_0 weight `(n, k)` with the SIMD kernels above, on
+/// candle's thread pool. `None` for other types (candle's own kernels are used for those) or
+/// where the CPU lacks AVX2 (candle's matmul then drives our scalar dot products).
 pub fn matmul(w: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-    let (n, k) = w.shape().dims2()?;
+    Ok(matmul_many(&[w], x, m)?.and_then(|mut ys| ys.pop()))
+}
+
+/// `x (m, k) @ W_i^T` for several weights of one type with `k` columns each (a layer's q, k
+/// and v, or its gate and up): the activation rows are quantized once and one dispatch of the
+/// pool covers every weight's columns, where a call per weight pays both per weight. Each
+/// (row, column) goes through the same arithmetic as in [`matmul`]. `None` where `matmul`
+/// would be, or when the weights differ in type or width.
+pub fn matmul_many(
+    ws: &[&QTensor],
+    x: &[f32],
+    m: usize,
+) -> candle_core::Result<Option<Vec<Vec<f32>>>> {
+    let Some(first) = ws.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    let (ty, k) = (first.dtype(), first.shape().dims2()?.1);
+    let mut ns = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (n, kw) = w.shape().dims2()?;
+        if w.dtype() != ty || kw != k {
+            return Ok(None);
+        }
+        ns.push(n);
+    }
     if k % QK != 0 || x.len() != m * k {
         return Ok(None);
     }
-    let data = w.data()?;
-    let mut dst = vec![0f32; m * n];
-    let mkn = (m, k, n);
+    let data = ws
+        .iter()
+        .map(|w| w.data())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut dsts: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         let vnni = vnni();
-        match w.dtype() {
-            GgmlDType::Q4_1 => {
-                let w = blocks::<BlockQ4_1>(&data);
-                if vnni {
-                    drive::<_, VnniQ4_1>(mkn, x, w, &mut dst)
-                } else {
-                    drive::<_, Avx2Q4_1>(mkn, x, w, &mut dst)
-                }
-            }
-            GgmlDType::Q5_0 => {
-                let w = blocks::<BlockQ5_0>(&data);
-                if vnni {
-                    drive::<_, VnniQ5_0>(mkn, x, w, &mut dst)
-                } else {
-                    drive::<_, Avx2Q5_0>(mkn, x, w, &mut dst)
-                }
-            }
+        let mk = (m, k);
+        match ty {
+            GgmlDType::Q4_1 if vnni => drive::<_, VnniQ4_1>(mk, x, &all_blocks(&data), &mut dsts),
+            GgmlDType::Q4_1 => drive::<_, Avx2Q4_1>(mk, x, &all_blocks(&data), &mut dsts),
+            GgmlDType::Q5_0 if vnni => drive::<_, VnniQ5_0>(mk, x, &all_blocks(&data), &mut dsts),
+            GgmlDType::Q5_0 => drive::<_, Avx2Q5_0>(mk, x, &all_blocks(&data), &mut dsts),
             GgmlDType::Q8_0 if !candle_has_int8_tiles() => {
-                drive::<_, Avx2Q8_0>(mkn, x, blocks::<BlockQ8_0>(&data), &mut dst)
+                drive::<_, Avx2Q8_0>(mk, x, &all_blocks(&data), &mut dsts)
             }
             _ => return Ok(None),
         }
-        return Ok(Some(dst));
+        return Ok(Some(dsts));
     }
-    match w.dtype() {
-        GgmlDType::Q4_1 => k_quants::matmul(mkn, x, blocks::<BlockQ4_1>(&data), &mut dst)?,
-        GgmlDType::Q5_0 => k_quants::matmul(mkn, x, blocks::<BlockQ5_0>(&data), &mut dst)?,
-        _ => return Ok(None),
+    for ((bytes, &n), dst) in data.iter().zip(&ns).zip(dsts.iter_mut()) {
+        match ty {
+            GgmlDType::Q4_1 => k_quants::matmul((m, k, n), x, blocks::<BlockQ4_1>(bytes), dst)?,
+            GgmlDType::Q5_0 => k_quants::matmul((m, k, n), x, blocks::<BlockQ5_0>(bytes), dst)?,
+            _ => return Ok(None),
+        }
     }
-    Ok(Some(dst))
+    Ok(Some(dsts))
 }
 
 /// One tile kernel instantiation, named by type so the driver is written once.
@@ -548,16 +565,17 @@ tile_kernel!(Avx2Q8_0, BlockQ8_0, avx2_q8_0);
 /// Output columns per work item of the pool.
 const COLUMNS_PER_ITEM: usize = 8;
 
-/// The matmul around a tile kernel: the activation rows are quantized once, then the pool
-/// splits the output columns into items of [`COLUMNS_PER_ITEM`]; an item runs its columns
-/// against groups of four activation rows (two weight rows per tile, each weight block
-/// unpacked once per group), then a pair, then single rows against four weight rows.
+/// The matmul around a tile kernel, for one or more weights `ws[i] (n_i, k)` into `dsts[i]
+/// (m, n_i)`: the activation rows are quantized once, then the pool splits every weight's
+/// output columns into items of [`COLUMNS_PER_ITEM`]; an item runs its columns against groups
+/// of four activation rows (two weight rows per tile, each weight block unpacked once per
+/// group), then a pair, then single rows against four weight rows.
 #[cfg(target_arch = "x86_64")]
 fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
-    (m, k, n): (usize, usize, usize),
+    (m, k): (usize, usize),
     x: &[f32],
-    w: &[B],
-    dst: &mut [f32],
+    ws: &[&[B]],
+    dsts: &mut [Vec<f32>],
 ) {
     let nb = k / QK;
     let mut xq = vec![
@@ -579,13 +597,23 @@ fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
         }
     }
     let row_of = |i: usize| &xq[i * nb..(i + 1) * nb];
-    let col_of = |j: usize| &w[j * nb..(j + 1) * nb];
-    // Each (row, column) of dst is written by exactly one item.
-    let out = SharedOut(dst.as_mut_ptr());
-    let items = n.div_ceil(COLUMNS_PER_ITEM);
+    // Each (row, column) of each dst is written by exactly one item.
+    let outs: Vec<SharedOut> = dsts.iter_mut().map(|d| SharedOut(d.as_mut_ptr())).collect();
+    // Item `i` of the pool is item `i - first_item[p]` of the weight `p` it falls in.
+    let mut first_item = Vec::with_capacity(ws.len() + 1);
+    first_item.push(0);
+    for w in ws {
+        let n = w.len() / nb;
+        first_item.push(first_item.last().unwrap() + n.div_ceil(COLUMNS_PER_ITEM));
+    }
+    let items = *first_item.last().unwrap();
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-        let out = &out;
         for item in range {
+            let p = first_item.partition_point(|&f| f <= item) - 1;
+            let (w, out) = (ws[p], &outs[p]);
+            let n = w.len() / nb;
+            let col_of = |j: usize| &w[j * nb..(j + 1) * nb];
+            let item = item - first_item[p];
             let (c0, c1) = (
                 item * COLUMNS_PER_ITEM,
                 ((item + 1) * COLUMNS_PER_ITEM).min(n),
@@ -673,6 +701,10 @@ pub fn has_kernel(t: GgmlDType) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn candle_has_int8_tiles() -> bool {
     vnni() || is_x86_feature_detected!("avxvnni")
+}
+
+fn all_blocks<'a, B>(weights: &'a [std::borrow::Cow<'a, [u8]>]) -> Vec<&'a [B]> {
+    weights.iter().map(|w| blocks(w)).collect()
 }
 
 fn blocks<B>(bytes: &[u8]) -> &[B] {

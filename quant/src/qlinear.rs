@@ -240,10 +240,7 @@ impl QLinear {
                 weight: self.weight.clone(),
             })?,
         };
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
-            None => ys,
-        };
+        let ys = self.add_bias(ys)?;
         Ok(match &self.lora {
             Some(l) => {
                 let (lead, k) = split_last(xs.dims());
@@ -252,6 +249,55 @@ impl QLinear {
             }
             None => ys,
         })
+    }
+
+    fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
+            None => ys,
+        })
+    }
+
+    /// Several layers of one input (a block's q, k and v; its gate and up), each output
+    /// exactly what that layer's [`Self::forward`] gives. For inference on the CPU with fewer
+    /// rows than the dense path takes (decoding), layers of one GGUF type with a SIMD kernel
+    /// and no adapter run in one call of the kernels (`cpu_kernels::matmul_many`: the input
+    /// quantized once, one dispatch of the thread pool); anything else runs layer by layer.
+    pub fn forward_many(layers: &[&QLinear], xs: &Tensor) -> Result<Vec<Tensor>> {
+        let (lead, k) = split_last(xs.dims());
+        let rows = xs.elem_count() / k.max(1);
+        let weights: Option<Vec<&QTensor>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                QWeight::Ggml(w) if l.lora.is_none() => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let together = weights.filter(|ws| {
+            ws.len() > 1
+                && ws
+                    .iter()
+                    .all(|w| crate::cpu_kernels::has_kernel(w.dtype()) && w.device().is_cpu())
+                && (1..DENSE_FORWARD_MIN_ROWS).contains(&rows)
+                && !xs.track_op()
+                && xs.dtype() == DType::F32
+                && xs.device().is_cpu()
+        });
+        let Some(ws) = together else {
+            return layers.iter().map(|l| l.forward(xs)).collect();
+        };
+        let x: Vec<f32> = xs.flatten_all()?.to_vec1()?;
+        let Some(ys) = crate::cpu_kernels::matmul_many(&ws, &x, rows)? else {
+            return layers.iter().map(|l| l.forward(xs)).collect();
+        };
+        layers
+            .iter()
+            .zip(ys)
+            .map(|(l, y)| {
+                let y = Tensor::from_vec(y, with_last(&lead, l.out_features), xs.device())?;
+                l.add_bias(y)
+            })
+            .collect()
     }
 
     /// The number of rows of `xs` when [`Self::forward`] must run them one by one to keep

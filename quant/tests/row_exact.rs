@@ -75,3 +75,40 @@ fn rows_multiplied_together_equal_rows_alone_for_every_type() {
         }
     }
 }
+
+/// `QLinear::forward_many` (a block's q/k/v or gate/up in one call of the kernels) gives each
+/// layer exactly what its own forward gives: for every type (those without a SIMD kernel run
+/// layer by layer), layers of different widths, with a bias on one, from one row up to more
+/// than the decoding path takes.
+#[test]
+fn layers_multiplied_together_equal_each_layer_alone() {
+    let dev = Device::Cpu;
+    let inp = 320;
+    for ty in TYPES {
+        let qt = QuantType::parse(ty).unwrap();
+        let layer = |out: usize, bias: bool| {
+            let w = (Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap() * 0.02).unwrap();
+            let b = bias.then(|| Tensor::randn(0f32, 0.1, out, &dev).unwrap());
+            QLinear::quantize(&w, b, qt).unwrap()
+        };
+        let layers = [layer(320, false), layer(96, true), layer(72, false)];
+        let refs: Vec<&QLinear> = layers.iter().collect();
+        for m in [1, 2, 5, 16, 130] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, inp), &dev).unwrap();
+            let together = QLinear::forward_many(&refs, &x).unwrap();
+            assert_eq!(together.len(), layers.len());
+            for (i, (l, t)) in layers.iter().zip(&together).enumerate() {
+                let alone = l.forward(&x).unwrap();
+                assert_eq!(t.dims(), alone.dims(), "{ty}: layer {i}, {m} rows");
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                };
+                assert!(
+                    bits(t) == bits(&alone),
+                    "{ty}: layer {i} with {m} rows differs from its own forward"
+                );
+            }
+        }
+    }
+}
