@@ -83,15 +83,15 @@ impl Attention {
                 dim: hd,
                 scale: self.scale as f32,
             };
-            decode_attention(&q, &k, &v, heads, &decode_rows, caches, layer)?
+            decode_attention(&q, &k, v, heads, &decode_rows, caches, layer)?
         } else {
             let mut outs = Vec::with_capacity(rows.len());
             for (i, (row, cache)) in rows.iter().zip(caches.iter_mut()).enumerate() {
                 let one = |t: &Tensor| t.narrow(0, i, 1);
                 outs.push(self.attend(
-                    &one(&q)?,
-                    &one(&k)?,
-                    &one(&v)?,
+                    &one(q)?,
+                    &one(k)?,
+                    &one(v)?,
                     row.rope,
                     row.mask,
                     Some((cache, layer)),
