@@ -600,13 +600,12 @@ fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
     // Each (row, column) of each dst is written by exactly one item.
     let outs: Vec<SharedOut> = dsts.iter_mut().map(|d| SharedOut(d.as_mut_ptr())).collect();
     // Item `i` of the pool is item `i - first_item[p]` of the weight `p` it falls in.
-    let mut first_item = Vec::with_capacity(ws.len() + 1);
-    first_item.push(0);
+    let mut first_item = vec![0];
+    let mut items = 0;
     for w in ws {
-        let n = w.len() / nb;
-        first_item.push(first_item.last().unwrap() + n.div_ceil(COLUMNS_PER_ITEM));
+        items += (w.len() / nb).div_ceil(COLUMNS_PER_ITEM);
+        first_item.push(items);
     }
-    let items = *first_item.last().unwrap();
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
         for item in range {
             let p = first_item.partition_point(|&f| f <= item) - 1;
