@@ -97,6 +97,8 @@ fn tune_args(
         "lora.r=4".into(),
         "lora.alpha=8".into(),
         "lora.target_modules=[\"q_proj\", \"v_proj\"]".into(),
+        // Dropout on: its masks must follow the step for the resumed run to repeat.
+        "lora.dropout=0.1".into(),
         "llm.gradient_checkpointing=true".into(),
         "train.max_steps=4".into(),
         "train.batch_size=2".into(),

@@ -62,8 +62,9 @@ pub struct Lora {
     /// inference, so generation keeps no graph and runs its fused kernels.
     training: AtomicBool,
     /// This adapter's dropout stream (adapters are numbered as created, so each layer drops
-    /// different elements) and how many masks it has drawn.
-    dropout_stream: u64,
+    /// different elements, until a trainer places them: [`Lora::seek_dropout`]) and how many
+    /// masks it has drawn.
+    dropout_stream: AtomicU64,
     dropout_draws: AtomicU64,
 }
 
@@ -160,7 +161,7 @@ impl Lora {
             dropout: cfg.dropout,
             pending: Mutex::new(None),
             training: AtomicBool::new(true),
-            dropout_stream: NEXT_DROPOUT_STREAM.fetch_add(1, Ordering::Relaxed),
+            dropout_stream: AtomicU64::new(NEXT_DROPOUT_STREAM.fetch_add(1, Ordering::Relaxed)),
             dropout_draws: AtomicU64::new(0),
         })
     }
@@ -188,8 +189,8 @@ impl Lora {
             return None;
         }
         let draw = self.dropout_draws.fetch_add(1, Ordering::Relaxed);
-        let seed = SplitMix64::new(self.dropout_stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ draw)
-            .next_u64();
+        let stream = self.dropout_stream.load(Ordering::Relaxed);
+        let seed = SplitMix64::new(stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ draw).next_u64();
         Some(DropoutDraw {
             p: self.dropout,
             seed,
@@ -204,6 +205,14 @@ impl Lora {
     /// Puts the dropout stream back to `position`, so a re-run forward draws the masks the
     /// first run drew (gradient checkpointing).
     pub fn rewind_dropout(&self, position: u64) {
+        self.dropout_draws.store(position, Ordering::Relaxed);
+    }
+
+    /// Places the adapter on dropout stream `stream` at `position`: a trainer that does so from
+    /// the module's index and the step draws the same masks in a resumed run as in an
+    /// uninterrupted one.
+    pub fn seek_dropout(&self, stream: u64, position: u64) {
+        self.dropout_stream.store(stream, Ordering::Relaxed);
         self.dropout_draws.store(position, Ordering::Relaxed);
     }
 

@@ -154,10 +154,11 @@ pub fn run(recipe: &TuneRecipe, opts: &TuneOptions) -> Result<TuneSummary> {
     };
     let order = DataOrder::new(train.len(), t.seed);
     let mut steps = StepLoop::new(&run, t, &resumed)?;
-    while steps.next_step().is_some() {
+    while let Some(step) = steps.next_step() {
         let items: Vec<&TrainItem> = steps.items(&order).iter().map(|&i| &train[i]).collect();
         if let Some(set) = lora {
             set.set_training(true);
+            set.seek_dropout(step);
         }
         let (loss, mut grads) = step_gradients(&model, &trainables, &items, t.batch_size)?;
         let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;

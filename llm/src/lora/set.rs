@@ -72,6 +72,15 @@ impl LoraSet {
         }
     }
 
+    /// Places every adapter's dropout masks for training step `step`: module `j` draws from
+    /// stream `j`, starting at `step << 32`, so the masks depend on the step and not on how
+    /// many steps this process has run (a resumed run repeats the uninterrupted one).
+    pub fn seek_dropout(&self, step: u64) {
+        for (j, m) in self.modules.iter().enumerate() {
+            m.lora.seek_dropout(j as u64, step << 32);
+        }
+    }
+
     /// The tensors in PEFT's layout and names (`B` back in HF row order).
     pub fn peft_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
