@@ -96,8 +96,14 @@ impl DropoutDraw {
             self.scale_in_place(&mut v);
             return Ok(Tensor::from_vec(v, x.shape(), x.device())?);
         }
+        Ok((x * self.mask_like(x)?)?)
+    }
+
+    /// The mask as a tensor of `x`'s shape, dtype and device: for a product in a graph, or for
+    /// several tensors of one shape through the same mask.
+    pub fn mask_like(&self, x: &Tensor) -> Result<Tensor> {
         let mask = Tensor::from_vec(self.multipliers(x.elem_count()), x.shape(), x.device())?;
-        Ok((x * mask.to_dtype(x.dtype())?)?)
+        Ok(mask.to_dtype(x.dtype())?)
     }
 
     /// Multiplies element `i` of `v` by multiplier `i`, in chunks on rayon's threads (each

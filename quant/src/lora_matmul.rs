@@ -75,11 +75,21 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
             .bwd(&x, res, &grad)?
             .ok_or_else(|| candle_core::Error::Msg("qlinear: no input gradient".into()))?;
         let g = rows_of(&grad.contiguous()?)?;
-        let x2 = self.dropped(rows_of(&x)?)?;
+        // The mask is drawn once here for the input and the input's gradient (same shape).
+        let x2 = rows_of(&x)?;
+        let mask = match &self.dropout {
+            Some(d) => Some(d.mask_like(&x2)?),
+            None => None,
+        };
+        let masked = |t: Tensor| match &mask {
+            Some(m) => t * m,
+            None => Ok(t),
+        };
+        let x2 = masked(x2)?;
         // (rows, r): the gradient at the low-rank bottleneck.
         let gb = (g.matmul(&b)? * self.scale)?;
         // Through the mask back to x: d(x m)/dx = m.
-        let gx_lora = self.dropped(gb.matmul(&a)?)?;
+        let gx_lora = masked(gb.matmul(&a)?)?;
         let gx = (gx_frozen + gx_lora.reshape(x.dims())?)?;
         let ga = gb.t()?.matmul(&x2)?;
         let gb_w = (g.t()?.matmul(&x2.matmul(&a.t()?)?)? * self.scale)?;
