@@ -53,9 +53,9 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8s {
-    d: f32,
-    sum: i32,
-    qs: [i8; QK],
+    pub(crate) d: f32,
+    pub(crate) sum: i32,
+    pub(crate) qs: [i8; QK],
 }
 
 impl GgmlType for BlockQ8s {
@@ -221,7 +221,7 @@ impl BlockQ5_0 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -252,7 +252,7 @@ unsafe fn dot_u8_i8<const VNNI: bool>(x: __m256i, y: __m256i) -> __m256 {
 /// The 32 nibbles of a block as bytes, elements 0..16 (low nibbles) then 16..32 (high).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
+pub(crate) unsafe fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
     let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
     let m4 = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(q, m4);
@@ -263,7 +263,7 @@ unsafe fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
 /// The fifth bits of a Q5_0 block as 0x10 bytes: byte j tests bit j of `qh`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
+pub(crate) unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let pick = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
@@ -666,7 +666,7 @@ fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
 
 /// The output matrix, written by the pool's items at disjoint (row, column) positions.
 #[cfg(target_arch = "x86_64")]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 
 #[cfg(target_arch = "x86_64")]
 unsafe impl Sync for SharedOut {}
@@ -675,7 +675,7 @@ unsafe impl Sync for SharedOut {}
 impl SharedOut {
     /// `vals` into row `r` from column `c` of an `(m, n)` matrix.
     #[inline(always)]
-    fn put(&self, n: usize, r: usize, c: usize, vals: &[f32]) {
+    pub(crate) fn put(&self, n: usize, r: usize, c: usize, vals: &[f32]) {
         // SAFETY: the caller's items cover disjoint columns, and r, c + vals.len() are within
         // the (m, n) matrix the pointer was taken from.
         unsafe {

@@ -23,6 +23,7 @@ pub mod cpu_kernels;
 pub mod custom_op;
 pub mod dequant_rows;
 mod error;
+pub mod int8_gemm;
 mod lora;
 mod lora_matmul;
 mod nf4;
@@ -30,6 +31,7 @@ mod qlinear;
 mod quant_type;
 
 pub use error::{Error, Result};
+pub use int8_gemm::Compute;
 pub use lora::{DropoutDraw, Lora, LoraConfig};
 pub use nf4::{Nf4Tensor, NF4_CODE};
 pub use qlinear::{QLinear, QWeight, EXACT_ROWS};

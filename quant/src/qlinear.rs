@@ -6,6 +6,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use crate::error::matrix_dims;
+use crate::int8_gemm::Compute;
 use crate::lora::Lora;
 use crate::nf4::{Nf4MatMul, Nf4Tensor};
 use crate::{Error, QuantType, Result};
@@ -40,6 +41,7 @@ pub struct QLinear {
     out_features: usize,
     in_features: usize,
     lora: Option<Arc<Lora>>,
+    compute: Compute,
 }
 
 impl QLinear {
@@ -89,6 +91,7 @@ impl QLinear {
             out_features,
             in_features,
             lora: None,
+            compute: Compute::default(),
         }
     }
 
@@ -134,6 +137,15 @@ impl QLinear {
             lora,
             ..self.clone()
         })
+    }
+
+    /// The arithmetic of the frozen product for many rows on the CPU (see [`Compute`]).
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    pub fn set_compute(&mut self, compute: Compute) {
+        self.compute = compute;
     }
 
     pub fn lora(&self) -> Option<&Arc<Lora>> {
@@ -219,9 +231,7 @@ impl QLinear {
                 l.a.as_tensor(),
                 l.b.as_tensor(),
                 crate::lora_matmul::QLoraMatMul {
-                    frozen: QMatMulWithGrad {
-                        weight: self.weight.clone(),
-                    },
+                    frozen: self.frozen_op(),
                     scale: l.scale,
                     dropout: l.draw_dropout(),
                 },
@@ -236,9 +246,7 @@ impl QLinear {
             }
             // On the CPU a strided input (attention's transposed output) is gathered inside
             // the op, so no contiguous copy is made for the graph to keep until backward.
-            _ => crate::custom_op::contiguous_off_cpu(xs)?.apply_op1(QMatMulWithGrad {
-                weight: self.weight.clone(),
-            })?,
+            _ => crate::custom_op::contiguous_off_cpu(xs)?.apply_op1(self.frozen_op())?,
         };
         let ys = self.add_bias(ys)?;
         Ok(match &self.lora {
@@ -249,6 +257,13 @@ impl QLinear {
             }
             None => ys,
         })
+    }
+
+    fn frozen_op(&self) -> QMatMulWithGrad {
+        QMatMulWithGrad {
+            weight: self.weight.clone(),
+            compute: self.compute,
+        }
     }
 
     fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
@@ -378,9 +393,27 @@ const DENSE_FORWARD_MIN_ROWS: usize = 128;
 
 /// The quantized matmul as a custom op with a backward. Forward: candle's quantized kernel (or
 /// NF4's dequantize-and-multiply). Backward: `grad @ dequant(W)`, dequantizing this one layer
-/// just for this call.
+/// just for this call. With [`Compute::Int8`], many rows of a type `int8_gemm` takes go
+/// through its int8 kernel both ways.
 struct QMatMulWithGrad {
     weight: QWeight,
+    compute: Compute,
+}
+
+impl QMatMulWithGrad {
+    /// The GGUF weight when this op's products go through `int8_gemm`.
+    fn int8_weight(&self) -> Option<&QTensor> {
+        match &self.weight {
+            QWeight::Ggml(w)
+                if self.compute == Compute::Int8
+                    && w.device().is_cpu()
+                    && crate::int8_gemm::supports(w.dtype(), w.shape().dims2().ok()?) =>
+            {
+                Some(w)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl CustomOp1 for QMatMulWithGrad {
@@ -400,6 +433,19 @@ impl CustomOp1 for QMatMulWithGrad {
                 candle_core::bail!("qlinear: expected CPU storage")
             };
             return self.cpu_fwd(c, l);
+        }
+        if let (Some(w), CpuStorage::F32(v), Some((start, end))) =
+            (self.int8_weight(), storage, layout.contiguous_offsets())
+        {
+            if rows(layout) >= DENSE_FORWARD_MIN_ROWS {
+                let (lead, _) = split_last(layout.shape().dims());
+                if let Some(y) = crate::int8_gemm::forward(w, &v[start..end], rows(layout))? {
+                    return Ok((
+                        CpuStorage::F32(y),
+                        with_last(&lead, w.shape().dims2()?.0).into(),
+                    ));
+                }
+            }
         }
         match &self.weight {
             // Many rows (training batches, long prompts): candle's quantized CPU kernels take
@@ -455,6 +501,18 @@ impl CustomOp1 for QMatMulWithGrad {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if let Some(w) = self
+            .int8_weight()
+            .filter(|_| grad_res.dtype() == DType::F32)
+        {
+            let (n, k) = w.shape().dims2()?;
+            let (lead, _) = split_last(grad_res.dims());
+            let g: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
+            if let Some(dx) = crate::int8_gemm::input_grad(w, &g, g.len() / n)? {
+                let dx = Tensor::from_vec(dx, with_last(&lead, k), arg.device())?;
+                return Ok(Some(dx.to_dtype(arg.dtype())?));
+            }
+        }
         let w = match &self.weight {
             QWeight::Ggml(w) => w.dequantize(arg.device())?,
             QWeight::Nf4(w) => w.dequantize(arg.device())?,
