@@ -107,6 +107,8 @@ pub struct ModelSpec {
     pub projectors: Vec<PathBuf>,
     pub lora: Option<PathBuf>,
     pub requant: Option<String>,
+    /// The arithmetic of the LLM's products over many rows (see `anymal_quant::Compute`).
+    pub compute: anymal_quant::Compute,
     /// Wrap conversations in the chat template (None: the run's setting, else the first
     /// projector's training setting, else yes).
     pub chat_template: Option<bool>,
@@ -205,7 +207,10 @@ impl MultimodalModel {
             .unwrap_or(true);
         let mut model = anymal_llm::load_model(
             &llm_ref,
-            &LoadOptions::requantized(spec.requant.as_deref())?,
+            &LoadOptions {
+                compute: spec.compute,
+                ..LoadOptions::requantized(spec.requant.as_deref())?
+            },
         )
         .with_context(|| format!("loading model '{llm_ref}'"))?;
         let lora = match &spec.lora {

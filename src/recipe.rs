@@ -83,6 +83,27 @@ pub struct LlmSection {
     /// Recompute blocks in backward: less memory, about 2x slower.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Arithmetic of the frozen layers' products in the training step: `f32` (exact for the
+    /// stored weights) or `int8` (Q4_1, Q5_0 and Q4_K layers through the int8 kernel, with
+    /// activations and gradients rounded to int8; README, Performance).
+    #[serde(default, with = "compute_name")]
+    pub compute: anymal_quant::Compute,
+}
+
+/// `llm.compute` as its name in recipes.
+mod compute_name {
+    use anymal_quant::Compute;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Compute, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&c.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compute, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

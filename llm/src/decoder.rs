@@ -37,6 +37,19 @@ pub struct Llm {
 }
 
 impl Llm {
+    /// The arithmetic of every block's linear layers for many rows on the CPU (training
+    /// steps, prompts): see [`anymal_quant::Compute`]. The head keeps its own path.
+    pub fn set_compute(&mut self, compute: anymal_quant::Compute) {
+        for p in self.linear_paths() {
+            if p == "lm_head" || self.linear(&p).is_some_and(|l| l.compute() == compute) {
+                continue;
+            }
+            if let Some(l) = self.linear_mut(&p) {
+                l.set_compute(compute);
+            }
+        }
+    }
+
     /// `(b, t) u32 -> (b, t, d)`: token embeddings, times sqrt(d) for Gemma.
     pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
         let e = self

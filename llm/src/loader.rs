@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anymal_quant::QuantType;
+use anymal_quant::{Compute, QuantType};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 
@@ -124,6 +124,9 @@ pub struct LoadOptions {
     pub quant: Option<QuantType>,
     pub device: Device,
     pub dtype: DType,
+    /// The arithmetic of the linear layers' products over many rows (prompts, training
+    /// batches): exact f32 by default, or int8 (`anymal_quant::Compute`).
+    pub compute: Compute,
 }
 
 impl Default for LoadOptions {
@@ -132,6 +135,7 @@ impl Default for LoadOptions {
             quant: None,
             device: Device::Cpu,
             dtype: DType::F32,
+            compute: Compute::default(),
         }
     }
 }
@@ -264,6 +268,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let store = WeightStore::from_gguf(path, &content, &mut file, opts.quant, &opts.device)?;
     let mut llm = store.build_llm(cfg, 0.0)?;
     llm.dtype = opts.dtype;
+    llm.set_compute(opts.compute);
     let chat_template = match md.get("tokenizer.chat_template") {
         Some(gguf_file::Value::String(s)) => Some(template_for(&tokenizer, s.clone())),
         _ => None,
@@ -331,6 +336,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let shift = if cfg.arch == Arch::Gemma3 { 1.0 } else { 0.0 };
     let mut llm = store.build_llm(cfg, shift)?;
     llm.dtype = opts.dtype;
+    llm.set_compute(opts.compute);
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())

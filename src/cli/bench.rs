@@ -17,6 +17,12 @@ pub struct BenchArgs {
     pub llm: String,
     #[arg(long)]
     pub requant: Option<String>,
+    /// Arithmetic of the frozen layers' products over many rows (align's step, prompts):
+    /// f32, or int8 for the Q4_1, Q5_0 and Q4_K layers. Default: what the commands use
+    /// (recipes' `llm.compute` default, f32, for train and align; `generate`'s, int8, for
+    /// generate and batch).
+    #[arg(long)]
+    pub compute: Option<anymal_quant::Compute>,
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
@@ -55,6 +61,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let opts = anymal_llm::LoadOptions::requantized(a.requant.as_deref())?;
         let mut model =
             load_model(&a.llm, &opts).with_context(|| format!("loading '{}'", a.llm))?;
+        let training = a.compute.unwrap_or_default();
+        let inference = a.compute.unwrap_or(anymal_quant::Compute::Int8);
+        model.llm.set_compute(training);
         if wants(&a, "train") {
             bench_train(&model, a.reps)?;
         }
@@ -66,20 +75,21 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"tool": "anymal", "what": "align", "model": a.llm,
-                        "lora_qv": a.lora_qv, "lora_dropout": a.lora_dropout,
+                        "compute": training.to_string(), "lora_qv": a.lora_qv, "lora_dropout": a.lora_dropout,
                         "gradient_checkpointing": a.gradient_checkpointing,
                         "samples_per_s": r.0, "step_s": r.1,
                         "peak_rss_mib": crate::system::peak_rss_mib(), "machine": crate::system::machine()})
                 );
             }
         }
+        model.llm.set_compute(inference);
         if wants(&a, "generate") {
             let (tg, pp) = bench_generate(&model)?;
             if a.json {
                 println!(
                     "{}",
                     serde_json::json!({"tool": "anymal", "what": "generate", "model": a.llm,
-                        "tg128": tg, "pp512": pp, "peak_rss_mib": crate::system::peak_rss_mib(),
+                        "compute": inference.to_string(), "tg128": tg, "pp512": pp, "peak_rss_mib": crate::system::peak_rss_mib(),
                         "machine": crate::system::machine()})
                 );
             }

@@ -37,6 +37,9 @@ pub struct EvalArgs {
     pub llm: Option<String>,
     #[arg(long)]
     pub requant: Option<String>,
+    /// Arithmetic of prompt processing (128+ tokens at once): int8 or f32 (as `generate`).
+    #[arg(long, default_value = "int8")]
+    pub compute: anymal_quant::Compute,
     #[arg(long, default_value_t = 96)]
     pub max_tokens: usize,
     /// Items generated at once (continuous batching: one joins as another finishes). The
@@ -60,6 +63,7 @@ pub fn run(a: EvalArgs, registry: &ModalityRegistry) -> Result<()> {
             run: Some(a.run.clone()),
             llm: a.llm.clone(),
             requant: a.requant.clone(),
+            compute: a.compute,
             ..Default::default()
         },
     )?;

@@ -31,6 +31,10 @@ pub struct ModelArgs {
     /// Re-quantize the LLM's linear layers on load (e.g. q4k).
     #[arg(long)]
     pub requant: Option<String>,
+    /// Arithmetic of prompt processing (128+ tokens at once): int8 (llama.cpp's: activations
+    /// rounded to int8 for Q4_1, Q5_0 and Q4_K layers) or f32.
+    #[arg(long, default_value = "int8")]
+    pub compute: anymal_quant::Compute,
 }
 
 impl ModelArgs {
@@ -45,6 +49,7 @@ impl ModelArgs {
             projectors: self.projectors.clone(),
             lora: self.lora.clone(),
             requant: self.requant.clone(),
+            compute: self.compute,
             chat_template: None,
             feature_cache: None,
         }

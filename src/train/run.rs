@@ -184,6 +184,7 @@ pub fn load_llm(llm: &LlmSection) -> Result<LoadedModel> {
         anymal_llm::load_model(&llm.model, &LoadOptions::requantized(Some(&llm.requant))?)
             .with_context(|| format!("llm.model '{}'", llm.model))?;
     model.llm.gradient_checkpointing = llm.gradient_checkpointing;
+    model.llm.set_compute(llm.compute);
     Ok(model)
 }
 

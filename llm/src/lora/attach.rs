@@ -61,7 +61,7 @@ impl Llm {
     }
 
     /// Mutable access; clones the block when it is shared (copy-on-write).
-    fn linear_mut(&mut self, path: &str) -> Option<&mut anymal_quant::QLinear> {
+    pub(crate) fn linear_mut(&mut self, path: &str) -> Option<&mut anymal_quant::QLinear> {
         if path == "lm_head" {
             return Some(&mut self.lm_head);
         }
