@@ -6,6 +6,7 @@
 
 use anymal_llm::loader::known_model_path;
 use anymal_llm::{generate, load_model, LoadOptions, LoadedModel, Sampler, SamplingConfig};
+use anymal_quant::Compute;
 use candle_core::Tensor;
 use serde::Deserialize;
 
@@ -163,17 +164,27 @@ fn check_greedy(m: &LoadedModel, fx: &Fixture, tie: f32) -> usize {
     identical
 }
 
-/// Tokens, prompt logits and greedy decoding of the fetched model `name` against its fixture.
+/// Tokens, prompt logits and greedy decoding of the fetched model `name` against its fixture,
+/// with prompts of 128+ tokens (the fixtures' longest) computed in f32 and through the int8
+/// kernel.
 fn matches_llama_cpp(name: &str) {
-    let m = model(name);
+    let mut m = model(name);
     let fx = fixture(name);
-    check_tokens(&m, &fx);
-    check_logits(&m, &fx, 0.25);
-    let identical = check_greedy(&m, &fx, 0.5);
-    eprintln!(
-        "{identical}/{} cases: 32 greedy tokens identical",
-        fx.cases.len()
+    assert!(
+        fx.cases.iter().any(|c| c.ids.len() >= 128),
+        "the fixture needs a prompt of 128+ tokens to reach the many-row products"
     );
+    check_tokens(&m, &fx);
+    for compute in [Compute::F32, Compute::Int8] {
+        eprintln!("compute {compute}:");
+        m.llm.set_compute(compute);
+        check_logits(&m, &fx, 0.25);
+        let identical = check_greedy(&m, &fx, 0.5);
+        eprintln!(
+            "{identical}/{} cases: 32 greedy tokens identical",
+            fx.cases.len()
+        );
+    }
 }
 
 #[test]
