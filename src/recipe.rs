@@ -84,7 +84,7 @@ pub struct LlmSection {
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// Arithmetic of the frozen layers' products in the training step: `f32` (exact for the
-    /// stored weights) or `int8` (Q4_1, Q5_0 and Q4_K layers through the int8 kernel, with
+    /// stored weights) or `int8` (Q4_1, Q5_0, Q4_K and Q8_0 layers through the int8 kernel, with
     /// activations and gradients rounded to int8; README, Performance).
     #[serde(default, with = "compute_name")]
     pub compute: anymal_quant::Compute,

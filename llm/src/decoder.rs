@@ -37,11 +37,11 @@ pub struct Llm {
 }
 
 impl Llm {
-    /// The arithmetic of every block's linear layers for many rows on the CPU (training
-    /// steps, prompts): see [`anymal_quant::Compute`]. The head keeps its own path.
+    /// The arithmetic of every linear layer's products over many rows on the CPU (training
+    /// steps, prompts), the head's included: see [`anymal_quant::Compute`].
     pub fn set_compute(&mut self, compute: anymal_quant::Compute) {
         for p in self.linear_paths() {
-            if p == "lm_head" || self.linear(&p).is_some_and(|l| l.compute() == compute) {
+            if self.linear(&p).is_some_and(|l| l.compute() == compute) {
                 continue;
             }
             if let Some(l) = self.linear_mut(&p) {

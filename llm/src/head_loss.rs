@@ -12,7 +12,7 @@
 
 use std::sync::Mutex;
 
-use anymal_quant::QLinear;
+use anymal_quant::{int8_gemm, Compute, QLinear, QWeight};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -26,12 +26,9 @@ const SLICE_BYTES: usize = 8 << 20;
 /// (not in the head, which is frozen here; a head with a LoRA uses the unfused path).
 pub fn head_nll(head: &QLinear, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let d = hidden.dim(1)?;
-    head_nll_sliced(
-        head,
-        hidden,
-        targets,
-        (SLICE_BYTES / (4 * d.max(1))).max(256),
-    )
+    // A multiple of 32 rows: the int8 kernel takes whole blocks of output columns.
+    let slice = (SLICE_BYTES / (4 * d.max(1))).max(256) / 32 * 32;
+    head_nll_sliced(head, hidden, targets, slice)
 }
 
 /// [`head_nll`] with `slice` vocabulary rows per slice.
@@ -92,15 +89,35 @@ impl HeadNll {
         // W[target_i], copied out of whichever slice holds it (a row-sized copy: `copy()` would
         // clone the whole slice's storage).
         let mut target_rows: Vec<Option<Tensor>> = vec![None; if self.want_grad { n } else { 0 }];
+        // With `Compute::Int8`, both products of a slice go through the int8 kernel on the
+        // stored rows (no f32 slice; the target rows are dequantized one by one).
+        let int8 = match self.head.weight() {
+            QWeight::Ggml(w) if self.head.compute() == Compute::Int8 && w.device().is_cpu() => {
+                Some((w, h.flatten_all()?.to_vec1::<f32>()?))
+            }
+            _ => None,
+        };
         let mut r0 = 0;
         while r0 < vocab {
             let r1 = (r0 + slice).min(vocab);
-            let w = self.head.dequantize_rows(r0..r1)?;
-            let mut logits = h.matmul(&w.t()?)?;
+            let cols = r1 - r0;
+            let int8_logits = match &int8 {
+                Some((w, hv)) => int8_gemm::forward_rows(w, r0..r1, hv, n)?,
+                None => None,
+            };
+            // The f32 slice, where the int8 kernel did not take it.
+            let (w, logits) = match int8_logits {
+                Some(l) => (None, Tensor::from_vec(l, (n, cols), h.device())?),
+                None => {
+                    let w = self.head.dequantize_rows(r0..r1)?;
+                    let logits = h.matmul(&w.t()?)?;
+                    (Some(w), logits)
+                }
+            };
+            let mut logits = logits;
             if let Some(b) = self.head.bias() {
                 logits = logits.broadcast_add(&b.narrow(0, r0, r1 - r0)?.to_dtype(DType::F32)?)?;
             }
-            let cols = r1 - r0;
             let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
             // Per row: new running max, rescale factor of what was summed before, and the
             // slice's exp(logit - max) in place (the probabilities up to 1/Z).
@@ -128,8 +145,17 @@ impl HeadNll {
                 })
                 .collect();
             if self.want_grad {
-                let p = Tensor::from_vec(p, (n, cols), h.device())?;
-                let contrib = p.matmul(&w)?;
+                let contrib = match (&w, &int8) {
+                    (None, Some((q, _))) => {
+                        let c = int8_gemm::input_grad_rows(q, r0..r1, &p, n)?
+                            .expect("the kernel took these rows forward");
+                        Tensor::from_vec(c, (n, h.dim(1)?), h.device())?
+                    }
+                    (w, _) => {
+                        let w = w.as_ref().expect("an f32 slice where int8 did not run");
+                        Tensor::from_vec(p, (n, cols), h.device())?.matmul(w)?
+                    }
+                };
                 acc = Some(match acc {
                     None => contrib,
                     Some(a) => {
@@ -140,7 +166,10 @@ impl HeadNll {
                 for (i, &t) in self.targets.iter().enumerate() {
                     let t = t as usize;
                     if (r0..r1).contains(&t) {
-                        target_rows[i] = Some(w.get(t - r0)?.force_contiguous()?);
+                        target_rows[i] = Some(match &w {
+                            Some(w) => w.get(t - r0)?.force_contiguous()?,
+                            None => self.head.dequantize_rows(t..t + 1)?.squeeze(0)?,
+                        });
                     }
                 }
             }
@@ -263,6 +292,46 @@ mod tests {
             let (dl, dg) = (max_abs_diff(&nll, &want), max_abs_diff(got_g, want_g));
             assert!(dl < 1e-4, "{ty:?}: loss differs by {dl}");
             assert!(dg < 1e-4, "{ty:?}: gradient differs by {dg}");
+        }
+    }
+
+    /// With `Compute::Int8` (slices of 160 rows through the int8 kernel, the last 40 in f32):
+    /// losses and gradients near the f32 path's, and not equal to them (the kernel ran).
+    #[test]
+    fn int8_head_is_near_f32() {
+        if !anymal_quant::int8_gemm::available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, d, vocab) = (5, 64, 1000);
+        let w = (Tensor::randn(0f32, 1.0, (vocab, d), &dev).unwrap() * 0.3).unwrap();
+        let targets: Vec<u32> = (0..n as u32)
+            .map(|i| (i * 211 + 3) % vocab as u32)
+            .collect();
+        let h0 = (Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap() * 2.0).unwrap();
+        for ty in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let mut head = QLinear::quantize(&w, None, QuantType::Ggml(ty)).unwrap();
+            let run = |head: &QLinear| {
+                let x = Var::from_tensor(&h0).unwrap();
+                let nll = head_nll_sliced(head, x.as_tensor(), &targets, 160).unwrap();
+                let g = nll.sum_all().unwrap().backward().unwrap();
+                (nll, g.get(x.as_tensor()).unwrap().clone())
+            };
+            let (l32, g32) = run(&head);
+            head.set_compute(Compute::Int8);
+            let (l8, g8) = run(&head);
+            let (dl, dg) = (max_abs_diff(&l8, &l32), max_abs_diff(&g8, &g32));
+            let largest = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>();
+            let (lmax, gmax) = (largest(&l32).unwrap(), largest(&g32).unwrap());
+            eprintln!("{ty:?}: loss {dl} of {lmax}, gradient {dg} of {gmax}");
+            assert!(
+                dl > 0.0 && dl < 0.02 * lmax,
+                "{ty:?}: loss differs by {dl} (largest {lmax})"
+            );
+            assert!(
+                dg < 0.05 * gmax,
+                "{ty:?}: gradient differs by {dg} (largest {gmax})"
+            );
         }
     }
 

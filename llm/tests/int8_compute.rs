@@ -30,7 +30,10 @@ fn hidden_and_input_grad(m: &LoadedModel, compute: Compute) -> (Tensor, Tensor) 
     // Embeddings of real tokens (the scale the layers see), plus a perturbation standing in
     // for a projector's output.
     let ids: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 20000 + 100).collect();
-    let ids = Tensor::new(ids.as_slice(), &dev).unwrap().reshape((2, 80)).unwrap();
+    let ids = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .reshape((2, 80))
+        .unwrap();
     let e = llm.embed_tokens(&ids).unwrap();
     // Deterministic, so that both computes see the same input.
     let noise = Tensor::arange(0f32, e.elem_count() as f32, &dev)

@@ -1,6 +1,7 @@
-//! An int8 GEMM for many activation rows (training steps, long prompts) on the CPU's integer
-//! multiply-add (AVX2 `vpmaddubsw`): the forward `x W^T` and the input gradient `g W` of a
-//! Q4_1, Q5_0 or Q4_K weight, both through one kernel ([`tile`]).
+//! An int8 GEMM for many activation rows (training steps, long prompts, the output head over
+//! label positions) on the CPU's integer multiply-add (AVX2 `vpmaddubsw`): the forward `x W^T`
+//! and the input gradient `g W` of a Q4_1, Q5_0, Q4_K or Q8_0 weight, both through one kernel
+//! ([`x86`]'s `tile`).
 //!
 //! Why not the decode tiles of `cpu_kernels`: those reduce each (row, column) dot product
 //! inside one register and sum it across lanes at the end, which at 64+ rows is no faster than
@@ -9,18 +10,22 @@
 //! one `vpmaddubsw` and one `vpaddw`, where f32 needs four FMAs. candle has no such kernel for
 //! these types (its int8 tiles are Q8_0 and Q4_K with VNNI only), hence this one.
 //!
-//! **Forward.** Every 32-wide block of these types is `d q + m` with `q` an unsigned integer
-//! below `2^bits` (Q4_1: 4 bits, `m` its minimum; Q5_0: 5 bits, `m = -16 d`; Q4_K: 4 bits, `d`
-//! and `m` its sub-block's scale and minimum times the super-block's). The weights are
-//! multiplied as stored, exactly; the activations are quantized to int8 per 32 values, as
-//! llama.cpp's prompt path does. That is the forward's only rounding.
+//! **Forward.** Every 32-wide block of these types is `d q + m` with `q` an integer (Q4_1:
+//! 4 bits, `m` its minimum; Q5_0: 5 bits, `m = -16 d`; Q4_K: 4 bits, `d` and `m` its sub-block's
+//! scale and minimum times the super-block's; Q8_0: signed 8 bits, `m = 0`, multiplied as |q|
+//! times the activation carrying q's sign). The weights are multiplied as stored, exactly; the
+//! activations are quantized to int8 per 32 values, as llama.cpp's prompt path does. That is the
+//! forward's only rounding.
 //!
 //! **Input gradient.** `dx = g W` sums over the output index `o`, along which the weight's
 //! block scales change from row to row. Each 32 x 32 tile of `W^T` is therefore re-quantized
 //! per input column to 7-bit unsigned values with its own scale and minimum (7 bits keep
 //! `vpmaddubsw`'s i16 pair sums from saturating against int8 gradients), and `g` is quantized
-//! to int8 per 32. Both roundings are below the weights' own 4-bit step (tests bound them
-//! against the f32 product).
+//! to int8 per 32. Both roundings are finer than the weights' own 4-bit step; tests bound the
+//! result against the f32 product.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
@@ -38,8 +43,8 @@ pub enum Compute {
     /// Dequantize the layer and run the f32 GEMM: exact for the stored weights.
     #[default]
     F32,
-    /// This module's int8 kernel where the weight type and CPU have it (Q4_1, Q5_0, Q4_K with
-    /// AVX2), f32 elsewhere.
+    /// This module's int8 kernel where the weight type and CPU have it (Q4_1, Q5_0, Q4_K and
+    /// Q8_0 with AVX2), f32 elsewhere.
     Int8,
 }
 
@@ -71,6 +76,7 @@ enum Layout {
     Q4_1,
     Q5_0,
     Q4K,
+    Q8_0,
 }
 
 impl Layout {
@@ -79,6 +85,7 @@ impl Layout {
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q5_0 => Some(Self::Q5_0),
             GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
             _ => None,
         }
     }
@@ -89,15 +96,21 @@ impl Layout {
             Self::Q4_1 => k / QK * 20,
             Self::Q5_0 => k / QK * 22,
             Self::Q4K => k / 256 * 144,
+            Self::Q8_0 => k / QK * 34,
         }
     }
 
     /// Values per stored block, which rows must tile.
     fn block_len(self) -> usize {
         match self {
-            Self::Q4_1 | Self::Q5_0 => QK,
+            Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => QK,
             Self::Q4K => 256,
         }
+    }
+
+    /// Whether the stored integers are signed (Q8_0's -127..=127).
+    fn signed(self) -> bool {
+        matches!(self, Self::Q8_0)
     }
 }
 
@@ -114,36 +127,81 @@ pub fn available() -> bool {
 }
 
 /// Whether [`forward`] and [`input_grad`] take a weight of this type and `(n, k)` shape on this
-/// CPU: Q4_1, Q5_0 or Q4_K, `n` a multiple of 32, with AVX2.
+/// CPU: Q4_1, Q5_0, Q4_K or Q8_0, `n` a multiple of 32, with AVX2.
 pub fn supports(t: GgmlDType, (n, k): (usize, usize)) -> bool {
     Layout::of(t).is_some_and(|l| k % l.block_len() == 0 && n % QK == 0) && available()
 }
 
 /// `x (m, k) @ W^T` for a weight `(n, k)`; `None` where [`supports`] says no.
 pub fn forward(w: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-    let (n, k) = w.shape().dims2()?;
-    if !supports(w.dtype(), (n, k)) || x.len() != m * k {
+    forward_rows(w, 0..w.shape().dims2()?.0, x, m)
+}
+
+/// [`forward`] with weight rows `rows` only: `x (m, k) @ W[rows]^T`, `(m, rows.len())`.
+pub fn forward_rows(
+    w: &QTensor,
+    rows: Range<usize>,
+    x: &[f32],
+    m: usize,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    let Some((layout, bytes, (n, k))) = weight_rows(w, rows)? else {
+        return Ok(None);
+    };
+    if x.len() != m * k {
         return Ok(None);
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(layout) = Layout::of(w.dtype()) {
-        return Ok(Some(x86::forward(layout, &w.data()?, (n, k), x)));
-    }
+    return Ok(Some(x86::forward(layout, &bytes, (n, k), x)));
+    #[cfg(not(target_arch = "x86_64"))]
     Ok(None)
 }
 
 /// `g (m, n) @ W` for a weight `(n, k)`: the input gradient of [`forward`]'s product. `None`
 /// where [`supports`] says no.
 pub fn input_grad(w: &QTensor, g: &[f32], m: usize) -> candle_core::Result<Option<Vec<f32>>> {
-    let (n, k) = w.shape().dims2()?;
-    if !supports(w.dtype(), (n, k)) || g.len() != m * n {
+    input_grad_rows(w, 0..w.shape().dims2()?.0, g, m)
+}
+
+/// [`input_grad`] with weight rows `rows` only: `g (m, rows.len()) @ W[rows]`, `(m, k)`.
+pub fn input_grad_rows(
+    w: &QTensor,
+    rows: Range<usize>,
+    g: &[f32],
+    m: usize,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    let Some((layout, bytes, (n, k))) = weight_rows(w, rows)? else {
+        return Ok(None);
+    };
+    if g.len() != m * n {
         return Ok(None);
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(layout) = Layout::of(w.dtype()) {
-        return Ok(Some(x86::input_grad(layout, &w.data()?, (n, k), g)));
-    }
+    return Ok(Some(x86::input_grad(layout, &bytes, (n, k), g)));
+    #[cfg(not(target_arch = "x86_64"))]
     Ok(None)
+}
+
+/// The layout, bytes and `(rows, k)` shape of rows `rows` of `w` when [`supports`] takes them.
+fn weight_rows(
+    w: &QTensor,
+    rows: Range<usize>,
+) -> candle_core::Result<Option<(Layout, Cow<'_, [u8]>, (usize, usize))>> {
+    let (n, k) = w.shape().dims2()?;
+    let (Some(layout), true) = (
+        Layout::of(w.dtype()),
+        rows.end <= n && rows.start <= rows.end,
+    ) else {
+        return Ok(None);
+    };
+    if !supports(w.dtype(), (rows.len(), k)) {
+        return Ok(None);
+    }
+    let rb = layout.row_bytes(k);
+    let bytes = match w.data()? {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[rows.start * rb..rows.end * rb]),
+        Cow::Owned(b) => Cow::Owned(b[rows.start * rb..rows.end * rb].to_vec()),
+    };
+    Ok(Some((layout, bytes, (rows.len(), k))))
 }
 
 /// The kernel, the packing of weights into its panels and the quantization of its rows.
@@ -205,10 +263,12 @@ mod x86 {
                     match layout {
                         // 8 x 2 x 15 x 127 = 30480: eight steps of 4-bit values fit in i16.
                         Layout::Q4_1 | Layout::Q4K => {
-                            rows_through::<8, 2>(panels, &xq, &out, n, c0)
+                            rows_through::<8, false>(panels, &xq, &out, n, c0)
                         }
                         // 4 x 2 x 31 x 127 = 31496 for 5-bit values.
-                        Layout::Q5_0 => rows_through::<4, 2>(panels, &xq, &out, n, c0),
+                        Layout::Q5_0 => rows_through::<4, false>(panels, &xq, &out, n, c0),
+                        // 2 x 127 x 127 = 32258: one step of |8-bit| values.
+                        Layout::Q8_0 => rows_through::<1, true>(panels, &xq, &out, n, c0),
                     }
                 }
             }
@@ -241,7 +301,7 @@ mod x86 {
                         let p = &panel[2 * half * nb..];
                         let panels = [&p[..nb], &p[nb..2 * nb]];
                         // 2 x 127 x 127 = 32258: one step of 7-bit values fits in i16.
-                        rows_through::<1, 2>(panels, &gq, &out, k, kb * QK + half * PANEL);
+                        rows_through::<1, false>(panels, &gq, &out, k, kb * QK + half * PANEL);
                     }
                 }
             }
@@ -253,8 +313,8 @@ mod x86 {
         f16::from_le_bytes([b[0], b[1]]).to_f32()
     }
 
-    /// Block `kb` (32 values) of a weight row: the values as unsigned bytes in element order,
-    /// and `(d, m)` with value = `d q + m`.
+    /// Block `kb` (32 values) of a weight row: the values as bytes in element order (unsigned,
+    /// but signed for Q8_0), and `(d, m)` with value = `d q + m`.
     #[inline(always)]
     unsafe fn unpack(layout: Layout, row: &[u8], kb: usize) -> (__m256i, f32, f32) {
         match layout {
@@ -285,6 +345,11 @@ mod x86 {
                 let scales: &[u8; 12] = b[4..16].try_into().expect("12 scale bytes");
                 let (sc, mn) = q4k_scale_min(sub, scales);
                 (q, half(&b[0..2]) * sc as f32, -half(&b[2..4]) * mn as f32)
+            }
+            Layout::Q8_0 => {
+                let b = &row[kb * 34..(kb + 1) * 34];
+                let q = _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i);
+                (q, half(&b[0..2]), 0.0)
             }
         }
     }
@@ -384,7 +449,12 @@ mod x86 {
                 for e in 0..4 {
                     let h = halves[e / 2];
                     let eight = if e % 2 == 0 { h } else { _mm_srli_si128(h, 8) };
-                    let f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight));
+                    let ints = if layout.signed() {
+                        _mm256_cvtepi8_epi32(eight)
+                    } else {
+                        _mm256_cvtepu8_epi32(eight)
+                    };
+                    let f = _mm256_cvtepi32_ps(ints);
                     v[e] = _mm256_fmadd_ps(f, d, m);
                     lo[e] = _mm256_min_ps(lo[e], v[e]);
                     hi[e] = _mm256_max_ps(hi[e], v[e]);
@@ -512,9 +582,9 @@ mod x86 {
         }
     }
 
-    /// Every row of `xq` through one panel pair, `R` rows per kernel call, into columns
+    /// Every row of `xq` through one panel pair, two rows per kernel call, into columns
     /// `c0 .. c0 + 16` of the `(rows, n)` output.
-    unsafe fn rows_through<const WIDEN: usize, const R: usize>(
+    unsafe fn rows_through<const WIDEN: usize, const SIGNED: bool>(
         panels: [&[PanelBlock]; 2],
         xq: &[BlockQ8s],
         out: &SharedOut,
@@ -525,16 +595,15 @@ mod x86 {
         let rows = xq.len() / nb;
         let row = |r: usize| &xq[r * nb..(r + 1) * nb];
         let mut r = 0;
-        while r + R <= rows {
-            let xs: [&[BlockQ8s]; R] = std::array::from_fn(|a| row(r + a));
-            let t = tile::<R, WIDEN>(panels, xs);
+        while r + 2 <= rows {
+            let t = tile::<2, WIDEN, SIGNED>(panels, [row(r), row(r + 1)]);
             for (a, vals) in t.iter().enumerate() {
                 out.put(n, r + a, c0, vals);
             }
-            r += R;
+            r += 2;
         }
-        for r in r..rows {
-            let [vals] = tile::<1, WIDEN>(panels, [row(r)]);
+        if r < rows {
+            let [vals] = tile::<1, WIDEN, SIGNED>(panels, [row(r)]);
             out.put(n, r, c0, &vals);
         }
     }
@@ -543,8 +612,9 @@ mod x86 {
     /// one `vpmaddubsw` per (row, 8 columns) into i16 sums, widened to i32 every `WIDEN` steps
     /// (before they could overflow) and scaled to f32 once per block. Two rows: the 4 i16 and
     /// 4 f32 sums, two weight vectors and a broadcast fit the 16 registers without spilling.
+    /// `SIGNED` weights (Q8_0) are multiplied as |w| times x carrying w's sign.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize, const WIDEN: usize>(
+    unsafe fn tile<const R: usize, const WIDEN: usize, const SIGNED: bool>(
         panels: [&[PanelBlock]; 2],
         xs: [&[BlockQ8s]; R],
     ) -> [[f32; PANEL]; R] {
@@ -560,12 +630,22 @@ mod x86 {
                     _mm256_load_si256(p[0].q.as_ptr().add(32 * j) as *const __m256i),
                     _mm256_load_si256(p[1].q.as_ptr().add(32 * j) as *const __m256i),
                 ];
+                let wu = if SIGNED {
+                    [_mm256_abs_epi8(w[0]), _mm256_abs_epi8(w[1])]
+                } else {
+                    w
+                };
                 for r in 0..R {
                     let four = (xs[r][kb].qs.as_ptr().add(4 * j) as *const i32).read_unaligned();
                     let xb = _mm256_set1_epi32(four);
                     for g in 0..2 {
+                        let x = if SIGNED {
+                            _mm256_sign_epi8(xb, w[g])
+                        } else {
+                            xb
+                        };
                         narrow[r][g] =
-                            _mm256_add_epi16(narrow[r][g], _mm256_maddubs_epi16(w[g], xb));
+                            _mm256_add_epi16(narrow[r][g], _mm256_maddubs_epi16(wu[g], x));
                     }
                 }
                 if (j + 1) % WIDEN == 0 {
@@ -645,7 +725,12 @@ mod tests {
         if !available() {
             return;
         }
-        for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q4K] {
+        for ty in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q8_0,
+        ] {
             for m in [1usize, 2, 4, 7] {
                 let (n, k) = (64, 512);
                 let q = QTensor::quantize(&randn((n, k), 1), ty).unwrap();
@@ -687,7 +772,12 @@ mod tests {
         if !available() {
             return;
         }
-        for ty in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q4K] {
+        for ty in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q8_0,
+        ] {
             for m in [1usize, 5] {
                 let (n, k) = (96, 512);
                 let q = QTensor::quantize(&randn((n, k), 3), ty).unwrap();
@@ -708,14 +798,47 @@ mod tests {
         }
     }
 
+    /// A range of weight rows gives those columns of the whole product, bit for bit, both ways.
+    #[test]
+    fn row_ranges_are_slices_of_the_whole_product() {
+        if !available() {
+            return;
+        }
+        let (n, k, m) = (128, 256, 3);
+        for ty in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&randn((n, k), 6), ty).unwrap();
+            let xv: Vec<f32> = randn((m, k), 7).flatten_all().unwrap().to_vec1().unwrap();
+            let all = forward(&q, &xv, m).unwrap().unwrap();
+            let part = forward_rows(&q, 32..96, &xv, m).unwrap().unwrap();
+            for t in 0..m {
+                assert_eq!(
+                    &part[t * 64..(t + 1) * 64],
+                    &all[t * n + 32..t * n + 96],
+                    "{ty:?}"
+                );
+            }
+            // The gradient through rows 32..96 alone: g zero outside them gives the same sum.
+            let g: Vec<f32> = randn((m, 64), 8).flatten_all().unwrap().to_vec1().unwrap();
+            let part = input_grad_rows(&q, 32..96, &g, m).unwrap().unwrap();
+            let mut gz = vec![0f32; m * n];
+            for t in 0..m {
+                gz[t * n + 32..t * n + 96].copy_from_slice(&g[t * 64..(t + 1) * 64]);
+            }
+            let whole = input_grad(&q, &gz, m).unwrap().unwrap();
+            let e = rel(&part, &whole);
+            assert!(e < 0.01, "{ty:?}: {e}");
+        }
+    }
+
     #[test]
     fn other_types_and_shapes_are_declined() {
         let w = randn((48, 64), 5);
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         // 48 rows: not a multiple of 32 output columns.
-        assert!(forward(&q, &vec![0.0; 64], 1).unwrap().is_none());
-        let q = QTensor::quantize(&randn((64, 64), 5), GgmlDType::Q8_0).unwrap();
-        assert!(forward(&q, &vec![0.0; 64], 1).unwrap().is_none());
-        assert!(input_grad(&q, &vec![0.0; 64], 1).unwrap().is_none());
+        assert!(forward(&q, &[0.0; 64], 1).unwrap().is_none());
+        assert!(forward_rows(&q, 0..33, &[0.0; 64], 1).unwrap().is_none());
+        let q = QTensor::quantize(&randn((64, 256), 5), GgmlDType::Q6K).unwrap();
+        assert!(forward(&q, &[0.0; 256], 1).unwrap().is_none());
+        assert!(input_grad(&q, &[0.0; 64], 1).unwrap().is_none());
     }
 }

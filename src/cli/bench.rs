@@ -18,7 +18,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub requant: Option<String>,
     /// Arithmetic of the frozen layers' products over many rows (align's step, prompts):
-    /// f32, or int8 for the Q4_1, Q5_0 and Q4_K layers. Default: what the commands use
+    /// f32, or int8 for the Q4_1, Q5_0, Q4_K and Q8_0 layers. Default: what the commands use
     /// (recipes' `llm.compute` default, f32, for train and align; `generate`'s, int8, for
     /// generate and batch).
     #[arg(long)]

@@ -32,7 +32,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub requant: Option<String>,
     /// Arithmetic of prompt processing (128+ tokens at once): int8 (llama.cpp's: activations
-    /// rounded to int8 for Q4_1, Q5_0 and Q4_K layers) or f32.
+    /// rounded to int8 for Q4_1, Q5_0, Q4_K and Q8_0 layers) or f32.
     #[arg(long, default_value = "int8")]
     pub compute: anymal_quant::Compute,
 }
