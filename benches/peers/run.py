@@ -2,7 +2,7 @@
 """Side-by-side benchmark: anymal against its peers, on this machine.
 
     python benches/peers/run.py [--rounds 3] [--models smollm2,gemma3] [--anymal PATH]
-                                [--skip-setup]
+                                [--anymal-compute f32|int8] [--skip-setup]
 
 For each round and each model, every measurement runs as a separate process, alternating
 tools (anymal, then its peer; the pair's order flips on odd rounds so slow drift of the
@@ -67,6 +67,9 @@ def parse_args():
                    help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--anymal", default=str(ROOT / "target" / "release" / "anymal"),
                    help="the anymal binary (default: target/release/anymal)")
+    p.add_argument("--anymal-compute", choices=["f32", "int8"],
+                   help="anymal bench --compute: the arithmetic of its many-row products "
+                   "(default: anymal's own, f32 for align and int8 for prompts)")
     p.add_argument("--skip-setup", action="store_true", help="do not run setup.sh")
     p.add_argument("--venv", default=os.environ.get("PEERS_VENV", str(HERE / ".venv")),
                    help="the peers' venv (default: $PEERS_VENV or benches/peers/.venv)")
@@ -163,6 +166,8 @@ def run_one(cmd, timeout, env):
 def commands(args, py, key, gguf):
     """measurement -> [(tool, argv)], anymal first."""
     anymal = [args.anymal, "bench", "--llm", key, "--json"]
+    if args.anymal_compute:
+        anymal += ["--compute", args.anymal_compute]
     peer_align = [py, str(HERE / "torch_align.py"), "--model", str(gguf),
                   "--reps", str(args.reps), "--threads", str(args.threads)]
     return {
@@ -360,7 +365,8 @@ def report(records, models, args, rounds, now, load0, md_path, jsonl_path):
         + (f"{load0:.2f}" if load0 is not None else "unknown"),
         f"- threads: peers {args.threads} (torch.set_num_threads, llama.cpp n_threads); "
         "anymal uses all cores",
-        f"- anymal {git_commit()}; "
+        f"- anymal {git_commit()}, compute "
+        + (args.anymal_compute or "default (align f32, prompts int8)") + "; "
         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in sorted(versions.items())),
         f"- {rounds} round(s), median over rounds; align: batch 8 x (32 projected + 32 "
         f"text tokens), {args.reps} timed steps per run; peers: PyTorch fp32 (GGUF dequantized "
