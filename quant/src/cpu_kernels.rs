@@ -58,6 +58,14 @@ pub struct BlockQ8s {
     pub(crate) qs: [i8; QK],
 }
 
+impl BlockQ8s {
+    pub(crate) const ZERO: Self = Self {
+        d: 0.0,
+        sum: 0,
+        qs: [0; QK],
+    };
+}
+
 impl GgmlType for BlockQ8s {
     // Only used by candle's matmul to pick a special case for Q6K; no candle type has this layout.
     const DTYPE: GgmlDType = GgmlDType::Q8_1;
@@ -578,14 +586,7 @@ fn drive<B: SimdBlock + Sync, K: TileKernel<B>>(
     dsts: &mut [Vec<f32>],
 ) {
     let nb = k / QK;
-    let mut xq = vec![
-        BlockQ8s {
-            d: 0.0,
-            sum: 0,
-            qs: [0; QK]
-        };
-        m * nb
-    ];
+    let mut xq = vec![BlockQ8s::ZERO; m * nb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
         BlockQ8s::from_float(row, q);
         if B::F16_ACTIVATION_SCALE {

@@ -144,16 +144,7 @@ pub fn forward_rows(
     x: &[f32],
     m: usize,
 ) -> candle_core::Result<Option<Vec<f32>>> {
-    let Some((layout, bytes, (n, k))) = weight_rows(w, rows)? else {
-        return Ok(None);
-    };
-    if x.len() != m * k {
-        return Ok(None);
-    }
-    #[cfg(target_arch = "x86_64")]
-    return Ok(Some(x86::forward(layout, &bytes, (n, k), x)));
-    #[cfg(not(target_arch = "x86_64"))]
-    Ok(None)
+    product(w, rows, x, m, Direction::Forward)
 }
 
 /// `g (m, n) @ W` for a weight `(n, k)`: the input gradient of [`forward`]'s product. `None`
@@ -169,14 +160,41 @@ pub fn input_grad_rows(
     g: &[f32],
     m: usize,
 ) -> candle_core::Result<Option<Vec<f32>>> {
+    product(w, rows, g, m, Direction::InputGrad)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// `x W^T`: the input has the weight's `k` columns.
+    Forward,
+    /// `g W`: the input has one column per weight row.
+    InputGrad,
+}
+
+/// Either product of `m` input rows with rows `rows` of `w`; `None` where [`supports`] says no
+/// or the input is not `m` rows of the width the direction needs.
+fn product(
+    w: &QTensor,
+    rows: Range<usize>,
+    input: &[f32],
+    m: usize,
+    dir: Direction,
+) -> candle_core::Result<Option<Vec<f32>>> {
     let Some((layout, bytes, (n, k))) = weight_rows(w, rows)? else {
         return Ok(None);
     };
-    if g.len() != m * n {
+    let width = match dir {
+        Direction::Forward => k,
+        Direction::InputGrad => n,
+    };
+    if input.len() != m * width {
         return Ok(None);
     }
     #[cfg(target_arch = "x86_64")]
-    return Ok(Some(x86::input_grad(layout, &bytes, (n, k), g)));
+    return Ok(Some(match dir {
+        Direction::Forward => x86::forward(layout, &bytes, (n, k), input),
+        Direction::InputGrad => x86::input_grad(layout, &bytes, (n, k), input),
+    }));
     #[cfg(not(target_arch = "x86_64"))]
     Ok(None)
 }
@@ -513,14 +531,7 @@ mod x86 {
     /// the pool.
     pub(super) fn quantize_rows(x: &[f32], k: usize) -> Vec<BlockQ8s> {
         let nb = k / QK;
-        let mut xq = vec![
-            BlockQ8s {
-                d: 0.0,
-                sum: 0,
-                qs: [0; QK]
-            };
-            x.len() / QK
-        ];
+        let mut xq = vec![BlockQ8s::ZERO; x.len() / QK];
         let dst = SharedBlocks(xq.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(x.len() / k, |range| {
             for r in range {
