@@ -32,7 +32,8 @@ pub enum QWeight {
 /// `y = x W^T (+ b)` with W frozen and quantized, plus an optional trainable LoRA update.
 ///
 /// Input `(.., in)`, output `(.., out)`. The gradient with respect to the input is exact for the
-/// stored (quantized) weights: `dx = dy @ dequant(W)`. Weights and bias never receive a gradient;
+/// stored (quantized) weights: `dx = dy @ dequant(W)` (with [`Compute::F32`], the default;
+/// [`Compute::Int8`] rounds it as `int8_gemm` says). Weights and bias never receive a gradient;
 /// a LoRA's `A` and `B` do.
 #[derive(Clone, Debug)]
 pub struct QLinear {

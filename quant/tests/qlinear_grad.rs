@@ -4,7 +4,8 @@
 //! f32 matmul. The backward of QLinear is `grad @ dequant(W)` in f32, so the input gradient must
 //! agree to f32 rounding (we allow 1e-4 relative to the gradient's max magnitude). The forward
 //! of the block types quantizes the activations to 8 bits inside candle's kernel (as llama.cpp
-//! does), so outputs agree only to about 1% of their scale; we allow 3%.
+//! does), so outputs agree only to about 1% of their scale; we allow 3%. `Compute::Int8` is
+//! checked against `int8_gemm` itself (and against f32 within 2%).
 
 use anymal_quant::{GgmlDType, QLinear, QWeight, QuantType};
 use anymal_util::testing::max_abs_diff;
@@ -181,5 +182,40 @@ fn many_row_forward_is_the_dense_product_on_dequantized_weights() {
         let few = layer.forward(&x.narrow(1, 0, 4).unwrap()).unwrap();
         let err = rel_rms(&few, &reference.narrow(1, 0, 4).unwrap());
         assert!(err < 3e-2, "{ty}: quantized kernel vs dense {err}");
+    }
+}
+
+/// With `Compute::Int8`, a layer's many-row forward and its input gradient are `int8_gemm`'s
+/// products exactly (the op takes the kernel both ways), and stay near the f32 ones.
+#[test]
+fn int8_compute_takes_the_kernel_both_ways() {
+    if !anymal_quant::int8_gemm::available() {
+        return;
+    }
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.02, (256, 512), &dev).unwrap();
+    let x0 = Tensor::randn(0f32, 1.0, (2, 150, 512), &dev).unwrap();
+    let g0 = Tensor::randn(0f32, 1.0, (2, 150, 256), &dev).unwrap();
+    for ty in ["q4_1", "q5_0", "q8_0", "q4k"] {
+        let mut layer = QLinear::quantize(&w, None, QuantType::parse(ty).unwrap()).unwrap();
+        let run = |layer: &QLinear| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = layer.forward(x.as_tensor()).unwrap();
+            let grads = (&y * &g0).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let (y32, dx32) = run(&layer);
+        layer.set_compute(anymal_quant::Compute::Int8);
+        let (y8, dx8) = run(&layer);
+        let QWeight::Ggml(q) = layer.weight() else {
+            unreachable!()
+        };
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want_y = anymal_quant::int8_gemm::forward(q, &flat(&x0), 300).unwrap().unwrap();
+        let want_dx = anymal_quant::int8_gemm::input_grad(q, &flat(&g0), 300).unwrap().unwrap();
+        assert_eq!(flat(&y8), want_y, "{ty}: forward");
+        assert_eq!(flat(&dx8), want_dx, "{ty}: input gradient");
+        let (ey, edx) = (rel_rms(&y8, &y32), rel_rms(&dx8, &dx32));
+        assert!(ey < 0.02 && edx < 0.02, "{ty}: int8 vs f32 {ey} / {edx}");
     }
 }
