@@ -199,11 +199,11 @@ fn product(
     Ok(None)
 }
 
-/// The layout, bytes and `(rows, k)` shape of rows `rows` of `w` when [`supports`] takes them.
-fn weight_rows(
-    w: &QTensor,
-    rows: Range<usize>,
-) -> candle_core::Result<Option<(Layout, Cow<'_, [u8]>, (usize, usize))>> {
+/// Rows of a weight: their layout, bytes and `(rows, k)` shape.
+type WeightRows<'a> = (Layout, Cow<'a, [u8]>, (usize, usize));
+
+/// Rows `rows` of `w` when [`supports`] takes them.
+fn weight_rows(w: &QTensor, rows: Range<usize>) -> candle_core::Result<Option<WeightRows<'_>>> {
     let (n, k) = w.shape().dims2()?;
     let (Some(layout), true) = (
         Layout::of(w.dtype()),
@@ -393,10 +393,10 @@ mod x86 {
             for kb in 0..nb {
                 let mut q = [_mm256_setzero_si256(); LANES];
                 let p = &mut panel[g * nb + kb];
-                for c in 0..LANES {
+                for (c, qc) in q.iter_mut().enumerate() {
                     let r = g * LANES + c;
-                    let (qc, d, m) = unpack(layout, &rows[r * row_bytes..(r + 1) * row_bytes], kb);
-                    q[c] = qc;
+                    let (v, d, m) = unpack(layout, &rows[r * row_bytes..(r + 1) * row_bytes], kb);
+                    *qc = v;
                     p.d[c] = d;
                     p.m[c] = m;
                 }
@@ -552,9 +552,9 @@ mod x86 {
         for (b, xs) in q.iter_mut().zip(x.chunks_exact(QK)) {
             let mut v = [_mm256_setzero_ps(); 4];
             let mut amax = _mm256_setzero_ps();
-            for e in 0..4 {
-                v[e] = _mm256_loadu_ps(xs.as_ptr().add(8 * e));
-                amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[e]));
+            for (e, ve) in v.iter_mut().enumerate() {
+                *ve = _mm256_loadu_ps(xs.as_ptr().add(8 * e));
+                amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, *ve));
             }
             let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
             let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));

@@ -211,8 +211,12 @@ fn int8_compute_takes_the_kernel_both_ways() {
             unreachable!()
         };
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want_y = anymal_quant::int8_gemm::forward(q, &flat(&x0), 300).unwrap().unwrap();
-        let want_dx = anymal_quant::int8_gemm::input_grad(q, &flat(&g0), 300).unwrap().unwrap();
+        let want_y = anymal_quant::int8_gemm::forward(q, &flat(&x0), 300)
+            .unwrap()
+            .unwrap();
+        let want_dx = anymal_quant::int8_gemm::input_grad(q, &flat(&g0), 300)
+            .unwrap()
+            .unwrap();
         assert_eq!(flat(&y8), want_y, "{ty}: forward");
         assert_eq!(flat(&dx8), want_dx, "{ty}: input gradient");
         let (ey, edx) = (rel_rms(&y8, &y32), rel_rms(&dx8, &dx32));
