@@ -159,6 +159,50 @@ fn bench_qlinear(reps: usize) -> anyhow::Result<()> {
             fb / dense
         );
     }
+    bench_qlinear_compute(reps)
+}
+
+/// The many-row products of a training step's layers (512 rows: align's batch of 8 x 64) with
+/// each `Compute`: the forward, and the forward plus the input gradient.
+fn bench_qlinear_compute(reps: usize) -> anyhow::Result<()> {
+    use anymal_quant::Compute;
+    let m = 512;
+    println!("\nQLinear at {m} rows, f32 vs int8 products, median of {reps}:");
+    println!(
+        "| type | W (out, in) | f32 fwd ms | int8 fwd ms | f32 fwd+bwd ms | int8 fwd+bwd ms |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let dev = Device::Cpu;
+    for (ty, (n, k)) in [
+        ("q4_1", (1536, 576)),
+        ("q4_1", (576, 1536)),
+        ("q5_0", (2048, 640)),
+        ("q4k", (640, 2048)),
+        ("q8_0", (2048, 640)),
+    ] {
+        let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+        let x0 = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let mut layer = QLinear::quantize(&w, None, QuantType::parse(ty)?)?;
+        let mut cells = Vec::new();
+        for compute in [Compute::F32, Compute::Int8] {
+            layer.set_compute(compute);
+            cells.push(time(reps, || {
+                layer.forward(&x0)?;
+                Ok(())
+            })?);
+        }
+        for compute in [Compute::F32, Compute::Int8] {
+            layer.set_compute(compute);
+            let x = Var::from_tensor(&x0)?;
+            cells.push(time(reps, || {
+                let y = layer.forward(x.as_tensor())?;
+                let _ = y.sum_all()?.backward()?;
+                Ok(())
+            })?);
+        }
+        let ms: Vec<String> = cells.iter().map(|c| format!("{:.2}", c * 1e3)).collect();
+        println!("| {ty} | ({n}, {k}) | {} |", ms.join(" | "));
+    }
     Ok(())
 }
 
