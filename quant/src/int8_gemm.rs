@@ -90,24 +90,6 @@ impl Layout {
         }
     }
 
-    /// Bytes of one row of `k` values.
-    fn row_bytes(self, k: usize) -> usize {
-        match self {
-            Self::Q4_1 => k / QK * 20,
-            Self::Q5_0 => k / QK * 22,
-            Self::Q4K => k / 256 * 144,
-            Self::Q8_0 => k / QK * 34,
-        }
-    }
-
-    /// Values per stored block, which rows must tile.
-    fn block_len(self) -> usize {
-        match self {
-            Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => QK,
-            Self::Q4K => 256,
-        }
-    }
-
     /// Whether the stored integers are signed (Q8_0's -127..=127).
     fn signed(self) -> bool {
         matches!(self, Self::Q8_0)
@@ -129,7 +111,7 @@ pub fn available() -> bool {
 /// Whether [`forward`] and [`input_grad`] take a weight of this type and `(n, k)` shape on this
 /// CPU: Q4_1, Q5_0, Q4_K or Q8_0, `n` a multiple of 32, with AVX2.
 pub fn supports(t: GgmlDType, (n, k): (usize, usize)) -> bool {
-    Layout::of(t).is_some_and(|l| k % l.block_len() == 0 && n % QK == 0) && available()
+    Layout::of(t).is_some() && k % t.block_size() == 0 && n % QK == 0 && available()
 }
 
 /// `x (m, k) @ W^T` for a weight `(n, k)`; `None` where [`supports`] says no.
@@ -214,7 +196,7 @@ fn weight_rows(w: &QTensor, rows: Range<usize>) -> candle_core::Result<Option<We
     if !supports(w.dtype(), (rows.len(), k)) {
         return Ok(None);
     }
-    let rb = layout.row_bytes(k);
+    let rb = k / w.dtype().block_size() * w.dtype().type_size();
     let bytes = match w.data()? {
         Cow::Borrowed(b) => Cow::Borrowed(&b[rows.start * rb..rows.end * rb]),
         Cow::Owned(b) => Cow::Owned(b[rows.start * rb..rows.end * rb].to_vec()),
@@ -262,7 +244,7 @@ mod x86 {
         (n, k): (usize, usize),
         x: &[f32],
     ) -> Vec<f32> {
-        let row_bytes = layout.row_bytes(k);
+        let row_bytes = data.len() / n;
         let nb = k / QK;
         let xq = quantize_rows(x, k);
         let m = x.len() / k;
@@ -300,7 +282,7 @@ mod x86 {
         (n, k): (usize, usize),
         g: &[f32],
     ) -> Vec<f32> {
-        let row_bytes = layout.row_bytes(k);
+        let row_bytes = data.len() / n;
         // The kernel's k is the weight's n here.
         let nb = n / QK;
         let gq = quantize_rows(g, n);
