@@ -1,5 +1,7 @@
 //! Training-time versions of the fused inference kernels (RMSNorm, attention softmax, RoPE, the
-//! gated activation): candle's fused kernels forward, a hand-written backward.
+//! gated activation): candle's fused kernels forward, a hand-written backward. The gated
+//! activation has no kernel in candle; on f32 CPU tensors both of its directions run the
+//! one-pass kernels of [`crate::gated_cpu`].
 //!
 //! Written as chains of elementwise ops, autograd keeps every intermediate for the backward
 //! pass: an RMSNorm kept six `(t, d)` tensors, a softmax four `(h, t, t)` ones. Each op here
@@ -9,8 +11,10 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 
 use anymal_quant::custom_op::{
-    contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage, into_cuda_storage,
+    contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage, into_cuda_storage, with_cpu_f32,
 };
+
+use crate::gated_cpu;
 
 /// Runs `f` on a graph-free view of a custom op's CPU input and returns its storage.
 fn on_cpu(
@@ -151,7 +155,8 @@ pub enum Activation {
 }
 
 /// `act(gate) * up`, the gated MLP's middle. Keeps its two inputs (which the projections that
-/// made them do not need), not the activation's output.
+/// made them do not need), not the activation's output. Also the inference path's op: outside
+/// training it records nothing.
 pub fn gated(gate: &Tensor, up: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, Gated(act))
 }
@@ -191,6 +196,37 @@ impl Gated {
     fn fwd(&self, g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
         self.act(g)? * u
     }
+
+    /// Both gradients through [`gated_cpu::backward`], for f32 CPU tensors; `None` for others.
+    fn cpu_bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !(f32_cpu(gate) && f32_cpu(up) && f32_cpu(grad)) {
+            return Ok(None);
+        }
+        let grad = grad.contiguous()?;
+        let n = gate.elem_count();
+        let (mut d_gate, mut d_up) = (vec![0f32; n], vec![0f32; n]);
+        let done = with_cpu_f32(gate, |x| {
+            with_cpu_f32(up, |u| {
+                with_cpu_f32(&grad, |g| {
+                    gated_cpu::backward(self.0, x, u, g, &mut d_gate, &mut d_up)
+                })
+            })
+        });
+        if done.flatten().flatten().is_none() {
+            return Ok(None);
+        }
+        let shape = gate.shape();
+        Ok(Some((
+            Tensor::from_vec(d_gate, shape, gate.device())?,
+            Tensor::from_vec(d_up, shape, gate.device())?,
+        )))
+    }
 }
 
 impl CustomOp2 for Gated {
@@ -205,6 +241,15 @@ impl CustomOp2 for Gated {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(g), CpuStorage::F32(u), Some((g0, g1)), Some((u0, u1))) =
+            (s1, s2, l1.contiguous_offsets(), l2.contiguous_offsets())
+        {
+            if l1.shape() == l2.shape() {
+                let mut out = vec![0f32; g1 - g0];
+                gated_cpu::forward(self.0, &g[g0..g1], &u[u0..u1], &mut out);
+                return Ok((CpuStorage::F32(out), l1.shape().clone()));
+            }
+        }
         into_cpu_storage(self.fwd(&cpu_tensor(s1, l1)?, &cpu_tensor(s2, l2)?)?)
     }
 
@@ -225,6 +270,9 @@ impl CustomOp2 for Gated {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if let Some((d_gate, d_up)) = self.cpu_bwd(gate, up, g)? {
+            return Ok((Some(d_gate), Some(d_up)));
+        }
         let dtype = gate.dtype();
         let x = gate.detach().to_dtype(DType::F32)?;
         let u = up.detach().to_dtype(DType::F32)?;

@@ -31,6 +31,7 @@ pub mod decode_attention;
 pub mod decoder;
 mod error;
 pub mod fused_ops;
+mod gated_cpu;
 pub mod generate;
 pub mod head_loss;
 pub mod kv_cache;
@@ -42,6 +43,7 @@ pub mod rope;
 pub mod sampling;
 pub mod spm;
 pub mod tokenizer;
+mod vec_math;
 pub mod weights;
 
 pub use chat::{ChatTemplate, Message};

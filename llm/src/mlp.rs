@@ -19,10 +19,14 @@ impl Mlp {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate_up = QLinear::forward_many(&[&self.gate_proj, &self.up_proj], xs)?;
         let (gate, up) = (&gate_up[0], &gate_up[1]);
-        let h = if (gate.track_op() || up.track_op()) && gate.dtype() != DType::F64 {
-            // Training: one op that keeps only gate and up for its backward.
+        let training = gate.track_op() || up.track_op();
+        let h = if gate.dtype() != DType::F64 && (training || gate.device().is_cpu()) {
+            // Training: one op that keeps only gate and up for its backward. Inference on the
+            // CPU: the same op, for its one-pass kernel.
             crate::fused_ops::gated(gate, up, self.act)?
         } else {
+            // f64 (the dense references of the tests: candle's autograd, exact) and inference
+            // on a GPU.
             let gate = match self.act {
                 Activation::Silu => candle_nn::ops::silu(gate)?,
                 Activation::GeluTanh => gate.gelu()?,

@@ -28,6 +28,16 @@ pub fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<
     Ok(t)
 }
 
+/// Runs `f` on the f32 elements of a contiguous CPU tensor, in row-major order; `None` (and
+/// `f` not run) for any other tensor: another dtype or device, or a strided view.
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
 /// The tensor itself on the CPU ([`cpu_tensor`] gathers strided input inside the op), a
 /// contiguous copy elsewhere (the CUDA helpers need offset-0 contiguous storage).
 pub fn contiguous_off_cpu(xs: &Tensor) -> candle_core::Result<Tensor> {
