@@ -11,7 +11,6 @@
 //! same sequential code whichever thread runs it.
 
 use candle_core::Tensor;
-use rayon::prelude::*;
 
 use crate::kv_cache::KvCache;
 use crate::Result;
@@ -85,7 +84,7 @@ pub fn decode_attention(
     let group = heads.q / heads.kv.max(1);
     let work: usize = caches.iter().map(|c| c.seq_len()).sum::<usize>() * qw;
     // One (sequence, query head) per task, each writing its own `dim` outputs.
-    let attend_head = |(task, o): (usize, &mut [f32])| -> Result<()> {
+    let attend_head = |task: usize, o: &mut [f32]| -> Result<()> {
         let (i, h) = (task / heads.q, task % heads.q);
         let query = &qs[i * qw + h * d..i * qw + (h + 1) * d];
         caches[i].read_layer(layer, |c| {
@@ -94,18 +93,26 @@ pub fn decode_attention(
         })
     };
     if work >= PARALLEL_MIN_WORK {
-        out.par_chunks_mut(d)
-            .enumerate()
-            .try_for_each(attend_head)?;
+        let failed = std::sync::Mutex::new(None);
+        anymal_util::par::fill_pieces([&mut out], [d], |task, [o]| {
+            if let Err(e) = attend_head(task, o) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
     } else {
-        out.chunks_mut(d).enumerate().try_for_each(attend_head)?;
+        for (task, o) in out.chunks_mut(d).enumerate() {
+            attend_head(task, o)?;
+        }
     }
     Ok(Tensor::from_vec(out, (b, 1, qw), q.device())?)
 }
 
 /// Rotates one head's `(d,)` vector by the row's angles, as candle's `rope` (halves) or
 /// `rope_i` (adjacent pairs) does.
-fn rotate(x: &mut [f32], row: &DecodeRow<'_>) {
+pub(crate) fn rotate(x: &mut [f32], row: &DecodeRow<'_>) {
     let half = x.len() / 2;
     for j in 0..half {
         let (a, b) = if row.interleaved {

@@ -14,9 +14,8 @@ use std::sync::Mutex;
 
 use anymal_quant::{int8_gemm, Compute, QLinear, QWeight};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use crate::{Error, Result};
+use crate::{vec_math, Error, Result};
 
 /// Bytes of f32 weights dequantized per slice.
 const SLICE_BYTES: usize = 8 << 20;
@@ -105,45 +104,46 @@ impl HeadNll {
                 Some((w, hv)) => int8_gemm::forward_rows(w, r0..r1, hv, n)?,
                 None => None,
             };
-            // The f32 slice, where the int8 kernel did not take it.
-            let (w, logits) = match int8_logits {
-                Some(l) => (None, Tensor::from_vec(l, (n, cols), h.device())?),
+            // The slice's logits `(n, cols)`, and its f32 weights where the int8 kernel did not
+            // take it.
+            let (w, mut p) = match int8_logits {
+                Some(l) => (None, l),
                 None => {
                     let w = self.head.dequantize_rows(r0..r1)?;
-                    let logits = h.matmul(&w.t()?)?;
+                    let logits = h.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
                     (Some(w), logits)
                 }
             };
-            let mut logits = logits;
-            if let Some(b) = self.head.bias() {
-                logits = logits.broadcast_add(&b.narrow(0, r0, r1 - r0)?.to_dtype(DType::F32)?)?;
-            }
-            let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+            let bias = match self.head.bias() {
+                Some(b) => Some(
+                    b.narrow(0, r0, cols)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?,
+                ),
+                None => None,
+            };
             // Per row: new running max, rescale factor of what was summed before, and the
             // slice's exp(logit - max) in place (the probabilities up to 1/Z).
-            let rescale: Vec<f32> = p
-                .par_chunks_mut(cols)
-                .zip(max.par_iter_mut())
-                .zip(sum.par_iter_mut())
-                .zip(target_logit.par_iter_mut())
-                .enumerate()
-                .map(|(i, (((row, m), s), tl))| {
-                    let t = self.targets[i] as usize;
+            let mut rescale = vec![0f32; n];
+            let targets = &self.targets;
+            anymal_util::par::fill_pieces(
+                [&mut p, &mut max, &mut sum, &mut target_logit, &mut rescale],
+                [cols, 1, 1, 1, 1],
+                |i, [row, m, s, tl, alpha]| {
+                    if let Some(b) = &bias {
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    let t = targets[i] as usize;
                     if (r0..r1).contains(&t) {
-                        *tl = row[t - r0];
+                        tl[0] = row[t - r0];
                     }
-                    let new_m = row.iter().fold(*m, |a, &b| a.max(b));
-                    let alpha = (*m - new_m).exp();
-                    let mut part = 0f32;
-                    for v in row.iter_mut() {
-                        *v = (*v - new_m).exp();
-                        part += *v;
-                    }
-                    *s = *s * alpha + part;
-                    *m = new_m;
-                    alpha
-                })
-                .collect();
+                    let new_m = m[0].max(vec_math::wide(|| max_of(row)));
+                    // libm's exp here: e^-inf must be 0 on the first slice.
+                    alpha[0] = (m[0] - new_m).exp();
+                    s[0] = s[0] * alpha[0] + vec_math::wide(|| exp_in_place(row, new_m));
+                    m[0] = new_m;
+                },
+            );
             if self.want_grad {
                 let contrib = match (&w, &int8) {
                     (None, Some((q, _))) => {
@@ -193,6 +193,40 @@ impl HeadNll {
         };
         Ok((nll, grad))
     }
+}
+
+/// The largest element (8 running maxima, so that the loop vectorizes).
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a.max(b))
+}
+
+/// `row[j] = e^(row[j] - m)` in place; returns their sum (8 running sums, as in [`max_of`]).
+#[inline(always)]
+fn exp_in_place(row: &mut [f32], m: f32) -> f32 {
+    for v in row.iter_mut() {
+        *v = vec_math::exp(*v - m);
+    }
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 impl CustomOp1 for HeadNll {

@@ -106,13 +106,12 @@ impl DropoutDraw {
         Ok(mask.to_dtype(x.dtype())?)
     }
 
-    /// Multiplies element `i` of `v` by multiplier `i`, in chunks on rayon's threads (each
-    /// chunk skips the stream ahead to its first element).
+    /// Multiplies element `i` of `v` by multiplier `i`, in chunks on all cores (each chunk
+    /// skips the stream ahead to its first element).
     fn scale_in_place(&self, v: &mut [f32]) {
-        use rayon::prelude::*;
         const CHUNK: usize = 1 << 14;
         let kept = (1.0 / (1.0 - self.p)) as f32;
-        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        anymal_util::par::fill_pieces([v], [CHUNK], |c, [chunk]| {
             let mut rng = SplitMix64::new(self.seed);
             rng.skip((c * CHUNK) as u64);
             for x in chunk {
