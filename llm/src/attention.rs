@@ -115,6 +115,25 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = q.dims3()?;
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        if cache.is_none() && q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
+            // Whole sequences: one op (crate::attention_cpu).
+            let q = maybe_norm(self.q_norm.as_ref(), q.reshape((b, t, h, hd))?)?;
+            let k = maybe_norm(self.k_norm.as_ref(), k.reshape((b, t, kvh, hd))?)?;
+            let heads = Heads {
+                q: h,
+                kv: kvh,
+                dim: hd,
+                scale: self.scale as f32,
+            };
+            return Ok(crate::attention_cpu::attention(
+                &q.reshape((b, t, h * hd))?,
+                &k.reshape((b, t, kvh * hd))?,
+                v,
+                heads,
+                rope,
+                mask,
+            )?);
+        }
         let q = q.reshape((b, t, h, hd))?;
         let k = k.reshape((b, t, kvh, hd))?;
         let v = v.reshape((b, t, kvh, hd))?;

@@ -23,6 +23,7 @@
 //! helpers (cache folder, atomic writes) from anymal-util.
 
 pub mod attention;
+mod attention_cpu;
 pub mod block;
 pub mod chat;
 mod checkpoint;
