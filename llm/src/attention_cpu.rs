@@ -17,6 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use anymal_quant::custom_op::{cpu_tensor, with_cpu_f32};
+use anymal_util::matmul::{matmul, Operand};
 
 use crate::decode_attention::{rotate, DecodeRow, Heads};
 use crate::rope::RopeTables;
@@ -134,7 +135,14 @@ impl SequenceAttention {
         }
         // Scores (n t, t) = q k^T, then scale, mask and softmax row by row.
         let mut p = vec![0f32; n * t * t];
-        matmul(&mut p, n * t, t, d, (&gq, d, 1), (&gk, 1, d), false);
+        matmul(
+            &mut p,
+            (n * t, t, d),
+            Operand::rows(&gq, d),
+            Operand::transposed(&gk, d),
+            1.0,
+            false,
+        );
         let mask = self
             .mask
             .as_deref()
@@ -184,7 +192,14 @@ impl SequenceAttention {
         anymal_util::par::fill_pieces([&mut grouped], [n * t * d], |task, [out]| {
             let (bi, g) = (task / self.heads.kv, task % self.heads.kv);
             let grp = self.group(bi, g, q, k, v);
-            matmul(out, n * t, d, t, (&grp.p, t, 1), (&grp.v, d, 1), false);
+            matmul(
+                out,
+                (n * t, d, t),
+                Operand::rows(&grp.p, t),
+                Operand::rows(&grp.v, d),
+                1.0,
+                false,
+            );
         });
         self.ungroup(&grouped, self.heads.q, n)
     }
@@ -230,9 +245,23 @@ impl SequenceAttention {
                     }
                 }
                 // dv = p^T dout; dp = dout v^T.
-                matmul(dv, t, d, n * t, (&grp.p, 1, t), (&dout_g, d, 1), false);
+                matmul(
+                    dv,
+                    (t, d, n * t),
+                    Operand::transposed(&grp.p, t),
+                    Operand::rows(&dout_g, d),
+                    1.0,
+                    false,
+                );
                 let mut ds = vec![0f32; n * t * t];
-                matmul(&mut ds, n * t, t, d, (&dout_g, d, 1), (&grp.v, 1, d), false);
+                matmul(
+                    &mut ds,
+                    (n * t, t, d),
+                    Operand::rows(&dout_g, d),
+                    Operand::transposed(&grp.v, d),
+                    1.0,
+                    false,
+                );
                 // Through the softmax and the scale: ds = scale p (dp - sum(dp p)).
                 let scale = self.heads.scale;
                 for (dsr, pr) in ds.chunks_exact_mut(t).zip(grp.p.chunks_exact(t)) {
@@ -244,8 +273,22 @@ impl SequenceAttention {
                     });
                 }
                 // dq = ds k; dk = ds^T q (summed over the group's heads).
-                matmul(dq, n * t, d, t, (&ds, t, 1), (&grp.k, d, 1), false);
-                matmul(dk, t, d, n * t, (&ds, 1, t), (&grp.q, d, 1), false);
+                matmul(
+                    dq,
+                    (n * t, d, t),
+                    Operand::rows(&ds, t),
+                    Operand::rows(&grp.k, d),
+                    1.0,
+                    false,
+                );
+                matmul(
+                    dk,
+                    (t, d, n * t),
+                    Operand::transposed(&ds, t),
+                    Operand::rows(&grp.q, d),
+                    1.0,
+                    false,
+                );
                 // Back through the rotations.
                 for (r, x) in dq.chunks_exact_mut(d).enumerate() {
                     self.rotate(x, r % t, true);
@@ -264,65 +307,6 @@ impl SequenceAttention {
 
     fn shape(&self, heads: usize) -> Shape {
         Shape::from((self.b, self.t, heads * self.heads.dim))
-    }
-}
-
-/// `dst (m, n) = lhs (m, k) rhs (k, n)` (plus `dst` with `accumulate`) on one thread, for
-/// row-major `dst` and operands given as `(values, row stride, column stride)`.
-fn matmul(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
-    accumulate: bool,
-) {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    assert!(dst.len() >= m * n, "matmul: destination too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    assert!(
-        last(m, k, lhs.1, lhs.2) < lhs.0.len(),
-        "matmul: left operand too small"
-    );
-    assert!(
-        last(k, n, rhs.1, rhs.2) < rhs.0.len(),
-        "matmul: right operand too small"
-    );
-    // SAFETY: every index the product reads or writes was checked against its slice above;
-    // `dst` is borrowed mutably, the operands shared, so they do not overlap.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

@@ -81,7 +81,7 @@ impl DropoutDraw {
     /// The `n` multipliers of the mask: `0` or `1 / (1 - p)`.
     pub fn multipliers(&self, n: usize) -> Vec<f32> {
         let mut m = vec![1f32; n];
-        self.scale_in_place(&mut m);
+        self.apply_in_place(&mut m);
         m
     }
 
@@ -93,7 +93,7 @@ impl DropoutDraw {
             // mask for every adapted layer twice (forward and backward), and a separate mask
             // tensor and product cost ~15% of a SmolLM2 LoRA step.
             let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            self.scale_in_place(&mut v);
+            self.apply_in_place(&mut v);
             return Ok(Tensor::from_vec(v, x.shape(), x.device())?);
         }
         Ok((x * self.mask_like(x)?)?)
@@ -108,7 +108,7 @@ impl DropoutDraw {
 
     /// Multiplies element `i` of `v` by multiplier `i`, in chunks on all cores (each chunk
     /// skips the stream ahead to its first element).
-    fn scale_in_place(&self, v: &mut [f32]) {
+    pub fn apply_in_place(&self, v: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         let kept = (1.0 / (1.0 - self.p)) as f32;
         anymal_util::par::fill_pieces([v], [CHUNK], |c, [chunk]| {

@@ -8,11 +8,31 @@
 //! only its output is kept; backward recomputes the small `(rows, r)` product `x A^T` and
 //! returns the gradients of `x`, `A` and `B` together. Dropout's mask is recomputed from its
 //! seed there too ([`DropoutDraw`]), so no mask, nor the masked input, is kept either.
+//!
+//! On f32 CPU operands the update's products run in place over pieces of rows on the barrier
+//! pool ([`anymal_util::par`], [`anymal_util::matmul`]): added straight into the frozen
+//! product's output, with no copy of it or of `x`, and without candle's matmul, whose rayon
+//! threads would compete with the barrier pool for the cores.
 
+use std::borrow::Cow;
+
+use anymal_util::matmul::{matmul, Operand};
+use anymal_util::par::fill_pieces;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
-use crate::custom_op::{cpu_tensor, into_cpu_storage};
+use crate::custom_op::{cpu_tensor, into_cpu_storage, with_cpu_f32};
 use crate::DropoutDraw;
+
+/// Rows per task of the CPU path's products.
+const ROWS_PER_TASK: usize = 64;
+
+/// The dimensions of one adapted layer: rank, input and output features.
+#[derive(Clone, Copy)]
+struct Dims {
+    r: usize,
+    inp: usize,
+    out: usize,
+}
 
 /// `x (.., in)`, `A (r, in)`, `B (out, r)` -> `(.., out)`, around `frozen`, the frozen layer's
 /// own op (its forward and input gradient; `QLinear`'s quantized matmul).
@@ -31,6 +51,119 @@ impl<F: CustomOp1> QLoraMatMul<F> {
             None => Ok(x),
         }
     }
+}
+
+impl<F: CustomOp1> QLoraMatMul<F> {
+    /// `x` through this forward's dropout mask: a masked copy, or `x` itself.
+    fn dropped_rows<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
+        match &self.dropout {
+            Some(d) => {
+                let mut v = x.to_vec();
+                d.apply_in_place(&mut v);
+                Cow::Owned(v)
+            }
+            None => Cow::Borrowed(x),
+        }
+    }
+
+    /// `y += scale * (dropout(x) A^T) B^T` over pieces of rows in parallel.
+    fn add_update(&self, y: &mut [f32], x: &[f32], a: &[f32], b: &[f32], dims: Dims) {
+        let Dims { r, inp, out } = dims;
+        let x = self.dropped_rows(x);
+        let scale = self.scale as f32;
+        fill_pieces([y], [ROWS_PER_TASK * out], |i, [y]| {
+            let rows = y.len() / out;
+            let x = &x[i * ROWS_PER_TASK * inp..][..rows * inp];
+            let mut xa = vec![0f32; rows * r];
+            let (x, a) = (Operand::rows(x, inp), Operand::transposed(a, inp));
+            matmul(&mut xa, (rows, r, inp), x, a, 1.0, false);
+            let (xa, b) = (Operand::rows(&xa, r), Operand::transposed(b, r));
+            matmul(y, (rows, out, r), xa, b, scale, true);
+        });
+    }
+
+    /// The update's gradients for `x` (to add to the frozen product's), `A` and `B`, from the
+    /// output's gradient `g`; row pieces, and pieces of `A`'s columns and `B`'s rows, in
+    /// parallel.
+    fn update_grads(
+        &self,
+        x: &[f32],
+        a: &[f32],
+        b: &[f32],
+        g: &[f32],
+        dims: Dims,
+    ) -> [Vec<f32>; 3] {
+        let Dims { r, inp, out } = dims;
+        let rows = g.len() / out;
+        let x = self.dropped_rows(x);
+        let scale = self.scale as f32;
+        // Per row: gb = scale g B (the gradient at the bottleneck), gx = gb A through the
+        // mask, xa = dropout(x) A^T.
+        let (mut gb, mut gx, mut xa) = (
+            vec![0f32; rows * r],
+            vec![0f32; rows * inp],
+            vec![0f32; rows * r],
+        );
+        let piece = [ROWS_PER_TASK * r, ROWS_PER_TASK * inp, ROWS_PER_TASK * r];
+        fill_pieces([&mut gb, &mut gx, &mut xa], piece, |i, [gb, gx, xa]| {
+            let n = gb.len() / r;
+            let g = Operand::rows(&g[i * ROWS_PER_TASK * out..][..n * out], out);
+            matmul(gb, (n, r, out), g, Operand::rows(b, r), scale, false);
+            matmul(
+                gx,
+                (n, inp, r),
+                Operand::rows(gb, r),
+                Operand::rows(a, inp),
+                1.0,
+                false,
+            );
+            let xp = Operand::rows(&x[i * ROWS_PER_TASK * inp..][..n * inp], inp);
+            matmul(xa, (n, r, inp), xp, Operand::transposed(a, inp), 1.0, false);
+        });
+        if let Some(d) = &self.dropout {
+            d.apply_in_place(&mut gx);
+        }
+        // dA^T = dropout(x)^T gb by pieces of A's columns; dB = scale g^T xa by pieces of B's rows.
+        let (mut ga_t, mut gb_w) = (vec![0f32; inp * r], vec![0f32; out * r]);
+        fill_pieces([&mut ga_t], [ROWS_PER_TASK * r], |i, [ga_t]| {
+            let n = ga_t.len() / r;
+            let xt = Operand {
+                values: &x[i * ROWS_PER_TASK..],
+                row_stride: 1,
+                col_stride: inp,
+            };
+            matmul(ga_t, (n, r, rows), xt, Operand::rows(&gb, r), 1.0, false);
+        });
+        fill_pieces([&mut gb_w], [ROWS_PER_TASK * r], |i, [gb_w]| {
+            let n = gb_w.len() / r;
+            let gt = Operand {
+                values: &g[i * ROWS_PER_TASK..],
+                row_stride: 1,
+                col_stride: out,
+            };
+            matmul(gb_w, (n, r, rows), gt, Operand::rows(&xa, r), scale, false);
+        });
+        let mut ga = vec![0f32; r * inp];
+        for (j, row) in ga_t.chunks_exact(r).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                ga[k * inp + j] = v;
+            }
+        }
+        [gx, ga, gb_w]
+    }
+}
+
+/// Rank, input and output features from `A (r, in)` and `B (out, r)`, checked against the
+/// element counts of `x (rows, in)` and of `y` or its gradient `(rows, out)`.
+fn adapter_dims(a: &Layout, b: &Layout, x_len: usize, y_len: usize) -> candle_core::Result<Dims> {
+    let ((r, inp), (out, rb)) = (a.shape().dims2()?, b.shape().dims2()?);
+    let rows = x_len / inp.max(1);
+    if rb != r || rows * inp != x_len || rows * out != y_len {
+        candle_core::bail!(
+            "qlinear-lora: A ({r}, {inp}), B ({out}, {rb}) for {x_len} input and {y_len} output values"
+        )
+    }
+    Ok(Dims { r, inp, out })
 }
 
 /// `t` as `(rows, last)`.
@@ -54,6 +187,26 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (frozen, shape) = self.frozen.cpu_fwd(s1, l1)?;
+        let offsets = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        );
+        let frozen = match (frozen, s1, s2, s3, offsets) {
+            (
+                CpuStorage::F32(mut y),
+                CpuStorage::F32(x),
+                CpuStorage::F32(a),
+                CpuStorage::F32(b),
+                (Some(xo), Some(ao), Some(bo)),
+            ) => {
+                let dims = adapter_dims(l2, l3, xo.1 - xo.0, y.len())?;
+                let (x, a, b) = (&x[xo.0..xo.1], &a[ao.0..ao.1], &b[bo.0..bo.1]);
+                self.add_update(&mut y, x, a, b, dims);
+                return Ok((CpuStorage::F32(y), shape));
+            }
+            (frozen, ..) => frozen,
+        };
         let y = cpu_tensor(&frozen, &Layout::contiguous(shape.clone()))?;
         let x = self.dropped(rows_of(&cpu_tensor(s1, l1)?)?)?;
         let (a, b) = (cpu_tensor(s2, l2)?, cpu_tensor(s3, l3)?);
@@ -74,7 +227,25 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
             .frozen
             .bwd(&x, res, &grad)?
             .ok_or_else(|| candle_core::Error::Msg("qlinear: no input gradient".into()))?;
-        let g = rows_of(&grad.contiguous()?)?;
+        let (xc, grad) = (x.contiguous()?, grad.contiguous()?);
+        let fast = with_cpu_f32(&xc, |xv| {
+            with_cpu_f32(&a, |av| {
+                with_cpu_f32(&b, |bv| {
+                    with_cpu_f32(&grad, |gv| {
+                        let dims = adapter_dims(a.layout(), b.layout(), xv.len(), gv.len())?;
+                        candle_core::Result::Ok(self.update_grads(xv, av, bv, gv, dims))
+                    })
+                })
+            })
+        });
+        if let Some(Some(Some(Some(grads)))) = fast {
+            let [gx, ga, gb] = grads?;
+            let gx = (gx_frozen + Tensor::from_vec(gx, x.dims(), x.device())?)?;
+            let ga = Tensor::from_vec(ga, a.dims(), a.device())?;
+            let gb = Tensor::from_vec(gb, b.dims(), b.device())?;
+            return Ok((Some(gx), Some(ga), Some(gb)));
+        }
+        let g = rows_of(&grad)?;
         // The mask is drawn once here for the input and the input's gradient (same shape).
         let x2 = rows_of(&x)?;
         let mask = match &self.dropout {

@@ -2,6 +2,7 @@
 //!
 //! - [`fs`]: files written atomically (temporary file, then rename), the anymal cache folder,
 //!   paths made relative to a folder;
+//! - [`matmul`]: the gemm crate's f32 product on the calling thread, behind a safe call;
 //! - [`par`]: output buffers filled piece by piece on all cores (candle's thread pool);
 //! - [`rng`]: SplitMix64 and FNV-1a, a seeded generator and a stable hash whose streams never
 //!   change with a dependency's version (weights, data orders and synthetic data depend on them);
@@ -11,6 +12,7 @@
 //! It depends on nothing of anymal's, so every crate of the workspace can use it.
 
 pub mod fs;
+pub mod matmul;
 pub mod par;
 pub mod rng;
 pub mod sha256;
