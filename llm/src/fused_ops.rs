@@ -14,7 +14,7 @@ use anymal_quant::custom_op::{
     contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage, into_cuda_storage, with_cpu_f32,
 };
 
-use crate::gated_cpu;
+use crate::gated_cpu::{self, Activation};
 
 /// Runs `f` on a graph-free view of a custom op's CPU input and returns its storage.
 fn on_cpu(
@@ -143,15 +143,6 @@ impl CustomOp1 for ScaledMaskedSoftmax {
         let s = (&g * &y)?.sum_keepdim(D::Minus1)?;
         Ok(Some(((y * g.broadcast_sub(&s)?)? * self.scale)?))
     }
-}
-
-/// The activation of a gated MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Llama family.
-    Silu,
-    /// Gemma: GELU with the tanh approximation (`gelu_pytorch_tanh`).
-    GeluTanh,
 }
 
 /// `act(gate) * up`, the gated MLP's middle. Keeps its two inputs (which the projections that

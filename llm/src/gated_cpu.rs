@@ -6,8 +6,16 @@
 //! nine, with an allocation each: 17% of an alignment step on SmolLM2 (2 cores, perf). Here
 //! each element is read once, through the vectorized `exp` of [`crate::vec_math`].
 
-use crate::fused_ops::Activation;
 use crate::vec_math::{sigmoid, tanh, wide};
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Llama family.
+    Silu,
+    /// Gemma: GELU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
 
 /// Elements per parallel piece: 16 KiB of each buffer, enough to amortize a piece's dispatch.
 const PIECE: usize = 4096;

@@ -3,7 +3,7 @@
 use anymal_quant::QLinear;
 use candle_core::{DType, Tensor};
 
-pub use crate::fused_ops::Activation;
+pub use crate::gated_cpu::Activation;
 use crate::Result;
 
 #[derive(Debug, Clone)]
