@@ -11,8 +11,10 @@
 //!   [`weights`] (frozen tensors by GGUF name); [`tokenizer`] (with [`spm`]) and [`chat`] give
 //!   its tokenizer and chat template.
 //! - The model: [`decoder`] ([`Llm`], blocks of [`attention`] and [`mlp`] with [`norm`] and
-//!   [`rope`]); the training path runs the ops of [`fused_ops`], the output head fused with
-//!   the loss ([`head_loss`]) and, when asked, gradient checkpointing.
+//!   [`rope`]); the training path runs the ops of [`fused_ops`] (the gated activation's
+//!   one-pass CPU kernels in `gated_cpu`, their `exp` in `vec_math`), attention over whole
+//!   sequences as one op (`attention_cpu`), the output head fused with the loss
+//!   ([`head_loss`]) and, when asked, gradient checkpointing.
 //! - Adapters: [`lora`] chooses the layers that get one, attaches them, holds them during
 //!   training, and reads and writes PEFT's folders.
 //! - Inference: [`generate()`] with a [`KvCache`] and a [`Sampler`], or several sequences at
