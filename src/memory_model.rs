@@ -18,6 +18,8 @@ pub struct ModelShape {
     pub vocab: usize,
     /// Gemma's extra norms after attention and after the MLP.
     pub post_norms: bool,
+    /// Gemma's norms of each query and key head before the rotation.
+    pub qk_norms: bool,
     /// Bytes of the frozen weights as stored.
     pub weight_bytes: usize,
 }
@@ -59,6 +61,7 @@ impl ModelShape {
             head_dim: hidden / heads,
             vocab,
             post_norms: false,
+            qk_norms: false,
             weight_bytes: 0,
         };
         s.weight_bytes = (s.params() as f64 * bits / 8.0) as usize;
@@ -133,18 +136,27 @@ const HEAD_SLICE_BYTES: usize = 8 << 20;
 
 /// Elements one token keeps in one layer's graph (see the module doc): the layer input, both
 /// norms' outputs, the attention and MLP outputs and the residual sum (6 d, 8 d with Gemma's
-/// post-norms); q, its rotation, the attention output and its contiguous copy (4 q); k, v, the
-/// rotated k and v's contiguous copy (4 kv); scores and probabilities (2 heads x T); gate, up
-/// and their gated product (3 ffn).
-fn per_token_layer_elems(m: &ModelShape, seq: usize) -> usize {
+/// post-norms); gate, up and their gated product (3 ffn); and attention's:
+/// - on the CPU, anymal-llm's sequence attention op keeps its inputs q, k and v and the output
+///   projection its output (2 q + 2 kv; one more q and kv where q and k are normed first);
+/// - on a GPU, candle's ops: q, its rotation, the attention output and its contiguous copy
+///   (4 q); k, v, the rotated k and v's contiguous copy (4 kv); scores and probabilities
+///   (2 heads x T).
+fn per_token_layer_elems(m: &ModelShape, seq: usize, cuda: bool) -> usize {
     let (_, _, q, kv) = m.widths();
     let d_terms = if m.post_norms { 8 } else { 6 };
-    d_terms * m.hidden + 4 * q + 4 * kv + 2 * m.heads * seq + 3 * m.ffn
+    let attention = if cuda {
+        4 * q + 4 * kv + 2 * m.heads * seq
+    } else {
+        let kept = 2 + usize::from(m.qk_norms);
+        kept * (q + kv)
+    };
+    d_terms * m.hidden + attention + 3 * m.ffn
 }
 
 pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
     let tokens = s.batch * s.seq;
-    let per_layer = tokens * per_token_layer_elems(m, s.seq) * s.act_bytes;
+    let per_layer = tokens * per_token_layer_elems(m, s.seq, s.cuda) * s.act_bytes;
     let lora_params = match s.lora {
         None => 0,
         Some((r, targets)) => {
@@ -213,6 +225,26 @@ mod tests {
         let m = ModelShape::named("llama2-70b", 4.5).unwrap();
         let p = m.params() as f64 / 1e9;
         assert!((68.0..70.0).contains(&p), "{p}");
+    }
+
+    /// On the CPU attention keeps no `(T, T)` scores (the sequence attention op), so the
+    /// activations grow with the sequence length and no faster; on a GPU they grow faster.
+    #[test]
+    fn cpu_activations_are_linear_in_the_sequence() {
+        let m = ModelShape::named("llama2-7b", 4.5).unwrap();
+        let act = |seq, cuda| {
+            let s = TrainSetup {
+                cuda,
+                ..setup(4, seq, false)
+            };
+            estimate(&m, &s).activations
+        };
+        let embeds = |seq: usize| 4 * seq * m.hidden * 2;
+        assert_eq!(
+            act(512, false) - embeds(512),
+            2 * (act(256, false) - embeds(256))
+        );
+        assert!(act(512, true) - embeds(512) > 2 * (act(256, true) - embeds(256)));
     }
 
     /// Checkpointing keeps one layer's activations instead of all of them; the rest is equal.

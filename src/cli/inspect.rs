@@ -211,6 +211,7 @@ fn describe_file(model: &str) -> anyhow::Result<ModelShape> {
         head_dim: cfg.head_dim,
         vocab: cfg.vocab_size,
         post_norms: cfg.arch == anymal_llm::Arch::Gemma3,
+        qk_norms: cfg.arch == anymal_llm::Arch::Gemma3,
         weight_bytes: bytes,
     })
 }
