@@ -11,7 +11,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 
 use anymal_quant::custom_op::{
-    contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage, into_cuda_storage, with_cpu_f32,
+    contiguous_f32, contiguous_off_cpu, cpu_tensor, cuda_tensor, into_cpu_storage,
+    into_cuda_storage, with_cpu_f32,
 };
 
 use crate::gated_cpu::{self, Activation};
@@ -232,12 +233,10 @@ impl CustomOp2 for Gated {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if let (CpuStorage::F32(g), CpuStorage::F32(u), Some((g0, g1)), Some((u0, u1))) =
-            (s1, s2, l1.contiguous_offsets(), l2.contiguous_offsets())
-        {
+        if let (Some(g), Some(u)) = (contiguous_f32(s1, l1), contiguous_f32(s2, l2)) {
             if l1.shape() == l2.shape() {
-                let mut out = vec![0f32; g1 - g0];
-                gated_cpu::forward(self.0, &g[g0..g1], &u[u0..u1], &mut out);
+                let mut out = vec![0f32; g.len()];
+                gated_cpu::forward(self.0, g, u, &mut out);
                 return Ok((CpuStorage::F32(out), l1.shape().clone()));
             }
         }

@@ -38,6 +38,15 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
+/// The f32 elements a custom op receives, where they are contiguous; `None` for another dtype
+/// or a strided view (the op then takes its general path, e.g. through [`cpu_tensor`]).
+pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Some(&v[start..end]),
+        _ => None,
+    }
+}
+
 /// The tensor itself on the CPU ([`cpu_tensor`] gathers strided input inside the op), a
 /// contiguous copy elsewhere (the CUDA helpers need offset-0 contiguous storage).
 pub fn contiguous_off_cpu(xs: &Tensor) -> candle_core::Result<Tensor> {

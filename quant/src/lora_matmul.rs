@@ -20,7 +20,7 @@ use anymal_util::matmul::{matmul, Operand};
 use anymal_util::par::fill_pieces;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
-use crate::custom_op::{cpu_tensor, into_cpu_storage, with_cpu_f32};
+use crate::custom_op::{contiguous_f32, cpu_tensor, into_cpu_storage, with_cpu_f32};
 use crate::DropoutDraw;
 
 /// Rows per task of the CPU path's products.
@@ -187,25 +187,18 @@ impl<F: CustomOp1> CustomOp3 for QLoraMatMul<F> {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (frozen, shape) = self.frozen.cpu_fwd(s1, l1)?;
-        let offsets = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
+        let inputs = (
+            contiguous_f32(s1, l1),
+            contiguous_f32(s2, l2),
+            contiguous_f32(s3, l3),
         );
-        let frozen = match (frozen, s1, s2, s3, offsets) {
-            (
-                CpuStorage::F32(mut y),
-                CpuStorage::F32(x),
-                CpuStorage::F32(a),
-                CpuStorage::F32(b),
-                (Some(xo), Some(ao), Some(bo)),
-            ) => {
-                let dims = adapter_dims(l2, l3, xo.1 - xo.0, y.len())?;
-                let (x, a, b) = (&x[xo.0..xo.1], &a[ao.0..ao.1], &b[bo.0..bo.1]);
+        let frozen = match (frozen, inputs) {
+            (CpuStorage::F32(mut y), (Some(x), Some(a), Some(b))) => {
+                let dims = adapter_dims(l2, l3, x.len(), y.len())?;
                 self.add_update(&mut y, x, a, b, dims);
                 return Ok((CpuStorage::F32(y), shape));
             }
-            (frozen, ..) => frozen,
+            (frozen, _) => frozen,
         };
         let y = cpu_tensor(&frozen, &Layout::contiguous(shape.clone()))?;
         let x = self.dropped(rows_of(&cpu_tensor(s1, l1)?)?)?;

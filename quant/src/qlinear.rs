@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
+use crate::custom_op::contiguous_f32;
 use crate::error::matrix_dims;
 use crate::int8_gemm::Compute;
 use crate::lora::Lora;
@@ -435,12 +436,10 @@ impl CustomOp1 for QMatMulWithGrad {
             };
             return self.cpu_fwd(c, l);
         }
-        if let (Some(w), CpuStorage::F32(v), Some((start, end))) =
-            (self.int8_weight(), storage, layout.contiguous_offsets())
-        {
+        if let (Some(w), Some(x)) = (self.int8_weight(), contiguous_f32(storage, layout)) {
             if rows(layout) >= DENSE_FORWARD_MIN_ROWS {
                 let (lead, _) = split_last(layout.shape().dims());
-                if let Some(y) = crate::int8_gemm::forward(w, &v[start..end], rows(layout))? {
+                if let Some(y) = crate::int8_gemm::forward(w, x, rows(layout))? {
                     return Ok((
                         CpuStorage::F32(y),
                         with_last(&lead, w.shape().dims2()?.0).into(),
@@ -465,13 +464,11 @@ impl CustomOp1 for QMatMulWithGrad {
             // Few rows on a type candle multiplies with scalar code: our SIMD kernels.
             // The input is contiguous here (see above): its f32 slice is read in place.
             QWeight::Ggml(w) if crate::cpu_kernels::has_kernel(w.dtype()) => {
-                let (CpuStorage::F32(v), Some((start, end))) =
-                    (storage, layout.contiguous_offsets())
-                else {
+                let Some(x) = contiguous_f32(storage, layout) else {
                     return w.as_ref().cpu_fwd(storage, layout);
                 };
                 let (lead, _) = split_last(layout.shape().dims());
-                match crate::cpu_kernels::matmul(w, &v[start..end], rows(layout))? {
+                match crate::cpu_kernels::matmul(w, x, rows(layout))? {
                     Some(y) => Ok((
                         CpuStorage::F32(y),
                         with_last(&lead, w.shape().dims2()?.0).into(),
