@@ -20,6 +20,8 @@ pub struct ModelShape {
     pub post_norms: bool,
     /// Gemma's norms of each query and key head before the rotation.
     pub qk_norms: bool,
+    /// Gemma's sliding-window layers, which take a mask of their own.
+    pub sliding_window: bool,
     /// Bytes of the frozen weights as stored.
     pub weight_bytes: usize,
 }
@@ -62,6 +64,7 @@ impl ModelShape {
             vocab,
             post_norms: false,
             qk_norms: false,
+            sliding_window: false,
             weight_bytes: 0,
         };
         s.weight_bytes = (s.params() as f64 * bits / 8.0) as usize;
@@ -156,6 +159,12 @@ fn per_token_layer_elems(m: &ModelShape, seq: usize, cuda: bool) -> usize {
     d_terms * m.hidden + attention + 3 * m.ffn
 }
 
+/// The additive `(b, 1, t, t)` f32 masks of one forward, shared by all layers (one, or two with
+/// sliding-window layers): the one term that grows with the square of the sequence on the CPU.
+fn attention_masks(m: &ModelShape, s: &TrainSetup) -> usize {
+    (1 + usize::from(m.sliding_window)) * s.batch * s.seq * s.seq * 4
+}
+
 pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
     let tokens = s.batch * s.seq;
     let per_layer = tokens * per_token_layer_elems(m, s.seq, s.cuda) * s.act_bytes;
@@ -183,7 +192,8 @@ pub fn estimate(m: &ModelShape, s: &TrainSetup) -> MemoryEstimate {
         m.layers * tokens * m.hidden * s.act_bytes + per_layer
     } else {
         m.layers * per_layer
-    } + tokens * m.hidden * s.act_bytes; // the spliced input embeddings
+    } + tokens * m.hidden * s.act_bytes // the spliced input embeddings
+        + attention_masks(m, s);
     let n_labels = s.batch * s.labels;
     let slice_rows = (HEAD_SLICE_BYTES / (4 * m.hidden)).max(256).min(m.vocab);
     let head =
@@ -230,7 +240,8 @@ mod tests {
     }
 
     /// On the CPU attention keeps no `(T, T)` scores (the sequence attention op), so the
-    /// activations grow with the sequence length and no faster; on a GPU they grow faster.
+    /// activations grow with the sequence length and no faster, but for the masks all layers
+    /// share; on a GPU they grow faster.
     #[test]
     fn cpu_activations_are_linear_in_the_sequence() {
         let m = ModelShape::named("llama2-7b", 4.5).unwrap();
@@ -241,12 +252,12 @@ mod tests {
             };
             estimate(&m, &s).activations
         };
-        let embeds = |seq: usize| 4 * seq * m.hidden * 2;
+        let shared = |seq: usize| 4 * seq * m.hidden * 2 + 4 * seq * seq * 4;
         assert_eq!(
-            act(512, false) - embeds(512),
-            2 * (act(256, false) - embeds(256))
+            act(512, false) - shared(512),
+            2 * (act(256, false) - shared(256))
         );
-        assert!(act(512, true) - embeds(512) > 2 * (act(256, true) - embeds(256)));
+        assert!(act(512, true) - shared(512) > 2 * (act(256, true) - shared(256)));
     }
 
     /// Checkpointing keeps one layer's activations instead of all of them; the rest is equal.

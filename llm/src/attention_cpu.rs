@@ -12,14 +12,15 @@
 //! rotations and probabilities, a few percent of the work, instead of holding `(b, h, t, t)`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use anymal_quant::custom_op::{cpu_tensor, with_cpu_f32};
+use anymal_quant::custom_op::{contiguous_f32, cpu_tensor, with_cpu_f32};
 use anymal_util::matmul::{matmul, Operand};
 
-use crate::decode_attention::{rotate, DecodeRow, Heads};
+use crate::decode_attention::{rotate, rotate_back, DecodeRow, Heads};
 use crate::rope::RopeTables;
 use crate::vec_math;
 
@@ -37,31 +38,33 @@ pub fn attention(
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
     let (b, t, _) = q.dims3()?;
+    // The decoder builds one mask (f32, contiguous) for all its layers: each layer's op holds
+    // that tensor, not a copy, until its backward.
     let mask = match mask {
         Some(m) => Some(
-            m.to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
+            m.to_device(&candle_core::Device::Cpu)?
+                .to_dtype(candle_core::DType::F32)?
+                .contiguous()?,
         ),
         None => None,
     };
-    if mask.as_ref().is_some_and(|m| m.len() != b * t * t) {
-        candle_core::bail!(
-            "attention: a mask of {} values for ({b}, 1, {t}, {t})",
-            mask.unwrap().len()
-        )
+    if let Some(m) = &mask {
+        if m.elem_count() != b * t * t {
+            candle_core::bail!(
+                "attention: a mask of {} values for ({b}, 1, {t}, {t})",
+                m.elem_count()
+            )
+        }
     }
-    let half = heads.dim / 2;
-    if rope.cos_values.len() < t * half {
+    if rope.cos_values.len() < t * heads.dim / 2 || rope.sin_values.len() < t * heads.dim / 2 {
         candle_core::bail!("attention: rotary tables for fewer than {t} positions")
     }
     let op = SequenceAttention {
         heads,
         b,
         t,
-        cos: rope.cos_values[..t * half].to_vec(),
-        sin: rope.sin_values[..t * half].to_vec(),
-        neg_sin: rope.sin_values[..t * half].iter().map(|s| -s).collect(),
+        cos: rope.cos_values.clone(),
+        sin: rope.sin_values.clone(),
         interleaved: rope.interleaved,
         mask,
     };
@@ -72,13 +75,13 @@ struct SequenceAttention {
     heads: Heads,
     b: usize,
     t: usize,
-    /// Rotary tables `(t, dim / 2)`; `-sin` rotates back (the backward).
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    neg_sin: Vec<f32>,
+    /// Rotary tables `(positions, dim / 2)` from position 0, at least `t` of them; shared with
+    /// the decoder's other layers.
+    cos: Arc<[f32]>,
+    sin: Arc<[f32]>,
     interleaved: bool,
-    /// Additive `(b, t, t)`.
-    mask: Option<Vec<f32>>,
+    /// Additive `(b, 1, t, t)`, f32, contiguous, on the CPU; shared with the other layers.
+    mask: Option<Tensor>,
 }
 
 /// One task's operands, rows of `dim`: the group's `n` query heads `(n, t, dim)` and its key
@@ -96,26 +99,33 @@ impl SequenceAttention {
         self.heads.q / self.heads.kv
     }
 
-    /// Rotates `x` (one head's `dim` values at position `s`) forward, or back with `inverse`.
-    fn rotate(&self, x: &mut [f32], s: usize, inverse: bool) {
+    /// Position `s`'s angles, for rotating one head's `dim` values.
+    fn angles(&self, s: usize) -> DecodeRow<'_> {
         let half = self.heads.dim / 2;
         let at = s * half..(s + 1) * half;
-        let row = DecodeRow {
+        DecodeRow {
             cos: &self.cos[at.clone()],
-            sin: if inverse {
-                &self.neg_sin[at]
-            } else {
-                &self.sin[at]
-            },
+            sin: &self.sin[at],
             interleaved: self.interleaved,
             window: None,
-        };
-        rotate(x, &row);
+        }
+    }
+
+    /// Runs `f` on the mask's values, in place in the decoder's tensor.
+    fn with_mask<R>(&self, f: impl FnOnce(Option<&[f32]>) -> R) -> candle_core::Result<R> {
+        match &self.mask {
+            None => Ok(f(None)),
+            Some(m) => with_cpu_f32(m, |m| f(Some(m))).ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "attention: the mask is not contiguous f32 on the CPU".into(),
+                )
+            }),
+        }
     }
 
     /// Gathers and rotates task `(bi, g)`'s heads out of the `(b, t, heads * dim)` inputs, and
-    /// computes its probabilities.
-    fn group(&self, bi: usize, g: usize, q: &[f32], k: &[f32], v: &[f32]) -> Group {
+    /// computes its probabilities under the `(b, t, t)` mask.
+    fn group(&self, bi: usize, g: usize, [q, k, v]: [&[f32]; 3], mask: Option<&[f32]>) -> Group {
         let (t, d, n) = (self.t, self.heads.dim, self.n());
         let (qw, kw) = (self.heads.q * d, self.heads.kv * d);
         let mut gq = vec![0f32; n * t * d];
@@ -124,13 +134,13 @@ impl SequenceAttention {
         for s in 0..t {
             let row = (bi * t + s) * kw + g * d;
             gk[s * d..(s + 1) * d].copy_from_slice(&k[row..row + d]);
-            self.rotate(&mut gk[s * d..(s + 1) * d], s, false);
+            rotate(&mut gk[s * d..(s + 1) * d], &self.angles(s));
             gv[s * d..(s + 1) * d].copy_from_slice(&v[row..row + d]);
             for i in 0..n {
                 let src = (bi * t + s) * qw + (g * n + i) * d;
                 let dst = &mut gq[(i * t + s) * d..(i * t + s + 1) * d];
                 dst.copy_from_slice(&q[src..src + d]);
-                self.rotate(dst, s, false);
+                rotate(dst, &self.angles(s));
             }
         }
         // Scores (n t, t) = q k^T, then scale, mask and softmax row by row.
@@ -143,10 +153,7 @@ impl SequenceAttention {
             1.0,
             false,
         );
-        let mask = self
-            .mask
-            .as_deref()
-            .map(|m| &m[bi * t * t..(bi + 1) * t * t]);
+        let mask = mask.map(|m| &m[bi * t * t..(bi + 1) * t * t]);
         let scale = self.heads.scale;
         for (r, row) in p.chunks_exact_mut(t).enumerate() {
             let s = r % t;
@@ -184,14 +191,14 @@ impl SequenceAttention {
         self.b * self.heads.kv
     }
 
-    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    fn forward(&self, qkv: [&[f32]; 3], mask: Option<&[f32]>) -> Vec<f32> {
         let (t, d, n) = (self.t, self.heads.dim, self.n());
         // Task (bi, g) writes its heads as `(n, t, d)` into its own piece; the output's
         // `(b, t, heads * d)` rows interleave the groups, so a transpose follows.
         let mut grouped = vec![0f32; self.b * self.heads.q * t * d];
         anymal_util::par::fill_pieces([&mut grouped], [n * t * d], |task, [out]| {
             let (bi, g) = (task / self.heads.kv, task % self.heads.kv);
-            let grp = self.group(bi, g, q, k, v);
+            let grp = self.group(bi, g, qkv, mask);
             matmul(
                 out,
                 (n * t, d, t),
@@ -222,7 +229,7 @@ impl SequenceAttention {
     }
 
     /// Gradients for `q`, `k` and `v` from the output's gradient `dout`.
-    fn backward(&self, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> [Vec<f32>; 3] {
+    fn backward(&self, qkv: [&[f32]; 3], dout: &[f32], mask: Option<&[f32]>) -> [Vec<f32>; 3] {
         let (t, d, n) = (self.t, self.heads.dim, self.n());
         let qw = self.heads.q * d;
         let tasks = self.tasks();
@@ -234,7 +241,7 @@ impl SequenceAttention {
             [n * t * d, t * d, t * d],
             |task, [dq, dk, dv]| {
                 let (bi, g) = (task / self.heads.kv, task % self.heads.kv);
-                let grp = self.group(bi, g, q, k, v);
+                let grp = self.group(bi, g, qkv, mask);
                 // The output gradient of the group's heads, (n t, d).
                 let mut dout_g = vec![0f32; n * t * d];
                 for i in 0..n {
@@ -291,10 +298,10 @@ impl SequenceAttention {
                 );
                 // Back through the rotations.
                 for (r, x) in dq.chunks_exact_mut(d).enumerate() {
-                    self.rotate(x, r % t, true);
+                    rotate_back(x, &self.angles(r % t));
                 }
                 for (s, x) in dk.chunks_exact_mut(d).enumerate() {
-                    self.rotate(x, s, true);
+                    rotate_back(x, &self.angles(s));
                 }
             },
         );
@@ -312,9 +319,11 @@ impl SequenceAttention {
 
 /// The f32 elements of an op input: borrowed where contiguous, gathered where strided.
 fn input<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(Cow::Borrowed(&v[a..b])),
-        (CpuStorage::F32(_), None) => Ok(Cow::Owned(
+    if let Some(v) = contiguous_f32(s, l) {
+        return Ok(Cow::Borrowed(v));
+    }
+    match s {
+        CpuStorage::F32(_) => Ok(Cow::Owned(
             cpu_tensor(s, l)?.flatten_all()?.to_vec1::<f32>()?,
         )),
         _ => candle_core::bail!("attention: f32 inputs only, got {:?}", s.dtype()),
@@ -349,7 +358,8 @@ impl CustomOp3 for SequenceAttention {
                 )
             }
         }
-        let out = self.forward(&input(s1, l1)?, &input(s2, l2)?, &input(s3, l3)?);
+        let (q, k, v) = (input(s1, l1)?, input(s2, l2)?, input(s3, l3)?);
+        let out = self.with_mask(|mask| self.forward([&q, &k, &v], mask))?;
         Ok((CpuStorage::F32(out), self.shape(self.heads.q)))
     }
 
@@ -369,12 +379,17 @@ impl CustomOp3 for SequenceAttention {
         );
         let grads = with_cpu_f32(&q, |q| {
             with_cpu_f32(&k, |k| {
-                with_cpu_f32(&v, |v| with_cpu_f32(&grad, |g| self.backward(q, k, v, g)))
+                with_cpu_f32(&v, |v| {
+                    with_cpu_f32(&grad, |g| {
+                        self.with_mask(|m| self.backward([q, k, v], g, m))
+                    })
+                })
             })
         });
-        let Some(Some(Some(Some([dq, dk, dv])))) = grads else {
+        let Some(Some(Some(Some(grads)))) = grads else {
             candle_core::bail!("attention: backward of f32 CPU tensors only")
         };
+        let [dq, dk, dv] = grads?;
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, self.shape(self.heads.q), dev)?),

@@ -113,6 +113,16 @@ pub fn decode_attention(
 /// Rotates one head's `(d,)` vector by the row's angles, as candle's `rope` (halves) or
 /// `rope_i` (adjacent pairs) does.
 pub(crate) fn rotate(x: &mut [f32], row: &DecodeRow<'_>) {
+    rotate_by(x, row, 1.0)
+}
+
+/// The inverse of [`rotate`] (by the negated angles): how a gradient goes back through it.
+pub(crate) fn rotate_back(x: &mut [f32], row: &DecodeRow<'_>) {
+    rotate_by(x, row, -1.0)
+}
+
+/// Rotates each pair of `x` by the row's angles, their sines multiplied by `sin_sign`.
+fn rotate_by(x: &mut [f32], row: &DecodeRow<'_>, sin_sign: f32) {
     let half = x.len() / 2;
     for j in 0..half {
         let (a, b) = if row.interleaved {
@@ -121,8 +131,9 @@ pub(crate) fn rotate(x: &mut [f32], row: &DecodeRow<'_>) {
             (j, j + half)
         };
         let (x1, x2) = (x[a], x[b]);
-        x[a] = x1 * row.cos[j] - x2 * row.sin[j];
-        x[b] = x1 * row.sin[j] + x2 * row.cos[j];
+        let (cos, sin) = (row.cos[j], sin_sign * row.sin[j]);
+        x[a] = x1 * cos - x2 * sin;
+        x[b] = x1 * sin + x2 * cos;
     }
 }
 

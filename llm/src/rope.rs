@@ -1,5 +1,7 @@
 //! Rotary position embeddings, computed for just the positions of a forward call.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::Result;
@@ -10,8 +12,9 @@ use crate::Result;
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
-    pub cos_values: Vec<f32>,
-    pub sin_values: Vec<f32>,
+    /// The same tables on the host, shared (not copied) by every layer's sequence attention op.
+    pub cos_values: Arc<[f32]>,
+    pub sin_values: Arc<[f32]>,
     pub interleaved: bool,
 }
 
@@ -46,8 +49,8 @@ impl RopeTables {
             angles.extend(inv_freq.iter().map(|f| p as f32 * f));
         }
         // f32 cos and sin as candle's own ops compute them (`f32::cos`), here on the host.
-        let cos_values: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-        let sin_values: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cos_values: Arc<[f32]> = angles.iter().map(|a| a.cos()).collect();
+        let sin_values: Arc<[f32]> = angles.iter().map(|a| a.sin()).collect();
         let table = |v: &[f32]| -> Result<Tensor> {
             Ok(Tensor::from_slice(v, (t, half), device)?.to_dtype(dtype)?)
         };

@@ -212,6 +212,7 @@ fn describe_file(model: &str) -> anyhow::Result<ModelShape> {
         vocab: cfg.vocab_size,
         post_norms: cfg.arch == anymal_llm::Arch::Gemma3,
         qk_norms: cfg.arch == anymal_llm::Arch::Gemma3,
+        sliding_window: cfg.sliding_window.is_some(),
         weight_bytes: bytes,
     })
 }
