@@ -56,7 +56,8 @@ pub fn attention(
             )
         }
     }
-    if rope.cos_values.len() < t * heads.dim / 2 || rope.sin_values.len() < t * heads.dim / 2 {
+    // (`RopeTables` builds its cos and sin tables over the same positions.)
+    if rope.cos_values.len() < t * heads.dim / 2 {
         candle_core::bail!("attention: rotary tables for fewer than {t} positions")
     }
     let op = SequenceAttention {
